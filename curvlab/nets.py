@@ -1,0 +1,171 @@
+"""Fully connected networks with separately stored weights and biases.
+
+The notation follows Chen et al. (EA-CG, AAAI 2019), Section "Fully-Connected Neural
+Networks": ``h^0 = x``, ``z^t = W^t h^{t-1} + b^t``, ``h^t = σ(z^t)`` for ``t < k`` and a
+linear output layer ``h^k = z^k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Activation", "ActivationFns", "ACTIVATIONS", "Init", "MLP", "ForwardCache"]
+
+
+class Activation(str, Enum):
+    """Element-wise activations that the curvature recursion supports."""
+
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    RELU = "relu"
+
+
+@dataclass(frozen=True)
+class ActivationFns:
+    """An activation σ with its first and second derivative, all element-wise on ``z``."""
+
+    f: Callable[[Tensor], Tensor]
+    df: Callable[[Tensor], Tensor]
+    d2f: Callable[[Tensor], Tensor]
+
+
+def _sigmoid_d1(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
+
+def _sigmoid_d2(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+def _tanh_d1(z: Tensor) -> Tensor:
+    return 1 - torch.tanh(z) ** 2
+
+
+def _tanh_d2(z: Tensor) -> Tensor:
+    t = torch.tanh(z)
+    return -2 * t * (1 - t**2)
+
+
+ACTIVATIONS: dict[Activation, ActivationFns] = {
+    Activation.SIGMOID: ActivationFns(torch.sigmoid, _sigmoid_d1, _sigmoid_d2),
+    Activation.TANH: ActivationFns(torch.tanh, _tanh_d1, _tanh_d2),
+    # ReLU's second derivative is zero almost everywhere; its first is the step (0 at 0).
+    Activation.RELU: ActivationFns(torch.relu, lambda z: (z > 0).to(z.dtype), torch.zeros_like),
+}
+
+
+class Init(str, Enum):
+    """Initialisations used by the papers."""
+
+    DEFAULT = "default"  # PyTorch's nn.Linear default
+    XAVIER = "xavier"  # Glorot & Bengio (2010), used by EA-CG; biases zero
+    UNIFORM = "uniform"  # U(-a, a) for weights (Bakker et al., Appendix A: a = 0.2, or 0.1 on a plateau)
+
+
+@dataclass
+class ForwardCache:
+    """What one forward pass keeps for the curvature recursion.
+
+    ``inputs[t]`` is ``h^{t}`` of shape (B, n_t) for t = 0..k-1 (the input of linear layer t+1),
+    ``preacts[t]`` is ``z^{t+1}`` of shape (B, n_{t+1}), and ``output`` is ``h^k`` (B, n_k).
+    """
+
+    inputs: list[Tensor]
+    preacts: list[Tensor]
+    output: Tensor
+
+
+class MLP(nn.Module):
+    """A fully connected network ``widths[0] → … → widths[-1]`` with a linear last layer.
+
+    Args:
+        widths: layer sizes ``n_0, …, n_k`` (at least two entries).
+        activation: ``sigmoid``, ``tanh`` or ``relu`` for the hidden layers.
+        init: ``default`` (PyTorch), ``xavier`` or ``uniform`` (±``init_scale``).
+        init_scale: half-width ``a`` of the uniform initialisation.
+        bias: whether the linear layers have biases (Bakker et al. train without).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation: str | Activation = Activation.SIGMOID,
+        init: str | Init = Init.DEFAULT,
+        init_scale: float = 0.2,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        if len(widths) < 2 or any(w < 1 for w in widths):
+            raise ValueError(f"MLP widths must list at least two positive sizes, got {widths}")
+        try:
+            self.activation = Activation(activation)
+        except ValueError:
+            allowed = ", ".join(a.value for a in Activation)
+            raise ValueError(f"unknown activation {activation!r}; allowed: {allowed}") from None
+        try:
+            self.init = Init(init)
+        except ValueError:
+            allowed = ", ".join(i.value for i in Init)
+            raise ValueError(f"unknown init {init!r}; allowed: {allowed}") from None
+        if self.init is Init.UNIFORM and not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0 for uniform init, got {init_scale}")
+        self.widths = widths
+        self.has_bias = bias
+        self.fns = ACTIVATIONS[self.activation]
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out, bias=bias) for n_in, n_out in zip(widths[:-1], widths[1:])
+        )
+        self._initialise(init_scale)
+
+    def _initialise(self, scale: float) -> None:
+        for layer in self.layers:
+            if self.init is Init.XAVIER:
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+            elif self.init is Init.UNIFORM:
+                nn.init.uniform_(layer.weight, -scale, scale)
+                if layer.bias is not None:
+                    nn.init.uniform_(layer.bias, -scale, scale)
+
+    @property
+    def depth(self) -> int:
+        """Number of linear layers ``k``."""
+        return len(self.layers)
+
+    def flatten_input(self, x: Tensor) -> Tensor:
+        """Flatten images to (B, n_0)."""
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.widths[0]:
+            raise ValueError(f"input has {x.shape[1]} features but the net expects {self.widths[0]}")
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.flatten_input(x)
+        for t, layer in enumerate(self.layers):
+            h = layer(h)
+            if t < self.depth - 1:
+                h = self.fns.f(h)
+        return h
+
+    def forward_cache(self, x: Tensor) -> ForwardCache:
+        """Forward pass that keeps every layer input and pre-activation."""
+        h = self.flatten_input(x)
+        inputs, preacts = [], []
+        for t, layer in enumerate(self.layers):
+            inputs.append(h)
+            z = layer(h)
+            preacts.append(z)
+            h = self.fns.f(z) if t < self.depth - 1 else z
+        return ForwardCache(inputs, preacts, h)
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}, activation={self.activation.value}, init={self.init.value}"
