@@ -1,0 +1,352 @@
+"""Structured run configuration: dataclasses that validate a composed Hydra config.
+
+The Hydra entry point (:mod:`curvlab.cli`) turns its ``DictConfig`` into a plain dict and
+calls :func:`parse_config`; everything below it sees only these dataclasses. Every check
+runs before any data is loaded, and every error names the field, the allowed values and
+the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum
+from curvlab.losses import LossKind
+from curvlab.nets import Activation, Init
+
+__all__ = [
+    "DatasetName", "DataSource", "Schedule", "DType", "DatasetConfig", "NetConfig", "LossConfig",
+    "SolverConfig", "LoopConfig", "LogConfig", "RunConfig", "parse_config", "KNOWN_SOLVERS",
+    "CURVATURE_SOLVERS",
+]
+
+# Solvers the configs know about; some are registered by modules that may land later.
+KNOWN_SOLVERS = ("sgd", "adagrad", "adadelta", "adam", "kfi", "eacg", "cr", "exact_inverse")
+CURVATURE_SOLVERS = ("kfi", "eacg")  # take ``curvature=CurvatureOptions(...)``
+
+# Resolvers the configs use: ``${prod:3,${dataset.image_size},${dataset.image_size}}`` is the
+# flattened image width; ``${if_null:${run_dir},runs/...}`` falls back when run_dir is null.
+if not OmegaConf.has_resolver("prod"):
+    OmegaConf.register_new_resolver("prod", lambda *xs: _prod(xs))
+if not OmegaConf.has_resolver("if_null"):
+    OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value)
+
+
+def _prod(xs: tuple[Any, ...]) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+class DatasetName(str, Enum):
+    DIGITS = "digits"  # scikit-learn's 8×8 digits, ships with the package
+    MNIST = "mnist"
+    CIFAR10 = "cifar10"
+    IMAGENET10 = "imagenet10"  # Imagenette, the 10-class ImageNet subset
+
+
+class DataSource(str, Enum):
+    TORCHVISION = "torchvision"  # (mnist, cifar10, imagenet10) torchvision's dataset class
+    NPZ = "npz"  # uint8 x_train, y_train, x_test, y_test
+    SKLEARN = "sklearn"  # (digits) sklearn.datasets.load_digits
+
+
+class Schedule(str, Enum):
+    CONSTANT = "constant"
+    EXPONENTIAL = "exponential"  # lr · decay_rate^(step // decay_every), Bakker et al. Appendix A
+
+
+class DType(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class DatasetConfig:
+    """Which data, from where, and how much of it (``*_subset``: first N after loading)."""
+
+    name: DatasetName = DatasetName.DIGITS
+    source: DataSource = DataSource.SKLEARN
+    root: str = "data"
+    download: bool = False
+    path: str | None = None
+    image_size: int = 32
+    input_dim: int = 64
+    num_classes: int = 10
+    train_subset: int | None = None
+    test_subset: int | None = None
+    test_fraction: float = 0.2  # digits only: held-out share (sklearn has no split)
+
+    def __post_init__(self) -> None:
+        self.name = parse_enum(DatasetName, self.name, "dataset.name")
+        self.source = parse_enum(DataSource, self.source, "dataset.source")
+        if self.name is DatasetName.DIGITS:
+            _check(self.source is DataSource.SKLEARN, "dataset.source: digits loads only from 'sklearn'")
+        else:
+            _check(
+                self.source in (DataSource.TORCHVISION, DataSource.NPZ),
+                f"dataset.source: {self.name.value} loads from 'torchvision' or 'npz', got {self.source.value!r}",
+            )
+        if self.source is DataSource.NPZ:
+            _check(bool(self.path), "dataset.path: dataset.source=npz needs dataset.path=FILE.npz")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            _check(value is None or int(value) >= 1, f"dataset.{name} must be >= 1 or null, got {value}")
+        _check(int(self.image_size) >= 1, f"dataset.image_size must be >= 1, got {self.image_size}")
+        _check(0 < float(self.test_fraction) < 1, f"dataset.test_fraction must lie in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class NetConfig:
+    """Arguments of :class:`curvlab.MLP`."""
+
+    widths: list[int] = field(default_factory=lambda: [64, 32, 10])
+    activation: Activation = Activation.SIGMOID
+    init: Init = Init.DEFAULT
+    init_scale: float = 0.2
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        self.activation = parse_enum(Activation, self.activation, "net.activation")
+        self.init = parse_enum(Init, self.init, "net.init")
+        _check(
+            len(self.widths) >= 2 and all(int(w) >= 1 for w in self.widths),
+            f"net.widths must list at least two positive sizes, got {list(self.widths)}",
+        )
+        self.widths = [int(w) for w in self.widths]
+        _check(float(self.init_scale) > 0, f"net.init_scale must be > 0, got {self.init_scale}")
+
+
+@dataclass
+class LossConfig:
+    """The criterion; ``delta``/``eps`` are the parameters of EA-CG Eq. (14)."""
+
+    name: LossKind = LossKind.CROSS_ENTROPY
+    delta: float = 5.0
+    eps: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.name = parse_enum(LossKind, self.name, "loss.name")
+        _check(float(self.delta) > 0, f"loss.delta must be > 0, got {self.delta}")
+
+    @property
+    def options(self) -> dict[str, float]:
+        return {"delta": self.delta, "eps": self.eps} if self.name is LossKind.NONCONVEX else {}
+
+
+# Range checks on solver options that several solvers share: (test, allowed, fix).
+_SOLVER_CHECKS: dict[str, tuple[Any, str]] = {
+    "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "damping": (lambda v: v >= 0, ">= 0"),
+    "sigma": (lambda v: v > 0, "> 0"),
+    "max_cg": (lambda v: int(v) >= 1, ">= 1"),
+    "eps_cg": (lambda v: v > 0, "> 0"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+}
+
+
+@dataclass
+class SolverConfig:
+    """A registered solver (``name``), its learning rate and its keyword ``options``."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.name in KNOWN_SOLVERS,
+            f"solver.name: unknown solver {self.name!r}; allowed: {', '.join(KNOWN_SOLVERS)}",
+        )
+        _check(float(self.lr) > 0, f"solver.lr must be > 0, got {self.lr}; pick e.g. solver.lr=0.1")
+        for key, value in self.options.items():
+            if key in _SOLVER_CHECKS and value is not None:
+                ok, allowed = _SOLVER_CHECKS[key]
+                _check(ok(float(value)), f"solver.{key} must be {allowed}, got {value}")
+        if self.name == "cr":
+            base = self.options.get("base", "sgd")
+            _check(
+                base in KNOWN_SOLVERS and base != "cr",
+                f"solver.base: unknown base solver {base!r} for cr; allowed: "
+                f"{', '.join(s for s in KNOWN_SOLVERS if s != 'cr')}",
+            )
+        if self.name == "exact_inverse":
+            kind = self.options.get("curvature", "exact")
+            _check(kind in ("exact", "gn"), f"solver.curvature: exact_inverse takes 'exact' or 'gn', got {kind!r}")
+
+    @property
+    def base(self) -> str:
+        """The solver whose direction is used (``cr`` wraps ``solver.base``)."""
+        return str(self.options.get("base", "sgd")) if self.name == "cr" else self.name
+
+
+@dataclass
+class LoopConfig:
+    """The training loop (``train.*``). ``max_steps`` caps the total over all epochs."""
+
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 128
+    schedule: Schedule = Schedule.CONSTANT
+    decay_rate: float = 0.95
+    decay_every: int = 100
+    eval_every: int | None = None  # also evaluate every N steps (always at each epoch end)
+    eval_batch_size: int = 2048
+    divergence_factor: float = 1e3  # fail when a batch loss exceeds this × the initial loss
+    checkpoint_every: int = 200
+    stop_after: int | None = None  # test hook: stop (as if killed) after N steps of this session
+
+    def __post_init__(self) -> None:
+        self.schedule = parse_enum(Schedule, self.schedule, "train.schedule")
+        _check(int(self.epochs) >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(int(self.batch_size) >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("max_steps", "eval_every", "stop_after"):
+            value = getattr(self, name)
+            _check(value is None or int(value) >= 1, f"train.{name} must be >= 1 or null, got {value}")
+        _check(0 < float(self.decay_rate) <= 1, f"train.decay_rate must lie in (0, 1], got {self.decay_rate}")
+        _check(int(self.decay_every) >= 1, f"train.decay_every must be >= 1, got {self.decay_every}")
+        _check(float(self.divergence_factor) > 1, f"train.divergence_factor must be > 1, got {self.divergence_factor}")
+        _check(int(self.checkpoint_every) >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        _check(int(self.eval_batch_size) >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class LogConfig:
+    """What is logged besides the metrics (``log.*``)."""
+
+    progress: bool = True  # tqdm bar (only on a terminal)
+    hessian_every: int = 0  # layer-wise Hessian errors every N steps; 0 = off
+    hessian_first: int = 0  # ... and at each of the first N updates (EA-CG Tables 2–5)
+    hessian_kinds: list[Kind] = field(default_factory=lambda: [Kind.FISHER, Kind.GN, Kind.PCH1, Kind.PCH2])
+
+    def __post_init__(self) -> None:
+        _check(int(self.hessian_every) >= 0, f"log.hessian_every must be >= 0, got {self.hessian_every}")
+        _check(int(self.hessian_first) >= 0, f"log.hessian_first must be >= 0, got {self.hessian_first}")
+        self.hessian_kinds = [parse_enum(Kind, k, "log.hessian_kinds") for k in self.hessian_kinds]
+        _check(Kind.EXACT not in self.hessian_kinds, "log.hessian_kinds: 'exact' is the reference; drop it")
+
+
+@dataclass
+class RunConfig:
+    """One run: identity, numerics, and the component configs."""
+
+    experiment_name: str = "demo"
+    seed: int = 0
+    device: str = "auto"
+    dtype: DType = DType.FLOAT32
+    resume: Any = "auto"  # auto: continue when run_dir has a checkpoint; true: must; false: start over
+    run_dir: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    curvature: CurvatureOptions = field(default_factory=CurvatureOptions)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        self.dtype = parse_enum(DType, self.dtype, "dtype")
+        _check(
+            self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"),
+            f"device: unknown value {self.device!r}; allowed: auto, cpu, cuda, cuda:N",
+        )
+        _check(self.resume in ("auto", True, False), f"resume: unknown value {self.resume!r}; allowed: auto, true, false")
+        _check(
+            self.net.widths[0] == self.dataset.input_dim,
+            f"net.widths[0]={self.net.widths[0]} but dataset.input_dim={self.dataset.input_dim}; "
+            "write the first width as ${dataset.input_dim}",
+        )
+        _check(
+            self.net.widths[-1] == self.dataset.num_classes,
+            f"net.widths[-1]={self.net.widths[-1]} but dataset.num_classes={self.dataset.num_classes}; "
+            "write the last width as ${dataset.num_classes}",
+        )
+        self._check_psd()
+
+    def _check_psd(self) -> None:
+        """GN is not PSD for the nonconvex loss (EA-CG Eq. 14), so CG/KFI on it are ill-posed."""
+        if self.solver.base == "kfi" and self.curvature.kind is Kind.EXACT:
+            raise ValueError(
+                "curvature.kind=exact with solver kfi: the exact blocks are indefinite, so KFI's factors "
+                "have no inverse; allowed: fisher, gn, pch, pch1, pch2"
+            )
+        if self.loss.name is not LossKind.NONCONVEX:
+            return
+        fix = "use curvature=pch1, pch2 or fisher (or loss=cross_entropy)"
+        if self.solver.base in CURVATURE_SOLVERS and self.curvature.kind is Kind.GN:
+            raise ValueError(
+                f"curvature.kind=gn with solver {self.solver.base}: GN is not PSD for the nonconvex "
+                f"loss; allowed kinds there: fisher, pch, pch1, pch2, exact; {fix}"
+            )
+        if self.solver.base == "exact_inverse" and self.solver.options.get("curvature") == "gn":
+            raise ValueError(
+                "solver.curvature=gn with exact_inverse: GN is not PSD for the nonconvex loss; "
+                "allowed: exact (or loss=cross_entropy)"
+            )
+
+
+_SECTIONS = {
+    "dataset": DatasetConfig, "net": NetConfig, "loss": LossConfig, "curvature": CurvatureOptions,
+    "train": LoopConfig, "log": LogConfig,
+}
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    _check(
+        not unknown,
+        f"{prefix}.{unknown[0] if unknown else ''}: unknown field; allowed: {', '.join(sorted(names))}",
+    )
+    return cls(**data)
+
+
+def parse_config(cfg: Any) -> RunConfig:
+    """Validate a composed config (``DictConfig`` or plain dict) into a :class:`RunConfig`.
+
+    Raises:
+        ValueError: naming the first bad field, its allowed values and the fix.
+    """
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    data = {k: v for k, v in data.items() if k != "hydra"}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], dict(value or {}), key)
+        elif key == "solver":
+            value = dict(value or {})
+            _check("name" in value, "solver.name is missing; pick one with solver=NAME")
+            name, lr = value.pop("name"), value.pop("lr", 0.1)
+            kwargs[key] = SolverConfig(name=name, lr=lr, options=value)
+        else:
+            kwargs[key] = value
+    return _build(RunConfig, kwargs, "config")
+
+
+def to_dict(run: RunConfig) -> dict[str, Any]:
+    """The plain (YAML-friendly) form of a run config: enums as their values, options flat."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, Enum):
+            return x.value
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    out = plain(dataclasses.asdict(run))
+    solver = out.pop("solver")
+    out["solver"] = {"name": solver["name"], "lr": solver["lr"], **solver["options"]}
+    return out

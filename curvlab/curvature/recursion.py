@@ -1,0 +1,181 @@
+"""The one backward recursion for every curvature kind, and the public ``curvature()``.
+
+Per layer, going from the output to the input (Chen et al., "Layer-wise Equations"):
+
+* gradient:  ∇_{b^{t−1}} ξ_i = h^{(t−1)'} ⊙ (W^{tT} ∇_{b^t} ξ_i);
+* curvature: Eq. (4b), H^{t−1} = diag(h')·Wᵀ H^t W·diag(h') + diag(h'' ⊙ Wᵀ ∇_{b^t} ξ_i), where the
+  message type (per sample, factors or batch mean) and the residual policy come from the kind
+  (``kinds.py``), and the gradient term is shared.
+
+Per-sample kinds (exact, fisher) run over chunks of samples to bound memory; batch-mean kinds
+(gn, pch) need the whole batch for their Jacobian averages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from curvlab.curvature.blocks import LayerCurvature
+from curvlab.curvature.kinds import KindPolicy, policy
+from curvlab.curvature.messages import PerSampleBlocks
+from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor
+from curvlab.losses import Loss, make_loss
+from curvlab.nets import MLP, ForwardCache
+
+__all__ = ["curvature", "backward"]
+
+_CHUNK_ELEMENTS = 2**24  # per-sample work arrays of about 64 MiB (float32) per chunk
+
+
+def backward(
+    net: MLP,
+    cache: ForwardCache,
+    y: Tensor,
+    loss: Loss,
+    pol: KindPolicy,
+    options: CurvatureOptions,
+    *,
+    weight_blocks: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[dict[str, Tensor]]:
+    """Run the recursion on one set of samples and return per-layer *sums* over them.
+
+    Returns, input side first, dicts with ``block`` (n_t, n_t) Σ_i H_i^t, ``grad_bias``
+    (n_t,) Σ_i ∇_{b^t} ξ_i, ``grad_weight`` (n_t, n_{t−1}) Σ_i ∇_{W^t} ξ_i and, with
+    ``weight_blocks``, ``weight`` Σ_i H_i^t ⊗ h_i h_iᵀ (row-major ``W.flatten()`` order).
+    """
+    fns, k = net.fns, net.depth
+    out = cache.output
+    g = loss.grad(out, y)  # (b, n_k) per-sample ∇_{b^k} ξ_i
+    msg = pol.output(loss, out, y, options, generator)
+    sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
+    for t in reversed(range(k)):  # 0-based layer index; layer t maps inputs[t] to preacts[t]
+        h = cache.inputs[t]  # (b, n_{t-1})
+        sums[t] = {"block": msg.total(), "grad_bias": g.sum(0), "grad_weight": g.T @ h}
+        if weight_blocks:
+            assert isinstance(msg, PerSampleBlocks)
+            sums[t]["weight"] = msg.weight_total(h)
+        if t == 0:
+            break
+        w = net.layers[t].weight  # (n_t, n_{t-1})
+        z = cache.preacts[t - 1]  # (b, n_{t-1})
+        back = g @ w  # (b, n_{t-1}) Wᵀ ∇_{b^t} ξ_i
+        dphi = fns.df(z)
+        g = back * dphi
+        msg = msg.pull_back(w, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
+        msg = msg.add_residual(back * fns.d2f(z), pol.residual)
+    return sums
+
+
+def _chunk_size(widths: list[int], weight_blocks: bool) -> int:
+    """Samples per chunk so that one chunk's per-sample arrays stay around 2^24 elements."""
+    per_sample = max(max(a * b, b * b) for a, b in zip(widths[:-1], widths[1:]))
+    if weight_blocks:
+        per_sample = max(per_sample, max((a * b) ** 2 for a, b in zip(widths[:-1], widths[1:])))
+    return max(1, _CHUNK_ELEMENTS // per_sample)
+
+
+def _make_options(kind: Any, options: CurvatureOptions | None, overrides: dict[str, Any]) -> CurvatureOptions:
+    allowed = {f.name for f in fields(CurvatureOptions)} - {"kind"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"curvature(): unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    if options is None:
+        return CurvatureOptions(kind=Kind.PCH1 if kind is None else kind, **overrides)
+    if kind is not None:
+        overrides = {**overrides, "kind": kind}
+    return replace(options, **overrides)  # re-validated by __post_init__
+
+
+@torch.no_grad()
+def curvature(
+    net: MLP,
+    x: Tensor,
+    y: Tensor,
+    kind: str | Kind | None = None,
+    loss: str | Loss = "cross_entropy",
+    *,
+    options: CurvatureOptions | None = None,
+    input_cov: bool = False,
+    weight_blocks: bool = False,
+    cache: ForwardCache | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    **option_overrides: Any,
+) -> list[LayerCurvature]:
+    """Batch-mean curvature blocks and gradients of every linear layer, input side first.
+
+    Args:
+        net: the network.
+        x: (B, n_0) inputs (or images, flattened by the net).
+        y: (B,) integer class labels.
+        kind: ``exact``, ``gn``, ``fisher``, ``pch``/``pch1`` or ``pch2`` (default: ``options.kind``,
+            else ``pch1``).
+        loss: ``cross_entropy``, ``nonconvex`` or a :class:`~curvlab.losses.Loss`.
+        options: a full :class:`CurvatureOptions`; ``kind`` and ``option_overrides``
+            (``jacobian_average``, ``weight_factor``, ``fisher``, ``mc_samples``) replace its fields.
+        input_cov: also compute E[h hᵀ] (Eq. 11a); implied by ``weight_factor="full"``.
+        weight_blocks: also return the exact weight blocks E_i[H_i ⊗ h hᵀ] (``exact`` only;
+            memory grows like (n_t n_{t−1})², so small nets only).
+        cache: a forward pass ``net.forward_cache(x)`` already done by the caller (saves one).
+        generator: random generator for the Monte-Carlo Fisher labels.
+        chunk_size: samples per chunk for the per-sample kinds (default: from the widths).
+
+    Returns:
+        One :class:`LayerCurvature` per linear layer.
+    """
+    opts = _make_options(kind, options, option_overrides)
+    loss_fn = make_loss(loss)
+    pol = policy(opts.kind)
+    if weight_blocks and opts.kind is not Kind.EXACT:
+        raise ValueError(
+            f"weight_blocks=True needs kind='exact' (got {opts.kind.value!r}); for other kinds build "
+            "the Kronecker-factored weight block from .bias and .input_cov/.input_mean (Eq. 11)"
+        )
+    if cache is None:
+        cache = net.forward_cache(x)
+    cache = ForwardCache(
+        [h.detach() for h in cache.inputs], [z.detach() for z in cache.preacts], cache.output.detach()
+    )
+    batch = cache.output.shape[0]
+    y = torch.as_tensor(y, device=cache.output.device)
+    if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"y must hold {batch} integer class labels, shape ({batch},); got {tuple(y.shape)} {y.dtype}")
+    y = y.long()
+
+    if pol.batch_mean:
+        step = batch
+    else:
+        step = chunk_size or _chunk_size(net.widths, weight_blocks)
+    totals: list[dict[str, Tensor]] | None = None
+    for lo in range(0, batch, step):
+        part = slice(lo, lo + step)
+        sub = ForwardCache([h[part] for h in cache.inputs], [z[part] for z in cache.preacts], cache.output[part])
+        sums = backward(net, sub, y[part], loss_fn, pol, opts, weight_blocks=weight_blocks, generator=generator)
+        if totals is None:
+            totals = sums
+        else:
+            for acc, new in zip(totals, sums):
+                for key in acc:
+                    acc[key] += new[key]
+    assert totals is not None
+
+    want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
+    layers = []
+    for h, tot in zip(cache.inputs, totals):
+        block = tot["block"] / batch
+        layers.append(
+            LayerCurvature(
+                bias=0.5 * (block + block.T),  # symmetric up to rounding; make it exactly so
+                input_mean=h.mean(0),
+                input_cov=h.T @ h / batch if want_cov else None,
+                grad_bias=tot["grad_bias"] / batch,
+                grad_weight=tot["grad_weight"] / batch,
+                weight=tot["weight"] / batch if weight_blocks else None,
+            )
+        )
+    return layers

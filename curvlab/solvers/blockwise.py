@@ -1,0 +1,124 @@
+"""Shared machinery of the block-diagonal solvers (KFI, EA-CG).
+
+Both solvers turn the per-layer curvature of :func:`curvlab.curvature.curvature` into a
+direction. This base class owns what they share: parsing and validating the curvature
+options against the loss, the single forward pass per step whose cache feeds the
+curvature recursion, and the input second moments E[h hᵀ] that only some layers need.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from curvlab.curvature.blocks import LayerCurvature
+from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor
+from curvlab.curvature.recursion import curvature
+from curvlab.losses import Loss
+from curvlab.nets import MLP
+from curvlab.solvers.base import Direction, Solver
+
+__all__ = ["as_curvature_options", "check_kind", "BlockSolver", "compute_blocks"]
+
+_PSD_KINDS = "fisher (KFAC), gn (KFRA, convex loss only), pch1 or pch2"
+
+
+def as_curvature_options(value: CurvatureOptions | dict[str, Any] | str | None) -> CurvatureOptions:
+    """Accept options, their config dict, a bare kind name, or None (PCH-1 defaults)."""
+    if value is None:
+        return CurvatureOptions()
+    if isinstance(value, CurvatureOptions):
+        return value
+    if isinstance(value, str):
+        return CurvatureOptions(kind=value)  # type: ignore[arg-type]
+    if isinstance(value, dict):
+        allowed = {f.name for f in fields(CurvatureOptions)}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"curvature: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        return CurvatureOptions(**value)
+    raise ValueError(f"curvature must be CurvatureOptions, a dict or a kind name, got {type(value).__name__}")
+
+
+def check_kind(kind: Kind, loss: Loss, solver: str, psd_required: bool) -> None:
+    """Reject curvature kinds that make ``solver`` ill-posed for ``loss``."""
+    if kind is Kind.GN and not loss.convex:
+        raise ValueError(f"solver {solver}: GN is not PSD for the {loss.kind.value} loss; use pch1, pch2 or fisher")
+    if psd_required and kind is Kind.EXACT:
+        raise ValueError(
+            f"solver {solver}: curvature.kind=exact is not PSD, so its Kronecker factors have no "
+            f"Cholesky factorisation; use {_PSD_KINDS}"
+        )
+
+
+def compute_blocks(
+    net: MLP, x: Tensor, y: Tensor, loss: Loss, options: CurvatureOptions, input_cov_layers: set[int]
+) -> tuple[float, list[LayerCurvature]]:
+    """One forward pass, the curvature blocks from it, and E[h hᵀ] where requested.
+
+    Args:
+        input_cov_layers: 0-based layer indices whose ``input_cov`` must be filled. It is
+            computed here from the cached inputs so that no layer pays for it unasked (the
+            first layer's E[h hᵀ] does not fit in memory for ImageNet inputs).
+
+    Returns:
+        The batch-mean loss before the update and the per-layer blocks.
+    """
+    with torch.no_grad():  # the recursion computes the gradients itself; no autograd graph
+        cache = net.forward_cache(x)
+    # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
+    opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
+    blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache)
+    with torch.no_grad():
+        loss_value = float(loss(cache.output.detach(), y))
+        for t in input_cov_layers:
+            if blocks[t].input_cov is None:
+                h = cache.inputs[t].detach()  # (B, n_{t-1})
+                blocks[t] = replace(blocks[t], input_cov=h.T @ h / h.shape[0])
+    return loss_value, list(blocks)
+
+
+class BlockSolver(Solver):
+    """A solver whose direction is a function of the per-layer curvature blocks.
+
+    Args:
+        net, loss, lr: as every solver.
+        curvature: the curvature options, their dict, or None for the defaults (PCH-1).
+        alpha: damping weight, 0 < α < 1.
+    """
+
+    psd_required: bool = False  # whether the kind must be PSD for every loss (KFI)
+
+    def __init__(
+        self,
+        net: MLP,
+        loss: Loss,
+        lr: float,
+        curvature: CurvatureOptions | dict[str, Any] | str | None = None,
+        alpha: float = 0.02,
+    ) -> None:
+        super().__init__(net, loss, lr)
+        if not 0 < alpha < 1:
+            raise ValueError(f"solver.alpha must satisfy 0 < alpha < 1 (EA-CG uses 0.01–0.1), got {alpha}")
+        self.alpha = float(alpha)
+        self.curvature = as_curvature_options(curvature)
+        check_kind(self.curvature.kind, loss, self.name or type(self).__name__, self.psd_required)
+
+    def needs_input_cov(self, t: int) -> bool:
+        """Whether layer ``t`` (0-based) needs E[h hᵀ]."""
+        return False
+
+    @abstractmethod
+    def solve(self, blocks: list[LayerCurvature]) -> tuple[list[Tensor], dict[str, float]]:
+        """The direction in ``net.parameters()`` order and solver statistics."""
+
+    def direction(self, x: Tensor, y: Tensor) -> Direction:
+        cov_layers = {t for t in range(self.net.depth) if self.needs_input_cov(t)}
+        loss_value, blocks = compute_blocks(self.net, x, y, self.loss, self.curvature, cov_layers)
+        with torch.no_grad():
+            d, stats = self.solve(blocks)
+        return Direction(loss_value, [di.detach() for di in d], stats)

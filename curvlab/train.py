@@ -1,0 +1,282 @@
+"""The runner: a plain ``train(cfg)`` that writes one run directory (``docs/run_files.md``).
+
+Everything a run needs to continue bit for bit is in ``checkpoint.pt``: parameters, solver
+state, the global and batch-order RNG states, the current epoch's permutation and
+position, counters and the CSV rows so far. A resumed run therefore replays exactly the
+updates an uninterrupted run would have made (on CPU; CUDA kernels may be nondeterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from curvlab import runfiles as rf
+from curvlab.config import CURVATURE_SOLVERS, RunConfig, Schedule, parse_config, to_dict
+from curvlab.data import Dataset, load_dataset
+from curvlab.hessian_log import HessianLogger
+from curvlab.losses import Loss, make_loss
+from curvlab.nets import MLP
+
+__all__ = ["TrainingFailed", "train", "build_solver", "resolve_device", "lr_at", "evaluate"]
+
+# Keys that may change between a run and its resumption (everything else must match).
+_RESUMABLE_CHANGES = {
+    "resume", "run_dir", "device", "log.progress", "train.stop_after", "train.epochs", "train.max_steps",
+    "train.checkpoint_every", "train.eval_batch_size",
+}
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped on a NaN/Inf or diverging loss; ``summary.json`` says why."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def lr_at(cfg: RunConfig, step: int) -> float:
+    """Learning rate of update ``step + 1``; exponential: lr · rate^(step // every) (Bakker et al.)."""
+    lr, loop = cfg.solver.lr, cfg.train
+    if loop.schedule is Schedule.EXPONENTIAL:
+        return lr * loop.decay_rate ** (step // loop.decay_every)
+    return lr
+
+
+def build_solver(cfg: RunConfig, net: MLP, loss: Loss) -> Any:
+    """The configured solver; curvature solvers (also as CR's base) get ``cfg.curvature``."""
+    from curvlab.solvers import SOLVERS, make_solver
+
+    options = dict(cfg.solver.options)
+    if cfg.solver.name in CURVATURE_SOLVERS:
+        options.setdefault("curvature", cfg.curvature)
+    if cfg.solver.name == "cr" and cfg.solver.base in CURVATURE_SOLVERS:
+        base_options = dict(options.get("base_options") or {})
+        base_options.setdefault("curvature", cfg.curvature)
+        options["base_options"] = base_options
+    if cfg.solver.name not in SOLVERS:
+        raise ValueError(
+            f"solver.name: {cfg.solver.name!r} is not available in this install; registered: "
+            f"{', '.join(sorted(SOLVERS))}"
+        )
+    return make_solver(cfg.solver.name, net, loss, lr=cfg.solver.lr, **options)
+
+
+@torch.no_grad()
+def evaluate(net: MLP, loss: Loss, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy over ``(x, y)``, in batches."""
+    total, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        out = net(x[i : i + batch_size])  # (b, C)
+        total += float(loss.values(out, y[i : i + batch_size]).sum())
+        correct += int((out.argmax(-1) == y[i : i + batch_size]).sum())
+    return total / len(y), correct / len(y)
+
+
+class _Run:
+    """The state of one run; :meth:`checkpoint` and :meth:`restore` are exact inverses."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+        self.cfg, self.dir = cfg, run_dir
+        self.device = resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype.value)
+        torch.manual_seed(cfg.seed)
+        data = load_dataset(cfg.dataset)
+        self.data: Dataset = data.to(self.device, self.dtype)
+        n, n_test = len(data.y_train), len(data.y_test)
+        # A fixed random training subset the size of the test set (DeepOBS, HBP) for train_loss.
+        self.eval_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_test]
+        self.net = MLP(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias)
+        self.net.to(self.device, self.dtype)
+        self.loss = make_loss(cfg.loss.name, **cfg.loss.options)
+        self.solver = build_solver(cfg, self.net, self.loss)
+        self.hessian = HessianLogger(
+            cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every, cfg.log.hessian_first
+        )
+        self.batches = torch.Generator().manual_seed(cfg.seed)  # batch order, on CPU for every device
+        self.steps_per_epoch = math.ceil(n / cfg.train.batch_size)
+        total = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.train.max_steps or total)
+        self.step, self.pos, self.wall_time = 0, 0, 0.0
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.initial_loss: float | None = None
+        self.metrics: list[dict[str, Any]] = []
+        self.hessian_rows: list[dict[str, Any]] = []
+
+    # --- state -----------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        state = {
+            "config": to_dict(self.cfg), "net": self.net.state_dict(), "solver": self.solver.state_dict(),
+            "rng": torch.get_rng_state(), "batch_rng": self.batches.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "perm": self.perm, "pos": self.pos, "step": self.step, "wall_time": self.wall_time,
+            "initial_loss": self.initial_loss, "metrics": self.metrics, "hessian_rows": self.hessian_rows,
+        }
+        rf.save_checkpoint(self.dir / rf.CHECKPOINT, state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        old, new = _flatten(state["config"]), _flatten(to_dict(self.cfg))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(
+                f"resume: the config in {self.dir} differs in {', '.join(changed)}; "
+                "use a new run_dir, or resume=false to start this directory over"
+            )
+        self.net.load_state_dict(state["net"])
+        self.solver.load_state_dict(state["solver"])
+        torch.set_rng_state(state["rng"])
+        self.batches.set_state(state["batch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.perm, self.pos, self.step = state["perm"], state["pos"], state["step"]
+        self.wall_time, self.initial_loss = state["wall_time"], state["initial_loss"]
+        self.metrics, self.hessian_rows = state["metrics"], state["hessian_rows"]
+
+    # --- files -----------------------------------------------------------------------
+    def write(self, status: str, failure: str | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+        rf.write_csv(self.dir / rf.METRICS, self.metrics, rf.METRIC_COLUMNS)
+        rf.write_csv(self.dir / rf.HESSIAN_ERRORS, self.hessian_rows, rf.HESSIAN_COLUMNS)
+        last = next((r for r in reversed(self.metrics) if r.get("test_loss") is not None), {})
+        cfg = self.cfg
+        summary = {
+            "status": status, "failure": failure, "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch, "wall_time": self.wall_time,
+            "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"), "test_acc": last.get("test_acc"),
+            "experiment": cfg.experiment_name, "dataset": cfg.dataset.name.value, "loss": cfg.loss.name.value,
+            "curvature": cfg.curvature.kind.value, "solver": cfg.solver.name, "seed": cfg.seed,
+            "device": str(self.device), "notes": (notes or []) + self.hessian.notes,
+        }
+        rf.write_json(self.dir / rf.SUMMARY, summary)
+        return summary
+
+    # --- loop ------------------------------------------------------------------------
+    def eval_row(self, row: dict[str, Any]) -> None:
+        bs, d = self.cfg.train.eval_batch_size, self.data
+        row["train_loss"], _ = evaluate(self.net, self.loss, d.x_train[self.eval_idx], d.y_train[self.eval_idx], bs)
+        row["test_loss"], row["test_acc"] = evaluate(self.net, self.loss, d.x_test, d.y_test, bs)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos == 0:
+            self.perm = torch.randperm(len(self.data.y_train), generator=self.batches)
+        b = self.cfg.train.batch_size
+        idx = self.perm[self.pos * b : (self.pos + 1) * b].to(self.device)
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+    def fail_reason(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"loss is {loss} at step {self.step + 1}; lower solver.lr or raise solver.alpha"
+        limit = self.cfg.train.divergence_factor * max(self.initial_loss or 0.0, 1e-12)
+        if loss > limit:
+            return (
+                f"diverged: loss {loss:.4g} at step {self.step + 1} exceeds train.divergence_factor="
+                f"{self.cfg.train.divergence_factor:g} × the initial loss {self.initial_loss:.4g}; lower solver.lr"
+            )
+        return None
+
+    def run(self) -> dict[str, Any]:
+        cfg, loop = self.cfg, self.cfg.train
+        if not self.metrics:  # step 0: evaluate the initialisation
+            row: dict[str, Any] = {"step": 0, "epoch": 0.0, "wall_time": 0.0}
+            self.eval_row(row)
+            self.initial_loss = row["train_loss"]
+            self.metrics.append(row)
+        tty = cfg.log.progress and sys.stderr.isatty()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not tty, desc=cfg.experiment_name, leave=False)
+        session_steps = 0
+        try:
+            while self.step < self.total_steps:
+                x, y = self.next_batch()
+                if self.hessian.due(self.step):
+                    self.hessian_rows += self.hessian.rows(self.net, x, y, self.step)
+                lr = lr_at(cfg, self.step)
+                self.solver.lr = lr
+                t0 = time.perf_counter()
+                res = self.solver.step(x, y)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.wall_time += time.perf_counter() - t0
+                reason = self.fail_reason(float(res.loss))
+                if reason is not None:
+                    self.write("failed", reason)
+                    raise TrainingFailed(f"run {self.dir} failed: {reason}")
+                self.step, self.pos, session_steps = self.step + 1, self.pos + 1, session_steps + 1
+                if self.pos == self.steps_per_epoch:
+                    self.pos = 0
+                row = {
+                    "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 6),
+                    "wall_time": self.wall_time, "batch_loss": float(res.loss), "step_size": float(res.step_size),
+                    "lr": lr, **{k: float(v) for k, v in res.stats.items()},
+                }
+                last = self.step == self.total_steps
+                if self.pos == 0 or last or (loop.eval_every and self.step % loop.eval_every == 0):
+                    self.eval_row(row)
+                    reason = self.fail_reason(row["train_loss"])
+                    if reason is not None:
+                        self.metrics.append(row)
+                        self.write("failed", reason)
+                        raise TrainingFailed(f"run {self.dir} failed: {reason}")
+                self.metrics.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{res.loss:.4f}", refresh=False)
+                if self.pos == 0 or last or self.step % loop.checkpoint_every == 0:
+                    self.checkpoint()
+                    self.write("running")
+                if loop.stop_after and session_steps >= loop.stop_after and not last:
+                    self.checkpoint()  # as if killed here: status stays "running"
+                    return self.write("running")
+        finally:
+            bar.close()
+        self.checkpoint()
+        return self.write("completed")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train one run and write its directory; returns the content of ``summary.json``.
+
+    Args:
+        cfg: a validated :class:`RunConfig`, or a plain/Omega mapping to validate.
+        run_dir: output directory; defaults to ``cfg.run_dir``.
+
+    Raises:
+        ValueError: bad config or data (before any training).
+        TrainingFailed: NaN/Inf or diverging loss (files written, status ``failed``).
+    """
+    if not isinstance(cfg, RunConfig):
+        cfg = parse_config(cfg)
+    run_dir = Path(run_dir or cfg.run_dir or "")
+    if not str(run_dir) or str(run_dir) == ".":
+        raise ValueError("run_dir: no output directory given; pass run_dir=PATH")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(cfg, run_dir)
+    ckpt = run_dir / rf.CHECKPOINT
+    if cfg.resume is True and not ckpt.exists():
+        raise ValueError(f"resume=true but {ckpt} does not exist; use resume=auto or resume=false")
+    if cfg.resume in (True, "auto") and ckpt.exists():
+        run.restore(rf.load_checkpoint(ckpt))
+    else:
+        for name in (rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
+            (run_dir / name).unlink(missing_ok=True)
+    rf.atomic_write_text(run_dir / rf.CONFIG, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    return run.run()

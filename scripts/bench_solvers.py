@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Time per step of EA-CG and KFI against a plain SGD step on the EA-CG CIFAR-10 net.
+
+Net 3072-1024-512-256-128-64-32-16-10, sigmoid, Xavier init, cross-entropy, batch 500,
+float32 (Chen et al., "Experimental Evaluation"). Methods:
+
+- ``sgd``: one plain SGD step (forward + backward + update), the unit of the ratios;
+- ``eacg-k``: EA-CG with PCH-1, max|CG| = 50, ε_CG = 0.1 and block splitting k;
+- ``kfi-<kind>``: KFI with Fisher (KFAC), GN (KFRA) and PCH-1.
+
+Each method runs in a fresh process (so that the peak-memory figure is its own): build the
+net and one batch, one warm-up step, ``--steps`` timed steps (median), then the same for
+SGD in that process, so every ratio compares timings taken side by side. Peak memory is the
+growth of the process's max RSS over the state after setup (CPU) or
+``torch.cuda.max_memory_allocated`` over setup (CUDA). The batch comes from
+``../shared/data/cifar10_jpeg.npz`` when present, else uniform noise in [0, 1].
+
+    python scripts/bench_solvers.py                 # all methods, 3 steps each
+    python scripts/bench_solvers.py --quick         # 1 step, split 1 and 16 only
+    python scripts/bench_solvers.py --device cuda --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+WIDTHS = [3072, 1024, 512, 256, 128, 64, 32, 16, 10]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.npz"
+
+
+def methods(quick: bool) -> dict[str, tuple[str, dict[str, Any]]]:
+    splits = [1, 16] if quick else [1, 4, 16]
+    out: dict[str, tuple[str, dict[str, Any]]] = {"sgd": ("sgd", {})}
+    for k in splits:
+        out[f"eacg-split{k}"] = ("eacg", {"curvature": {"kind": "pch1"}, "max_cg": 50, "eps_cg": 0.1, "split": k})
+    for kind in ("fisher", "gn", "pch1"):
+        out[f"kfi-{kind}"] = ("kfi", {"curvature": {"kind": kind}})
+    return out
+
+
+def _batch(batch: int, device: str):  # type: ignore[no-untyped-def]
+    import numpy as np
+    import torch
+
+    if DATA.exists():
+        with np.load(DATA) as f:
+            x = torch.from_numpy(f["x_test"][:batch].reshape(batch, -1).astype(np.float32) / 255.0)
+            y = torch.from_numpy(f["y_test"][:batch].astype(np.int64))
+        source = "cifar10_jpeg.npz test images"
+    else:
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.rand(batch, WIDTHS[0], generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+        source = "uniform noise (no ../shared/data)"
+    return x.to(device), y.to(device), source
+
+
+def _peak_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def _time_steps(solver, x, y, steps: int, device: str) -> tuple[list[float], dict[str, float]]:  # type: ignore[no-untyped-def]
+    import torch
+
+    times, stats = [], {}
+    for _ in range(steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = solver.step(x, y)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        stats = res.stats
+    return times, stats
+
+
+def run_one(label: str, name: str, options: dict[str, Any], batch: int, steps: int, device: str) -> dict[str, Any]:
+    """One method in this (fresh) process: its time, SGD's time and its peak memory."""
+    import torch
+
+    import curvlab
+    from curvlab.losses import make_loss
+    from curvlab.solvers import make_solver
+
+    torch.manual_seed(0)
+    x, y, source = _batch(batch, device)
+    loss = make_loss("cross_entropy")
+
+    def fresh(name_: str, opts: dict[str, Any]):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        net = curvlab.MLP(WIDTHS, activation="sigmoid", init="xavier").to(device)
+        return make_solver(name_, net, loss, lr=0.1, **opts)
+
+    solver = fresh(name, options)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    base = _peak_mb(device)
+    _time_steps(solver, x, y, 1, device)  # warm-up (allocations, first-call overheads)
+    times, stats = _time_steps(solver, x, y, steps, device)
+    peak = _peak_mb(device) - base
+    sgd_times, _ = _time_steps(fresh("sgd", {}), x, y, steps + 1, device)
+    return {
+        "method": label,
+        "step_s": statistics.median(times),
+        "sgd_step_s": statistics.median(sgd_times[1:]),
+        "peak_mb": peak,
+        "stats": stats,
+        "data": source,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per method (median reported)")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="1 timed step, fewer split values")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    steps = 1 if args.quick else args.steps
+
+    rows = []
+    ctx = get_context("spawn")
+    for label, (name, opts) in methods(args.quick).items():
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            rows.append(pool.submit(run_one, label, name, opts, args.batch, steps, args.device).result())
+        r = rows[-1]
+        print(f"  done {label}: {r['step_s']:.3f} s/step", file=sys.stderr, flush=True)
+
+    print(f"# solver step times: net {'-'.join(map(str, WIDTHS))}, sigmoid, batch {args.batch}, float32, "
+          f"device {args.device}, {rows[0]['threads']} threads, {platform.processor() or platform.machine()}")
+    print(f"# data: {rows[0]['data']}; median of {steps} step(s) after one warm-up; "
+          "ratio = step time / SGD step time measured in the same process")
+    print(f"{'method':<14} {'s/step':>8} {'SGD s/step':>10} {'x SGD':>7} {'peak MB':>8}  stats")
+    for r in rows:
+        st = r["stats"]
+        extra = ", ".join(f"{k}={v:.3g}" for k, v in st.items() if k in ("cg_iters", "cg_iters_mean", "neg_curvature", "kfi_pi_max"))
+        print(f"{r['method']:<14} {r['step_s']:8.3f} {r['sgd_step_s']:10.3f} {r['step_s'] / r['sgd_step_s']:7.1f} "
+              f"{r['peak_mb']:8.0f}  {extra}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``hessian_inverse_product`` against dense float64 solves of torch.func matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ACTIVATIONS, LOSSES, make_problem
+
+import curvlab
+from curvlab.hvp import dense_gauss_newton, dense_hessian, flatten, hvp
+from curvlab.solvers import make_solver
+from curvlab.solvers.exact_inverse import hessian_inverse_product
+
+TOL = 1e-8
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _dense_solve(M: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Tensor:
+    return torch.linalg.solve(M + damping * torch.eye(M.shape[0], dtype=M.dtype), v)
+
+
+def _widths(depth: int, width: int = 3, n_in: int = 4, n_out: int = 3) -> tuple[int, ...]:
+    return (n_in,) + (width,) * (depth - 1) + (n_out,)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5, 8, 12])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_exact_hessian_inverse(activation: str, loss: str, depth: int) -> None:
+    pb = make_problem(activation, loss, widths=_widths(depth), batch=3, seed=depth)
+    H = dense_hessian(pb.net, pb.x, pb.y, loss)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    got = curvlab.hessian_inverse_product(pb.net, pb.x, pb.y, v, damping=1e-2, loss=loss)
+    assert _rel(got, _dense_solve(H, v, 1e-2)) < TOL
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gauss_newton_inverse(activation: str, loss: str, depth: int) -> None:
+    pb = make_problem(activation, loss, widths=_widths(depth), batch=3, seed=depth)
+    G = dense_gauss_newton(pb.net, pb.x, pb.y, loss)
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    got = hessian_inverse_product(pb.net, pb.x, pb.y, v, damping=1e-3, loss=loss, curvature="gn")
+    assert _rel(got, _dense_solve(G, v, 1e-3)) < TOL
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("curvature", ["exact", "gn"])
+def test_batch_sizes_and_no_bias(batch: int, bias: bool, curvature: str) -> None:
+    """Batches below and above the layer input size (the pivot reduction switches on and off)."""
+    pb = make_problem("tanh", "nonconvex", widths=(5, 4, 4, 3), batch=batch, bias=bias)
+    M = (dense_hessian if curvature == "exact" else dense_gauss_newton)(pb.net, pb.x, pb.y, "nonconvex")
+    v = torch.randn(M.shape[0], 2, dtype=torch.float64)  # two right-hand sides at once
+    got = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-2, "nonconvex", curvature)
+    assert got.shape == v.shape
+    assert _rel(got, _dense_solve(M, v, 1e-2)) < TOL
+
+
+def test_tall_skinny_width4_depth30() -> None:
+    """Width 4, depth 30: the residual ‖(H + λI) u − v‖ with exact HVPs, and the dense solve."""
+    pb = make_problem("tanh", "cross_entropy", widths=_widths(30, width=4), batch=3)
+    v = torch.randn(sum(p.numel() for p in pb.net.parameters()), dtype=torch.float64)
+    u = hessian_inverse_product(pb.net, pb.x, pb.y, v, damping=1e-2)
+    residual = flatten(hvp(pb.net, pb.x, pb.y, u)) + 1e-2 * u - v
+    assert residual.norm() / v.norm() < 1e-10
+    H = dense_hessian(pb.net, pb.x, pb.y)
+    assert _rel(u, _dense_solve(H, v, 1e-2)) < TOL
+
+
+def test_inverse_of_the_last_layer_only_net() -> None:
+    """A net with one linear layer: H is Σ_i (h_i h_iᵀ ⊗ ∇²ξ_i)/B, and the sweep has one pivot."""
+    pb = make_problem("relu", widths=(4, 3), batch=5)
+    H = dense_hessian(pb.net, pb.x, pb.y)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    assert _rel(hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-3), _dense_solve(H, v, 1e-3)) < TOL
+
+
+def test_bad_inputs_raise() -> None:
+    pb = make_problem()
+    n = sum(p.numel() for p in pb.net.parameters())
+    v = torch.ones(n, dtype=torch.float64)
+    with pytest.raises(ValueError, match="damping"):
+        hessian_inverse_product(pb.net, pb.x, pb.y, v, damping=0.0)
+    with pytest.raises(ValueError, match=f"shape \\({n},\\)"):
+        hessian_inverse_product(pb.net, pb.x, pb.y, v[:-1])
+    with pytest.raises(ValueError, match="allowed: exact, gn"):
+        hessian_inverse_product(pb.net, pb.x, pb.y, v, curvature="fisher")
+    with pytest.raises(ValueError, match="floating-point"):
+        hessian_inverse_product(pb.net, pb.x, pb.y, torch.ones(n, dtype=torch.long))
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gn"])
+def test_solver_direction_is_damped_newton(curvature: str) -> None:
+    pb = make_problem("sigmoid", widths=(4, 3, 3), batch=4)
+    solver = make_solver("exact_inverse", pb.net, pb.loss, lr=1.0, damping=0.1, curvature=curvature)
+    M = (dense_hessian if curvature == "exact" else dense_gauss_newton)(pb.net, pb.x, pb.y)
+    pb.net.zero_grad()
+    pb.loss(pb.net(pb.x), pb.y).backward()
+    g = flatten([p.grad for p in pb.net.parameters()])
+    dr = solver.direction(pb.x, pb.y)
+    assert _rel(flatten(dr.d), -_dense_solve(M, g, 0.1)) < TOL
+    before = flatten([p.detach().clone() for p in pb.net.parameters()])
+    res = solver.step(pb.x, pb.y)
+    assert res.step_size == 1.0
+    assert torch.allclose(flatten(list(pb.net.parameters())).detach(), before + flatten(dr.d))
+    if curvature == "gn":  # PSD + λI: a descent direction
+        assert dr.stats["grad_dot_dir"] < 0
+    with pytest.raises(ValueError, match="damping"):
+        make_solver("exact_inverse", pb.net, pb.loss, lr=1.0, damping=-1.0)

@@ -1,0 +1,191 @@
+"""The plain ``train(cfg)``: run files, repeatability, resume, failures, schedules, presets."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from curvlab import runfiles as rf
+from curvlab.config import parse_config
+from curvlab.solvers import SOLVERS, StepResult
+from curvlab.train import TrainingFailed, resolve_device, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["train.batch_size=64", "dataset.train_subset=256", "dataset.test_subset=64", "device=cpu"]
+NO_HESSIAN = ["log.hessian_every=0", "log.hessian_first=0"]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return parse_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / rf.METRICS)
+
+
+def test_run_writes_every_file(tmp_path):
+    summary = train(config(*TINY, "solver=sgd", "train.epochs=2", "train.eval_every=3"), tmp_path)
+    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["epochs"] == 2
+    for name in (rf.CONFIG, rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
+        assert (tmp_path / name).is_file()
+    df = metrics(tmp_path)
+    assert list(df.columns[: len(rf.METRIC_COLUMNS)]) == rf.METRIC_COLUMNS
+    assert df["step"].tolist() == list(range(9))
+    evaluated = df.dropna(subset=["test_loss"])["step"].tolist()
+    assert evaluated == [0, 3, 4, 6, 8]  # init, every 3 steps, each epoch end (4, 8)
+    assert df["wall_time"].is_monotonic_increasing
+    assert rf.read_json(tmp_path / rf.SUMMARY)["test_acc"] == df["test_acc"].iloc[-1]
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_same_seed_is_bit_identical_and_seed_matters(tmp_path):
+    args = [*TINY, "solver=eacg", "train.max_steps=5", "log.hessian_first=2", "log.hessian_every=0"]
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(config(*args, f"seed={seed}"), tmp_path / name)
+    a, b, c = (metrics(tmp_path / n).drop(columns="wall_time") for n in "abc")
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["batch_loss"].equals(c["batch_loss"])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "a" / rf.HESSIAN_ERRORS), pd.read_csv(tmp_path / "b" / rf.HESSIAN_ERRORS)
+    )
+
+
+@pytest.mark.parametrize("solver", ["eacg", "sgd"])
+def test_kill_and_resume_is_bit_identical(tmp_path, solver):
+    args = [*TINY, f"solver={solver}", "train.epochs=2", "train.eval_every=2", "train.checkpoint_every=2",
+            "log.hessian_every=3", "log.hessian_first=1", "curvature=fisher"]
+    train(config(*args), tmp_path / "full")
+    # Stop after 3 updates (mid-epoch), then rerun in the same directory: it resumes.
+    stopped = train(config(*args, "train.stop_after=3"), tmp_path / "killed")
+    assert stopped["status"] == "running" and stopped["steps"] == 3
+    assert len(metrics(tmp_path / "killed")) == 4
+    resumed = train(config(*args), tmp_path / "killed")
+    assert resumed["status"] == "completed"
+    pd.testing.assert_frame_equal(
+        metrics(tmp_path / "full").drop(columns="wall_time"), metrics(tmp_path / "killed").drop(columns="wall_time")
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "full" / rf.HESSIAN_ERRORS), pd.read_csv(tmp_path / "killed" / rf.HESSIAN_ERRORS)
+    )
+
+
+def test_resume_checks_config_and_flags(tmp_path):
+    train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=2"), tmp_path)
+    with pytest.raises(ValueError, match="differs in solver.lr"):
+        train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=2", "solver.lr=0.5"), tmp_path)
+    with pytest.raises(ValueError, match="resume=true but"):
+        train(config(*TINY, *NO_HESSIAN, "solver=sgd", "resume=true"), tmp_path / "new")
+    fresh = train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=2", "solver.lr=0.5", "resume=false"), tmp_path)
+    assert fresh["status"] == "completed" and fresh["steps"] == 2
+
+
+class _NaNAfter3:
+    """Wraps SGD so that the fourth update reports a NaN loss."""
+
+    def __init__(self, sgd_cls):
+        self.sgd_cls = sgd_cls
+
+    def __call__(self, *args, **kwargs):
+        solver = self.sgd_cls(*args, **kwargs)
+        step, calls = solver.step, [0]
+
+        def nan_step(x, y):
+            calls[0] += 1
+            res = step(x, y)
+            return StepResult(math.nan, res.step_size) if calls[0] == 4 else res
+
+        solver.step = nan_step
+        return solver
+
+
+def test_nan_fails_with_summary_and_keeps_rows(tmp_path, monkeypatch):
+    monkeypatch.setitem(SOLVERS, "sgd", _NaNAfter3(SOLVERS["sgd"]))
+    with pytest.raises(TrainingFailed, match="loss is nan at step 4"):
+        train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.checkpoint_every=1"), tmp_path)
+    summary = rf.read_json(tmp_path / rf.SUMMARY)
+    assert summary["status"] == "failed" and "nan" in summary["failure"] and summary["steps"] == 3
+    assert metrics(tmp_path)["step"].tolist() == [0, 1, 2, 3]
+
+
+def test_divergence_fails(tmp_path):
+    with pytest.raises(TrainingFailed) as err:
+        train(config(*TINY, *NO_HESSIAN, "solver=sgd", "solver.lr=1e6", "solver.momentum=0",
+                     "train.divergence_factor=2"), tmp_path)
+    summary = rf.read_json(tmp_path / rf.SUMMARY)
+    assert summary["status"] == "failed" and summary["failure"] in str(err.value)
+    assert "diverged" in summary["failure"] or "nan" in summary["failure"]
+
+
+def test_exponential_schedule(tmp_path):
+    train(config(*TINY, *NO_HESSIAN, "solver=sgd", "solver.lr=0.2", "train.schedule=exponential",
+                 "train.decay_every=2", "train.decay_rate=0.5"), tmp_path)
+    lr = metrics(tmp_path)["lr"].tolist()[1:]
+    assert lr == pytest.approx([0.2, 0.2, 0.1, 0.1])
+
+
+def test_hessian_errors_every_kind_and_gn_skipped_for_nonconvex(tmp_path):
+    train(config(*TINY, "loss=nonconvex", "solver=sgd", "log.hessian_every=2", "log.hessian_first=1"), tmp_path)
+    df = pd.read_csv(tmp_path / rf.HESSIAN_ERRORS)
+    assert sorted(df["step"].unique()) == [0, 2]
+    assert set(df["kind"]) == {"fisher", "pch1", "pch2"} and sorted(df["layer"].unique()) == [1, 2, 3]
+    assert (df["error"] >= 0).all()
+    assert any("skipped gn" in n for n in rf.read_json(tmp_path / rf.SUMMARY)["notes"])
+
+
+def test_hessian_errors_use_the_batch_of_the_step(tmp_path):
+    """The logged errors at step 0 equal the core's errors on the first batch at the initialisation."""
+    from curvlab import curvature, layerwise_errors
+    from curvlab.data import load_dataset
+    from curvlab.losses import make_loss
+    from curvlab.nets import MLP
+
+    cfg = config(*TINY, "solver=sgd", "log.hessian_first=1", "log.hessian_every=0", "log.hessian_kinds=[pch2]",
+                 "dtype=float64", "train.max_steps=1")
+    train(cfg, tmp_path)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset)
+    net = MLP(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias).double()
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.train.batch_size]
+    x, y, loss = data.x_train[idx].double(), data.y_train[idx], make_loss("cross_entropy")
+    errs = layerwise_errors(curvature(net, x, y, "pch2", loss), curvature(net, x, y, "exact", loss))
+    errs = errs.layers if hasattr(errs, "layers") else errs
+    logged = pd.read_csv(tmp_path / rf.HESSIAN_ERRORS)["error"].tolist()
+    assert logged == pytest.approx([float(e) for e in errs], rel=1e-10)
+
+
+def test_dtype_and_device(tmp_path):
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    train(config(*TINY, *NO_HESSIAN, "solver=sgd", "dtype=float64", "train.max_steps=1"), tmp_path)
+    state = rf.load_checkpoint(tmp_path / rf.CHECKPOINT)
+    assert all(v.dtype == torch.float64 for v in state["net"].values())
+
+
+@pytest.mark.gpu
+def test_cuda_run(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    summary = train(config("train.batch_size=64", "train.max_steps=3", "device=cuda", "solver=eacg"), tmp_path)
+    assert summary["status"] == "completed" and summary["device"].startswith("cuda")
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_runs_one_step(tmp_path, experiment):
+    from curvlab.data import DatasetError
+
+    cfg = config(f"experiment={experiment}", "train.max_steps=1", "train.epochs=1", "dataset.train_subset=64",
+                 "dataset.test_subset=32", "train.batch_size=32", "device=cpu", "log.hessian_every=0",
+                 "log.hessian_first=1", "log.progress=false")
+    try:
+        summary = train(cfg, tmp_path)
+    except DatasetError as err:
+        pytest.skip(f"experiment {experiment}: data not available here ({err})")
+    assert summary["status"] == "completed" and summary["steps"] == 1
