@@ -99,17 +99,16 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)
 
 
-def _digits(cfg: DatasetConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _digits(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 8×8 digits (values 0..16) with a stratified held-out test split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    x, y = load_digits(return_X_y=True)  # (1797, 64) in 0..16
+    x, y = load_digits(return_X_y=True)  # (1797, 64), (1797,)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=cfg.test_fraction, random_state=_SUBSET_SEED, stratify=y
     )
-    f = lambda a: torch.from_numpy(a).float().div_(16.0)  # noqa: E731
-    g = lambda a: torch.from_numpy(a).long()  # noqa: E731
-    return f(x_tr), g(y_tr), f(x_te), g(y_te)
+    return x_tr, y_tr, x_te, y_te
 
 
 def _torchvision(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
@@ -160,9 +159,10 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         DatasetError: when the files are missing or corrupt, with how to get them.
     """
     if cfg.name is DatasetName.DIGITS:
-        x_tr, y_tr, x_te, y_te = _digits(cfg)
-        x_tr, y_tr = (torch.from_numpy(a) for a in _take(cfg.train_subset, x_tr.numpy(), y_tr.numpy()))
-        x_te, y_te = (torch.from_numpy(a) for a in _take(cfg.test_subset, x_te.numpy(), y_te.numpy()))
+        a_tr, l_tr, a_te, l_te = _digits(cfg)
+        a_tr, l_tr = _take(cfg.train_subset, a_tr, l_tr)
+        a_te, l_te = _take(cfg.test_subset, a_te, l_te)
+        x_tr, x_te = (torch.from_numpy(a).float().div_(16.0) for a in (a_tr, a_te))
     else:
         if cfg.source is DataSource.NPZ:
             a_tr, l_tr, a_te, l_te = load_npz(cfg.path or "")
@@ -181,7 +181,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         if cfg.name is not DatasetName.MNIST:
             img_tr, img_te = _standardise(img_tr, img_te)
         x_tr, x_te = img_tr.flatten(1), img_te.flatten(1)
-        y_tr, y_te = torch.as_tensor(l_tr, dtype=torch.long), torch.as_tensor(l_te, dtype=torch.long)
+    y_tr, y_te = torch.as_tensor(l_tr, dtype=torch.long), torch.as_tensor(l_te, dtype=torch.long)
     data = Dataset(cfg.name.value, x_tr, y_tr, x_te, y_te)
     if data.input_dim != cfg.input_dim:
         raise DatasetError(

@@ -174,13 +174,14 @@ class _Run:
         idx = self.perm[self.pos * b : (self.pos + 1) * b].to(self.device)
         return self.data.x_train[idx], self.data.y_train[idx]
 
-    def fail_reason(self, loss: float) -> str | None:
+    def fail_reason(self, loss: float, step: int) -> str | None:
+        """Why the run must stop at update ``step`` (NaN/Inf or diverging ``loss``), or None."""
         if not math.isfinite(loss):
-            return f"loss is {loss} at step {self.step + 1}; lower solver.lr or raise solver.alpha"
+            return f"loss is {loss} at step {step}; lower solver.lr or raise solver.alpha"
         limit = self.cfg.train.divergence_factor * max(self.initial_loss or 0.0, 1e-12)
         if loss > limit:
             return (
-                f"diverged: loss {loss:.4g} at step {self.step + 1} exceeds train.divergence_factor="
+                f"diverged: loss {loss:.4g} at step {step} exceeds train.divergence_factor="
                 f"{self.cfg.train.divergence_factor:g} × the initial loss {self.initial_loss:.4g}; lower solver.lr"
             )
         return None
@@ -207,7 +208,7 @@ class _Run:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self.wall_time += time.perf_counter() - t0
-                reason = self.fail_reason(float(res.loss))
+                reason = self.fail_reason(float(res.loss), self.step + 1)
                 if reason is not None:
                     self.write("failed", reason)
                     raise TrainingFailed(f"run {self.dir} failed: {reason}")
@@ -222,7 +223,7 @@ class _Run:
                 last = self.step == self.total_steps
                 if self.pos == 0 or last or (loop.eval_every and self.step % loop.eval_every == 0):
                     self.eval_row(row)
-                    reason = self.fail_reason(row["train_loss"])
+                    reason = self.fail_reason(row["train_loss"], self.step)
                     if reason is not None:
                         self.metrics.append(row)
                         self.write("failed", reason)

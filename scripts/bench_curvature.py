@@ -1,43 +1,61 @@
 """Benchmark the curvature recursion on the EA-CG CIFAR-10 net against a gradient step.
 
-Net 3072-1024-512-256-128-64-32-16-10 (sigmoid), batch 500, float32, random inputs. Every time
-is printed as a ratio to a plain gradient step (forward + backward with autograd) measured in
-the same run, because the machine is shared and absolute times are noisy. Times are the best
-of ``--repeats`` runs.
+Net 3072-1024-512-256-128-64-32-16-10 (sigmoid, Xavier), batch 500, float32, random inputs.
+Every time is printed as a ratio to a plain gradient step (forward + backward with autograd)
+measured in the same run, because the machine is shared and absolute times are noisy. Times
+are the best of ``--repeats`` rounds, measured round-robin.
 
 Printed figures:
 
-* ``<kind> pass``: ``curvature(..., cache=cache)`` after a forward pass (what a solver adds;
-  it also returns the batch-mean gradients, so it replaces the backward pass);
-* ``fwd + <kind>``: a whole solver step's curvature and gradient work;
-* ``exact``: the exact bias blocks of the whole batch (seconds; target ≤ 10 s on 2 cores);
-* BackPACK's KFAC, KFRA and KFLR (forward + backward with the extension) on the same net.
+* ``<kind> pass``: ``curvature(..., cache=cache)`` after a forward pass. It also returns the
+  batch-mean gradients, so a solver's step is forward + pass and needs no autograd backward;
+  ``extra`` = (forward + pass − gradient step) / gradient step is the cost of the curvature
+  itself (target for pch1/gn with the rank-one weight factor: ≤ 0.5);
+* BackPACK's KFAC, KFRA and KFLR (forward + backward with the extension) on the same net;
+* ``exact``: the exact bias blocks of the whole batch (seconds; target ≤ 10 s on 2 cores),
+  with the GEMM work it needs and the GEMM rate of the machine at that moment.
 
-Usage: ``python scripts/bench_curvature.py [--quick] [--repeats N] [--no-exact] [--no-backpack]``.
+Usage: ``python scripts/bench_curvature.py [--quick] [--batch B] [--repeats N] [--no-exact]
+[--no-backpack]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from typing import Callable
 
 import torch
 
 import curvlab
+import curvlab.nets
 from curvlab.losses import CrossEntropy
 
 WIDTHS = [3072, 1024, 512, 256, 128, 64, 32, 16, 10]
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy initialisation)
-    times = []
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (robust to other processes' load)
+
+
+def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds per function, measured round-robin so that a change in the
+    machine's load affects every candidate alike."""
+    for fn in fns.values():
+        fn()  # warm-up (allocations, lazy initialisation)
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = CLOCK()
+            fn()
+            best[name] = min(best[name], CLOCK() - t0)
+    return best
+
+
+def gemm_gflops() -> float:
+    """Float32 GEMM throughput right now (the machine is shared: this moves with its load)."""
+    a = torch.randn(8192, 1024)
+    return 2 * 8192 * 1024**2 / best_times({"gemm": lambda: a.T @ a}, 3)["gemm"] / 1e9
 
 
 def backpack_steps(net: curvlab.MLP, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -74,7 +92,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-exact", action="store_true", help="skip the exact blocks (the slowest part)")
     parser.add_argument("--no-backpack", action="store_true", help="skip the BackPACK peers")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time, which other processes' load barely moves "
+                             "(use with --threads 1, where no thread spins waiting for another)")
     args = parser.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # BackPACK's hooks warn that the input needs no gradient; that is intended here.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     if args.quick:
         args.batch, args.repeats, args.no_exact = 100, 2, True
 
@@ -84,44 +113,54 @@ def main() -> None:
     y = torch.randint(0, WIDTHS[-1], (args.batch,))
     loss = CrossEntropy()
     print(f"net {'-'.join(map(str, WIDTHS))} sigmoid, batch {args.batch}, float32, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+          f"{torch.get_num_threads()} threads, best of {args.repeats} (round-robin), {args.clock} clock")
 
     def grad_step() -> None:
         net.zero_grad()
         loss(net(x), y).backward()
 
-    def forward() -> object:
+    def forward() -> curvlab.nets.ForwardCache:
         with torch.no_grad():
             return net.forward_cache(x)
 
-    t_grad = best_of(grad_step, args.repeats)
-    t_fwd = best_of(forward, args.repeats)
     cache = forward()
-    print(f"{'gradient step (fwd+bwd)':28s} {t_grad * 1e3:8.1f} ms   1.00x")
-    print(f"{'forward pass (cached)':28s} {t_fwd * 1e3:8.1f} ms   {t_fwd / t_grad:4.2f}x")
-
-    for kind, opts in [("pch1", {}), ("gn", {}), ("pch2", {}), ("fisher", {"fisher": "mc"}),
-                       ("fisher", {"fisher": "exact"})]:
-        label = kind + (f"({opts['fisher']})" if opts else "")
-        t = best_of(lambda: curvlab.curvature(net, x, y, kind, loss, cache=cache, **opts), args.repeats)
-        print(f"{label + ' pass':28s} {t * 1e3:8.1f} ms   {t / t_grad:4.2f}x   "
-              f"(fwd + pass: {(t + t_fwd) / t_grad:4.2f}x)")
-
+    fns: dict[str, Callable[[], object]] = {"gradient step (fwd+bwd)": grad_step, "forward pass (cached)": forward}
+    passes = [("pch1", {}), ("gn", {}), ("pch2", {}), ("pch1", {"jacobian_average": "mean"}),
+              ("fisher", {"fisher": "mc"}), ("fisher", {"fisher": "exact"})]
+    for kind, opts in passes:
+        label = kind + "".join(f" {v}" for v in opts.values()) + " pass"
+        fns[label] = lambda kind=kind, opts=opts: curvlab.curvature(net, x, y, kind, loss, cache=cache, **opts)
     if not args.no_backpack:
         try:
-            peers = backpack_steps(net, x, y)
+            fns.update({f"BackPACK {k} (fwd+bwd)": v for k, v in backpack_steps(net, x, y).items()})
         except ImportError:
             print("BackPACK not installed (pip install backpack-for-pytorch); peers skipped")
-            peers = {}
-        for name, fn in peers.items():
-            t = best_of(fn, args.repeats)
-            print(f"{'BackPACK ' + name + ' (fwd+bwd)':28s} {t * 1e3:8.1f} ms   {t / t_grad:4.2f}x")
+    best = best_times(fns, args.repeats)
+    t_grad, t_fwd = best["gradient step (fwd+bwd)"], best["forward pass (cached)"]
+    for name, t in best.items():
+        extra = f"   extra {(t + t_fwd - t_grad) / t_grad:+5.2f}x" if name.endswith(" pass") else ""
+        print(f"{name:28s} {t * 1e3:8.1f} ms   {t / t_grad:5.2f}x{extra}")
 
     if not args.no_exact:
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         curvlab.curvature(net, x, y, "exact", loss, cache=cache)
-        t = time.perf_counter() - t0
-        print(f"{'exact blocks (whole batch)':28s} {t:8.2f} s    {t / t_grad:4.0f}x   (target <= 10 s)")
+        t = CLOCK() - t0
+        flops = 2 * exact_macs(WIDTHS, args.batch)
+        print(f"{'exact blocks (whole batch)':28s} {t:8.2f} s   {t / t_grad:5.0f}x   (target <= 10 s)")
+        rate = gemm_gflops()
+        print(f"  {flops / 1e9:.0f} GFLOP in GEMMs; float32 GEMM now runs at {rate:.0f} GFLOP/s, "
+              f"i.e. {flops / rate / 1e9:.1f} s of pure GEMM at this load")
+
+
+def exact_macs(widths: list[int], batch: int) -> float:
+    """Multiply-adds of the exact recursion: per sample (H_i W) then Wᵀ(·) per layer, the last
+    (first-layer) product as a symmetric sum of three half-width GEMMs."""
+    macs = 0.0
+    for t in range(len(widths) - 2, 0, -1):  # step from block n_{t+1} to n_t
+        n_prev, n_t = widths[t], widths[t + 1]
+        second = n_prev * n_prev * n_t * (0.75 if t == 1 and n_prev >= 256 else 1.0)
+        macs += n_t * n_t * n_prev + second
+    return macs * batch
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ float32 (Chen et al., "Experimental Evaluation"). Methods:
 - ``kfi-<kind>``: KFI with Fisher (KFAC), GN (KFRA) and PCH-1.
 
 Each method runs in a fresh process (so that the peak-memory figure is its own): build the
-net and one batch, one warm-up step, ``--steps`` timed steps (median), then the same for
-SGD in that process, so every ratio compares timings taken side by side. Peak memory is the
-growth of the process's max RSS over the state after setup (CPU) or
-``torch.cuda.max_memory_allocated`` over setup (CUDA). The batch comes from
+net and one batch, one warm-up step, then ``--steps`` method steps alternating with SGD
+steps on a copy of the net, so that every ratio compares timings taken side by side on a
+shared, noisy machine (the ratio is the median of the per-pair ratios). Peak memory is the
+growth of the process's max RSS (CPU) or of ``torch.cuda.max_memory_allocated`` (CUDA)
+beyond the state after setup and one SGD step, i.e. the extra memory a method's step needs
+over an SGD step (the ``sgd`` row: a second SGD net's first step). The batch comes from
 ``../shared/data/cifar10_jpeg.npz`` when present, else uniform noise in [0, 1].
 
     python scripts/bench_solvers.py                 # all methods, 3 steps each
@@ -72,24 +74,23 @@ def _peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-def _time_steps(solver, x, y, steps: int, device: str) -> tuple[list[float], dict[str, float]]:  # type: ignore[no-untyped-def]
+def _timed_step(solver, x, y, device: str) -> tuple[float, dict[str, float]]:  # type: ignore[no-untyped-def]
     import torch
 
-    times, stats = [], {}
-    for _ in range(steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = solver.step(x, y)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        stats = res.stats
-    return times, stats
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    res = solver.step(x, y)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, res.stats
 
 
 def run_one(label: str, name: str, options: dict[str, Any], batch: int, steps: int, device: str) -> dict[str, Any]:
-    """One method in this (fresh) process: its time, SGD's time and its peak memory."""
+    """One method in this (fresh) process: its time, SGD's time and its peak memory.
+
+    Method and SGD steps alternate, so that both see the same load on a shared machine.
+    """
     import torch
 
     import curvlab
@@ -105,19 +106,23 @@ def run_one(label: str, name: str, options: dict[str, Any], batch: int, steps: i
         net = curvlab.MLP(WIDTHS, activation="sigmoid", init="xavier").to(device)
         return make_solver(name_, net, loss, lr=0.1, **opts)
 
-    solver = fresh(name, options)
+    solver, sgd = fresh(name, options), fresh("sgd", {})
+    _timed_step(sgd, x, y, device)  # warm-up of the shared parts (forward, backward, allocator)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     base = _peak_mb(device)
-    _time_steps(solver, x, y, 1, device)  # warm-up (allocations, first-call overheads)
-    times, stats = _time_steps(solver, x, y, steps, device)
-    peak = _peak_mb(device) - base
-    sgd_times, _ = _time_steps(fresh("sgd", {}), x, y, steps + 1, device)
+    _timed_step(solver, x, y, device)  # warm-up (allocations, first-call overheads)
+    times, sgd_times, stats = [], [], {}
+    for _ in range(steps):
+        t, stats = _timed_step(solver, x, y, device)
+        times.append(t)
+        sgd_times.append(_timed_step(sgd, x, y, device)[0])
     return {
         "method": label,
         "step_s": statistics.median(times),
-        "sgd_step_s": statistics.median(sgd_times[1:]),
-        "peak_mb": peak,
+        "sgd_step_s": statistics.median(sgd_times),
+        "ratio": statistics.median(t / s for t, s in zip(times, sgd_times)),
+        "peak_mb": _peak_mb(device) - base,
         "stats": stats,
         "data": source,
         "threads": torch.get_num_threads(),
@@ -145,12 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# solver step times: net {'-'.join(map(str, WIDTHS))}, sigmoid, batch {args.batch}, float32, "
           f"device {args.device}, {rows[0]['threads']} threads, {platform.processor() or platform.machine()}")
     print(f"# data: {rows[0]['data']}; median of {steps} step(s) after one warm-up; "
-          "ratio = step time / SGD step time measured in the same process")
+          "x SGD = median ratio to SGD steps interleaved in the same process; "
+          "peak MB = extra max RSS over an SGD step")
     print(f"{'method':<14} {'s/step':>8} {'SGD s/step':>10} {'x SGD':>7} {'peak MB':>8}  stats")
     for r in rows:
         st = r["stats"]
-        extra = ", ".join(f"{k}={v:.3g}" for k, v in st.items() if k in ("cg_iters", "cg_iters_mean", "neg_curvature", "kfi_pi_max"))
-        print(f"{r['method']:<14} {r['step_s']:8.3f} {r['sgd_step_s']:10.3f} {r['step_s'] / r['sgd_step_s']:7.1f} "
+        shown = ("cg_iters", "cg_iters_mean", "neg_curvature", "kfi_pi_max")
+        extra = ", ".join(f"{k}={v:.3g}" for k, v in st.items() if k in shown)
+        print(f"{r['method']:<14} {r['step_s']:8.3f} {r['sgd_step_s']:10.3f} {r['ratio']:7.1f} "
               f"{r['peak_mb']:8.0f}  {extra}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

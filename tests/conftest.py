@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
 from curvlab.losses import Loss, make_loss
@@ -13,6 +12,7 @@ from curvlab.nets import MLP
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 LOSSES = ("cross_entropy", "nonconvex")
+# The shared real data (never copied into the repo); tests that need it skip when it is absent.
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -45,11 +45,6 @@ def make_problem(
     x = (2.0 * torch.randn(batch, widths[0], generator=gen, dtype=torch.float64)).to(dtype=dtype, device=device)
     y = torch.randint(0, widths[-1], (batch,), generator=gen).to(device)
     return Problem(net, x, y, make_loss(loss))
-
-
-@pytest.fixture
-def problem() -> Problem:
-    return make_problem()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

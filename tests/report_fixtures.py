@@ -21,14 +21,15 @@ def write_run(root: Path, name: str, *, experiment: str, curvature: str | None, 
     rng = rng or np.random.default_rng(seed)
     d = root / name
     d.mkdir(parents=True)
-    cfg = {"experiment": experiment, "seed": seed, "solver": {"name": solver, "lr": 0.1},
+    solver_cfg = {"name": solver, "lr": 0.1, **({"base": "sgd", "sigma": 100.0} if solver == "cr" else {})}
+    cfg = {"experiment": experiment, "seed": seed, "solver": solver_cfg,
            "curvature": {"kind": curvature}, "dataset": {"name": "tiny"}, **(cfg_extra or {})}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     step = np.arange(steps)
     rows = pd.DataFrame({
         "step": step, "epoch": step / 2, "wall_time": 0.1 * (step + 1) * (1 + 0.1 * rng.random(steps)),
         "batch_loss": 2.0 * np.exp(-0.1 * step) + 0.05 * rng.random(steps),
-        "step_size": 0.1 * (1 + rng.random(steps)) if cr else np.full(steps, 0.1),
+        "step_size": 0.1 * (1 + rng.random(steps)) if cr else np.full(steps, 0.1), "lr": np.full(steps, 0.1),
         "train_loss": 2.0 * np.exp(-0.1 * step) + 0.05 * rng.random(steps),
         "test_loss": 2.1 * np.exp(-0.1 * step), "test_acc": 0.1 + 0.05 * step + 0.01 * rng.random(steps),
     })

@@ -8,6 +8,7 @@ from conftest import ACTIVATIONS, LOSSES, make_problem, rel_err
 
 import curvlab
 from curvlab.curvature import reference as ref
+from curvlab.curvature.messages import symmetric_product
 from curvlab.curvature.options import FisherType, JacobianAverage
 
 CASES = [(a, l, b) for a in ACTIVATIONS for l in LOSSES for b in (True, False)]
@@ -104,3 +105,48 @@ def test_precomputed_cache_gives_the_same_blocks() -> None:
         for u, v in zip(a, b):
             torch.testing.assert_close(u.bias, v.bias, rtol=0, atol=0)
             assert not v.bias.requires_grad
+
+
+def test_symmetric_product_equals_full_product() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(1200, 300, generator=gen, dtype=torch.float64)  # long enough to split
+    s = torch.randn(1200, 1200, generator=gen, dtype=torch.float64)
+    c = (s + s.T) @ a  # aᵀ c = aᵀ S a is symmetric
+    torch.testing.assert_close(symmetric_product(a, c), a.T @ c)
+
+
+def test_exact_blocks_of_a_wide_net() -> None:
+    """Widths where the last step takes the split-GEMM path (K = 16·64 rows ≥ 4·256), against torch.func."""
+    p = make_problem("tanh", "nonconvex", widths=(4, 256, 64, 3), batch=16)
+    blocks = curvlab.curvature(p.net, p.x, p.y, kind="exact", loss=p.loss, chunk_size=16)
+    for blk, want in zip(blocks, ref.hessian_blocks(p.net, p.x, p.y, p.loss)):
+        assert rel_err(blk.bias, want) < 1e-12
+    gn = curvlab.curvature(p.net, p.x, p.y, kind="pch2", loss=p.loss)
+    want = ref.ea_blocks(p.net, p.x, p.y, p.loss, ref.abs_eig, lambda r: r.clamp_min(0))
+    for blk, w in zip(gn, want):
+        assert rel_err(blk.bias, w) < 1e-12
+
+
+def test_public_name_is_the_function_even_after_a_subpackage_import() -> None:
+    """Importing curvlab.curvature.* binds the package as ``curvlab.curvature``; it must still
+    be callable as the public function."""
+    import inspect
+
+    import curvlab.curvature.options  # noqa: F401
+
+    p = make_problem()
+    blocks = curvlab.curvature(p.net, p.x, p.y, kind="gn")
+    assert len(blocks) == p.net.depth
+    assert "weight_blocks" in inspect.signature(curvlab.curvature).parameters
+
+
+@pytest.mark.parametrize("widths", [(4, 3), (4, 5, 4, 3, 3)], ids=["1-layer", "4-layers"])
+def test_other_depths(widths: tuple[int, ...]) -> None:
+    p = make_problem("sigmoid", "nonconvex", widths=widths)
+    exact = curvlab.curvature(p.net, p.x, p.y, kind="exact", loss=p.loss)
+    for blk, want in zip(exact, ref.hessian_blocks(p.net, p.x, p.y, p.loss), strict=True):
+        assert rel_err(blk.bias, want) < 1e-12
+    pch2 = curvlab.curvature(p.net, p.x, p.y, kind="pch2", loss=p.loss)
+    want = ref.ea_blocks(p.net, p.x, p.y, p.loss, ref.abs_eig, lambda r: r.clamp_min(0))
+    for blk, w in zip(pch2, want, strict=True):
+        assert rel_err(blk.bias, w) < 1e-12

@@ -75,7 +75,7 @@ def test_npz_problems_are_reported(tmp_path):
     with pytest.raises(DatasetError, match="cannot read"):
         load_dataset(DatasetConfig(**base, path=str(truncated)))
     np.savez(tmp_path / "k.npz", x_train=np.zeros((2, 8, 8, 3), np.uint8))
-    with pytest.raises(DatasetError, match="lacks array\(s\) y_train, x_test, y_test"):
+    with pytest.raises(DatasetError, match=r"lacks array\(s\) y_train, x_test, y_test"):
         load_dataset(DatasetConfig(**base, path=str(tmp_path / "k.npz")))
     np.savez(tmp_path / "f.npz", x_train=np.zeros((2, 8, 8, 3)), y_train=np.zeros(2), x_test=np.zeros((1, 8, 8, 3)),
              y_test=np.zeros(1))

@@ -91,18 +91,21 @@ def test_split_changes_the_solution() -> None:
 
 
 def test_one_iteration_is_one_cg_step_per_system() -> None:
-    # With max_cg=1 every system returns x₁ = (gᵀg / gᵀAg) g for its own A and g = −grad.
-    blocks = random_blocks([4, 3, 2])
-    d, stats = eacg_solve(blocks, ALPHA, max_cg=1, eps_cg=0.0, split=1)
+    # max_cg=1: every sub-system j returns x₁ = (gⱼᵀgⱼ / gⱼᵀAⱼgⱼ) gⱼ with its own A and
+    # g = −grad; systems batched together (equal layers, split 2) must not share step sizes.
+    blocks = random_blocks([4, 4, 4])
+    d, stats = eacg_solve(blocks, ALPHA, max_cg=1, eps_cg=0.0, split=2)
     for blk, d_w, d_b in zip(blocks, d[0::2], d[1::2]):
-        b = -blk.grad_bias
-        a_b = (1 - ALPHA) * blk.bias + ALPHA * torch.eye(blk.n_out)
-        torch.testing.assert_close(d_b, (b @ b) / (b @ a_b @ b) * b)
-        g = -blk.grad_weight.flatten()
-        a_w = (1 - ALPHA) * torch.kron(blk.bias, torch.outer(blk.input_mean, blk.input_mean))
-        a_w = a_w + ALPHA * torch.eye(g.numel())
-        torch.testing.assert_close(d_w.flatten(), (g @ g) / (g @ a_w @ g) * g)
-    assert stats["cg_iters"] == 1 and stats["cg_unconverged"] == stats["cg_systems"]
+        mu = blk.input_mean
+        for rows in torch.arange(blk.n_out).tensor_split(2):
+            b_j = blk.bias[rows[:, None], rows[None, :]]
+            g = -blk.grad_bias[rows]
+            a_b = (1 - ALPHA) * b_j + ALPHA * torch.eye(len(rows))
+            torch.testing.assert_close(d_b[rows], (g @ g) / (g @ a_b @ g) * g)
+            g = -blk.grad_weight[rows].flatten()
+            a_w = (1 - ALPHA) * torch.kron(b_j, torch.outer(mu, mu)) + ALPHA * torch.eye(g.numel())
+            torch.testing.assert_close(d_w[rows].flatten(), (g @ g) / (g @ a_w @ g) * g)
+    assert stats["cg_iters"] == 1 and stats["cg_unconverged"] == stats["cg_systems"] == 8
 
 
 def test_eps_cg_stops_at_relative_residual() -> None:

@@ -112,3 +112,14 @@ def test_solver_direction_is_damped_newton(curvature: str) -> None:
         assert dr.stats["grad_dot_dir"] < 0
     with pytest.raises(ValueError, match="damping"):
         make_solver("exact_inverse", pb.net, pb.loss, lr=1.0, damping=-1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    pb = make_problem("tanh", "nonconvex", widths=_widths(6), batch=4)
+    v = torch.randn(sum(p.numel() for p in pb.net.parameters()), dtype=torch.float64)
+    cpu = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-2, "nonconvex")
+    gpu = make_problem("tanh", "nonconvex", widths=_widths(6), batch=4, device="cuda")
+    got = hessian_inverse_product(gpu.net, gpu.x, gpu.y, v.cuda(), 1e-2, "nonconvex")
+    assert _rel(got.cpu(), cpu) < 1e-10

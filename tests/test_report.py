@@ -14,7 +14,7 @@ from curvlab.report.figures import fit_loglog_slope, mean_std
 from curvlab.report.load import run_label
 from curvlab.report.paper import EACG_TABLES
 from curvlab.report.render import variant_labels
-from curvlab.report.tables import hessian_error_table, side_by_side, to_latex, to_markdown
+from curvlab.report.tables import cr_rate_table, hessian_error_table, side_by_side, to_latex, to_markdown
 from report_fixtures import write_run
 
 KINDS = ("fisher", "gn", "pch1", "pch2")
@@ -33,8 +33,9 @@ def curve_runs(tmp_path: Path) -> Path:
     for seed in (0, 1):
         write_run(tmp_path, f"sgd_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed)
         write_run(tmp_path, f"eacg_{seed}", experiment="fig", curvature="pch1", solver="eacg", seed=seed)
-        write_run(tmp_path, f"cr_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed, cr=True,
-                  cfg_extra={"cr": {"enabled": True}})
+        write_run(tmp_path, f"cr_{seed}", experiment="fig", curvature=None, solver="cr", seed=seed, cr=True)
+        write_run(tmp_path, f"sgdm_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed,
+                  cfg_extra={"solver": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
     return tmp_path
 
 
@@ -113,22 +114,33 @@ def test_labels_separate_variants(curve_runs: Path) -> None:
     r = load_runs([curve_runs])
     assert run_label({"solver": "sgd", "curvature": "pch1"}) == "sgd"
     assert run_label({"solver": "kfi", "curvature": "fisher"}) == "fisher/kfi"
-    labels = set(variant_labels(r.runs))
-    assert len(labels) == 3 and "pch1/eacg" in labels and any("enabled=True" in s for s in labels)
+    assert run_label({"solver": "cr", "cfg.solver.base": "adagrad"}) == "adagrad+cr"
+    assert run_label({"solver": "exact_inverse", "cfg.solver.curvature": "gn"}) == "exact_inverse(gn)"
+    # Runs that share a label but differ in a config value get it appended; seeds do not count.
+    assert set(variant_labels(r.runs)) == {"sgd", "sgd momentum=0.9", "pch1/eacg", "sgd+cr"}
 
 
 def test_report_writes_tables_and_figures(curve_runs: Path, table_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     files = report([curve_runs], out)
     names = {f.name for f in files}
-    assert {"fig.png", "fig.pdf", "fig_cr.png", "fig_final.md", "fig_final.csv", "fig_final.tex"} <= names
+    assert {"fig.png", "fig.pdf", "fig_cr.png", "fig_cr_rate.md", "fig_final.md", "fig_final.csv", "fig_final.tex"} <= names
     assert "eacg_table2_vs_paper.md" in names and "eacg_table2.tex" in names
     for f in files:
         assert f.stat().st_size > 0
     assert (out / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "fig.pdf").read_bytes()[:5] == b"%PDF-"
     final = pd.read_csv(out / "fig_final.csv", index_col=0)
-    assert final["seeds"].eq(2).all() and len(final) == 3
+    assert final["seeds"].eq(2).all() and len(final) == 4
+
+
+def test_cr_rate_table_is_alpha_over_lr(curve_runs: Path) -> None:
+    r = load_runs([curve_runs])
+    m = r.metrics.assign(label=r.metrics["run_dir"].map(dict(zip(r.runs["run_dir"], variant_labels(r.runs)))))
+    tab = cr_rate_table(m, ["sgd+cr"], window=3, period=2)
+    ref = [np.median((g.sort_values("step")["step_size"] / 0.1).to_numpy()[:3]) for _, g in m[m.label == "sgd+cr"].groupby("run_dir")]
+    assert tab.loc["sgd+cr", "alpha/lr, first updates"] == pytest.approx(np.median(ref))
+    assert tab.loc["sgd+cr", "seeds"] == 2 and 1 <= tab.loc["sgd+cr", "max moving-average alpha/lr"] <= 2
 
 
 def test_report_only_tables(table_runs: Path, tmp_path: Path) -> None:

@@ -16,13 +16,15 @@ from curvlab.solvers import SOLVERS, StepResult
 from curvlab.train import TrainingFailed, resolve_device, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ["train.batch_size=64", "dataset.train_subset=256", "dataset.test_subset=64", "device=cpu"]
+TINY = ["train.epochs=1", "train.batch_size=64", "dataset.train_subset=256", "dataset.test_subset=64", "device=cpu"]
 NO_HESSIAN = ["log.hessian_every=0", "log.hessian_first=0"]
 
 
 def config(*overrides: str):
+    """The real configs composed with ``overrides``; a later override of a key wins."""
+    latest = {o.split("=", 1)[0]: o for o in overrides}
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return parse_config(compose(config_name="config", overrides=list(overrides)))
+        return parse_config(compose(config_name="config", overrides=list(latest.values())))
 
 
 def metrics(run_dir: Path) -> pd.DataFrame:
@@ -124,7 +126,7 @@ def test_divergence_fails(tmp_path):
 
 def test_exponential_schedule(tmp_path):
     train(config(*TINY, *NO_HESSIAN, "solver=sgd", "solver.lr=0.2", "train.schedule=exponential",
-                 "train.decay_every=2", "train.decay_rate=0.5"), tmp_path)
+                 "train.decay_every=2", "train.decay_rate=0.5", "train.max_steps=4"), tmp_path)
     lr = metrics(tmp_path)["lr"].tolist()[1:]
     assert lr == pytest.approx([0.2, 0.2, 0.1, 0.1])
 
@@ -177,15 +179,38 @@ def test_cuda_run(tmp_path):
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_runs_one_step(tmp_path, experiment):
-    from curvlab.data import DatasetError
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> dict[str, list[str]]:
+    """Overrides that point each dataset at a tiny synthetic copy (8×8 images for cifar/imagenet)."""
+    from fixtures import write_idx_mnist, write_npz
 
-    cfg = config(f"experiment={experiment}", "train.max_steps=1", "train.epochs=1", "dataset.train_subset=64",
-                 "dataset.test_subset=32", "train.batch_size=32", "device=cpu", "log.hessian_every=0",
-                 "log.hessian_first=1", "log.progress=false")
-    try:
-        summary = train(cfg, tmp_path)
-    except DatasetError as err:
-        pytest.skip(f"experiment {experiment}: data not available here ({err})")
+    root = tmp_path_factory.mktemp("data")
+    write_idx_mnist(root, n_train=64, n_test=32)
+    write_npz(root / "images.npz", n_train=64, n_test=32, size=8)
+    images = ["dataset.source=npz", f"dataset.path={root / 'images.npz'}", "dataset.image_size=8"]
+    return {"digits": [], "mnist": [f"dataset.root={root}"], "cifar10": images, "imagenet10": images}
+
+
+SHRINK = ["train.max_steps=1", "train.epochs=1", "dataset.train_subset=64", "dataset.test_subset=32",
+          "train.batch_size=32", "device=cpu", "log.progress=false"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_runs_one_step(tmp_path, experiment, synthetic_data):
+    """Each preset's dataset, loss, curvature, solver and schedule on a small net, one update."""
+    name = config(f"experiment={experiment}").dataset.name.value
+    small_net = "net.widths=[${dataset.input_dim},16,8,${dataset.num_classes}]"
+    cfg = config(f"experiment={experiment}", *synthetic_data[name], *SHRINK, small_net,
+                 "log.hessian_every=0", "log.hessian_first=1")
+    summary = train(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["steps"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_one_step_with_its_net(tmp_path, experiment, synthetic_data):
+    """The same with the preset's own net and one Hessian-error log (minutes for the big nets)."""
+    name = config(f"experiment={experiment}").dataset.name.value
+    cfg = config(f"experiment={experiment}", *synthetic_data[name], *SHRINK, "log.hessian_first=1")
+    summary = train(cfg, tmp_path)
+    assert summary["steps"] == 1

@@ -30,3 +30,4 @@ class _CallablePackage(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallablePackage
+__wrapped__ = curvature  # so that inspect.signature(curvlab.curvature) shows the function's

@@ -6,20 +6,21 @@ A kind says two things (cf. BackPACK's residual table and Section 3.2 of Dangel 
    message type that travels backwards (per-sample blocks, per-sample factors or a batch mean);
 2. how it treats the activation's second-order ("residual") diagonal term of Eq. (4b):
 
-=========  ==========================================  ===================
-kind       output block                                residual term
-=========  ==========================================  ===================
-exact      per-sample loss Hessians ∇²_{h^k} ξ_i        keep (per sample)
-gn         E_i[∇²_{h^k} ξ_i]                            drop
-pch1/pch   Pos-Eig(E_i[∇²_{h^k} ξ_i]), |eigenvalues|    |·|        (γ = −1)
-pch2       Pos-Eig(E_i[∇²_{h^k} ξ_i]), |eigenvalues|    max(·, 0)  (γ = 0)
-fisher     per-sample factors g (mc / empirical / exact) drop
-=========  ==========================================  ===================
+=========  =============================================  =====================
+kind       output block                                   residual term
+=========  =============================================  =====================
+exact      per-sample loss Hessians ∇²_{h^k} ξ_i           keep (per sample)
+gn         E_i[∇²_{h^k} ξ_i]                               drop
+pch1/pch   Pos-Eig(E_i[∇²_{h^k} ξ_i]), |eigenvalues|       |·| of the mean (γ = −1)
+pch2       Pos-Eig(E_i[∇²_{h^k} ξ_i]), |eigenvalues|       max(·, 0) (γ = 0)
+fisher     per-sample factors g (mc, empirical, exact)     drop
+=========  =============================================  =====================
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable
 
 import torch
@@ -29,7 +30,7 @@ from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerS
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss
 
-__all__ = ["KindPolicy", "KINDS", "policy", "pos_eig", "fisher_factors"]
+__all__ = ["Batching", "KindPolicy", "KINDS", "EA_EXACT", "policy", "pos_eig", "fisher_factors"]
 
 OutputBuilder = Callable[[Loss, Tensor, Tensor, CurvatureOptions, "torch.Generator | None"], Message]
 
@@ -43,15 +44,15 @@ def pos_eig(a: Tensor) -> Tensor:
 def fisher_factors(
     loss: Loss, out: Tensor, y: Tensor, fisher: FisherType, mc_samples: int, generator: torch.Generator | None
 ) -> Tensor:
-    """Per-sample factors U_i (B, C, m) with Σ_m U U ᵀ the output Fisher block of sample i.
+    """Per-sample factors U_i (B, m, C) with U_iᵀ U_i the output Fisher block of sample i.
 
-    ``mc``: m sampled labels ỹ ~ softmax(h^k), columns ∇ξ(h^k | ỹ)/√m (KFAC).
-    ``empirical``: the true label's gradient. ``exact``: columns √p_c ∇ξ(h^k | c) for every
-    class c, so that U Uᵀ = Σ_c p_c g_c g_cᵀ, the expectation under the predictive distribution.
+    ``mc``: m sampled labels ỹ ~ softmax(h^k), rows ∇ξ(h^k | ỹ)/√m (KFAC).
+    ``empirical``: the true label's gradient. ``exact``: rows √p_c ∇ξ(h^k | c) for every
+    class c, so that Uᵀ U = Σ_c p_c g_c g_cᵀ, the expectation under the predictive distribution.
     """
     b, c = out.shape
     if fisher is FisherType.EMPIRICAL:
-        return loss.grad(out, y)[:, :, None]
+        return loss.grad(out, y)[:, None, :]
     if fisher is FisherType.MC:
         # Sample where the generator lives (a CPU generator cannot drive CUDA sampling).
         src = out if generator is None or generator.device == out.device else out.to(generator.device)
@@ -61,10 +62,10 @@ def fisher_factors(
         labels = torch.arange(c, device=out.device)[:, None].expand(c, b)  # (C, B)
         m = c
     rep = out[None].expand(m, b, c).reshape(m * b, c)
-    g = loss.grad(rep, labels.reshape(-1)).reshape(m, b, c).permute(1, 2, 0)  # (B, C, m)
+    g = loss.grad(rep, labels.reshape(-1)).reshape(m, b, c).transpose(0, 1)  # (B, m, C)
     if fisher is FisherType.MC:
         return g / m**0.5
-    return g * loss.probs(out).sqrt()[:, None, :]  # column c scaled by √p_c
+    return g * loss.probs(out).sqrt()[:, :, None]  # row c scaled by √p_c
 
 
 def _exact_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
@@ -83,31 +84,35 @@ def _fisher_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, g
     return PerSampleFactors(fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen))
 
 
+class Batching(str, Enum):
+    """How the samples of a batch travel through the recursion (fixed by the output block)."""
+
+    MEAN = "mean"  # one batch-mean message: needs the whole batch at once (EA, Eq. 6)
+    FACTORS = "factors"  # per-sample factors: small, chunked only on request
+    BLOCKS = "blocks"  # per-sample (n, n) blocks: chunked to bound memory
+
+
 @dataclass(frozen=True)
 class KindPolicy:
     """One curvature kind: its output block and its treatment of the residual term."""
 
     output: OutputBuilder
     residual: Residual
-
-    @property
-    def batch_mean(self) -> bool:
-        """Whether the recursion passes batch means (EA), which needs the whole batch at once."""
-        return self.output in (_mean_output, _pos_eig_output)
+    batching: Batching
 
 
 KINDS: dict[Kind, KindPolicy] = {
-    Kind.EXACT: KindPolicy(_exact_output, Residual.KEEP),
-    Kind.GN: KindPolicy(_mean_output, Residual.DROP),
-    Kind.PCH1: KindPolicy(_pos_eig_output, Residual.ABS),
-    Kind.PCH: KindPolicy(_pos_eig_output, Residual.ABS),
-    Kind.PCH2: KindPolicy(_pos_eig_output, Residual.CLIP),
-    Kind.FISHER: KindPolicy(_fisher_output, Residual.DROP),
+    Kind.EXACT: KindPolicy(_exact_output, Residual.KEEP, Batching.BLOCKS),
+    Kind.GN: KindPolicy(_mean_output, Residual.DROP, Batching.MEAN),
+    Kind.PCH1: KindPolicy(_pos_eig_output, Residual.ABS, Batching.MEAN),
+    Kind.PCH: KindPolicy(_pos_eig_output, Residual.ABS, Batching.MEAN),
+    Kind.PCH2: KindPolicy(_pos_eig_output, Residual.CLIP, Batching.MEAN),
+    Kind.FISHER: KindPolicy(_fisher_output, Residual.DROP, Batching.FACTORS),
 }
 
 # Not a public kind: the EA recursion of the exact Hessian (Eq. 6 with the residual kept). It
 # is what PCH-2 equals when every residual is non-negative, and what tests compare against.
-EA_EXACT = KindPolicy(_mean_output, Residual.KEEP)
+EA_EXACT = KindPolicy(_mean_output, Residual.KEEP, Batching.MEAN)
 
 
 def policy(kind: Kind) -> KindPolicy:

@@ -20,15 +20,15 @@ import torch
 from torch import Tensor
 
 from curvlab.curvature.blocks import LayerCurvature
-from curvlab.curvature.kinds import KindPolicy, policy
-from curvlab.curvature.messages import PerSampleBlocks
+from curvlab.curvature.kinds import Batching, KindPolicy, policy
+from curvlab.curvature.messages import PerSampleBlocks, Residual
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP, ForwardCache
 
 __all__ = ["curvature", "backward"]
 
-_CHUNK_ELEMENTS = 2**24  # per-sample work arrays of about 64 MiB (float32) per chunk
+_CHUNK_ELEMENTS = 2**25  # per-sample work arrays of about 128 MiB (float32) per chunk
 
 
 def backward(
@@ -51,28 +51,30 @@ def backward(
     fns, k = net.fns, net.depth
     out = cache.output
     g = loss.grad(out, y)  # (b, n_k) per-sample ∇_{b^k} ξ_i
-    msg = pol.output(loss, out, y, options, generator)
+    msg = pol.output(loss, out, y, options, generator)  # Eq. (4a) / (8a)
     sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
-    for t in reversed(range(k)):  # 0-based layer index; layer t maps inputs[t] to preacts[t]
-        h = cache.inputs[t]  # (b, n_{t-1})
+    for t in reversed(range(k)):  # net.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
+        h = cache.inputs[t]  # (b, n_t) its input h^t
         sums[t] = {"block": msg.total(), "grad_bias": g.sum(0), "grad_weight": g.T @ h}
         if weight_blocks:
             assert isinstance(msg, PerSampleBlocks)
-            sums[t]["weight"] = msg.weight_total(h)
+            sums[t]["weight"] = msg.weight_total(h)  # Eq. (4c)
         if t == 0:
             break
-        w = net.layers[t].weight  # (n_t, n_{t-1})
-        z = cache.preacts[t - 1]  # (b, n_{t-1})
-        back = g @ w  # (b, n_{t-1}) Wᵀ ∇_{b^t} ξ_i
-        dphi = fns.df(z)
-        g = back * dphi
+        w = net.layers[t].weight  # (n_{t+1}, n_t)
+        z = cache.preacts[t - 1]  # (b, n_t) z^t, whose σ gave h^t
+        back = g @ w  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i
+        dphi = fns.df(z)  # (b, n_t) h^{t'}
+        g = back * dphi  # ∇_{b^t} ξ_i
+        # The last pull-back (into the first layer) only needs the sum over samples.
         msg = msg.pull_back(w, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
-        msg = msg.add_residual(back * fns.d2f(z), pol.residual)
+        if pol.residual is not Residual.DROP:
+            msg = msg.add_residual(back * fns.d2f(z), pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
     return sums
 
 
 def _chunk_size(widths: list[int], weight_blocks: bool) -> int:
-    """Samples per chunk so that one chunk's per-sample arrays stay around 2^24 elements."""
+    """Samples per chunk so that one chunk's per-sample arrays stay around 2^25 elements."""
     per_sample = max(max(a * b, b * b) for a, b in zip(widths[:-1], widths[1:]))
     if weight_blocks:
         per_sample = max(per_sample, max((a * b) ** 2 for a, b in zip(widths[:-1], widths[1:])))
@@ -147,8 +149,10 @@ def curvature(
         raise ValueError(f"y must hold {batch} integer class labels, shape ({batch},); got {tuple(y.shape)} {y.dtype}")
     y = y.long()
 
-    if pol.batch_mean:
+    if pol.batching is Batching.MEAN:
         step = batch
+    elif pol.batching is Batching.FACTORS:
+        step = chunk_size or batch
     else:
         step = chunk_size or _chunk_size(net.widths, weight_blocks)
     totals: list[dict[str, Tensor]] | None = None

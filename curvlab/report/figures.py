@@ -65,8 +65,10 @@ def plot_mean_std(ax: plt.Axes, metrics: pd.DataFrame, x: str, y: str, group: st
             ax.fill_between(s["x"], m - sd, m + sd, color=color, alpha=0.2, lw=0)
     ax.set_xlabel(_AXIS_NAMES.get(x, x))
     ax.set_ylabel(_AXIS_NAMES.get(y, y))
-    if logy:
-        ax.set_yscale("log")
+    if logy and len(stats) and (stats["y"] > 0).all() and stats["y"].max() > 10 * stats["y"].min():
+        ax.set_yscale("log")  # only when the curves span more than a decade
+    else:
+        ax.ticklabel_format(axis="y", useOffset=False)  # plain values, not "1e-5 + 2.3025"
     ax.grid(alpha=0.3)
 
 
@@ -104,6 +106,9 @@ def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups
         b.plot(s["x"], s["y"], color=f"C{(2 * i + 3) % 10}", lw=0.6, alpha=0.6, label=f"{name}: CR rate")
         b.plot(s["x"], s["y"].rolling(period, min_periods=1).mean(), color=f"C{(2 * i + 2) % 10}", lw=1.8,
                label=f"{name}: moving average ({period})")
+    for i, name in enumerate(n for n in names if n not in cr):  # the schedule CR replaces
+        s = mean_std(metrics[metrics[group] == name], "step", "step_size", group).sort_values("step")
+        b.plot(s["x"], s["y"], "--", color="0.3", lw=1.2, label=f"{name}: learning rate (schedule)")
     b.set_yscale("log")
     b.set_xlabel("iteration")
     b.set_ylabel("learning rate")

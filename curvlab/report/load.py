@@ -92,10 +92,21 @@ def _flatten(d: Any, prefix: str = "cfg") -> dict[str, Any]:
 
 
 def run_label(row: pd.Series | dict[str, Any]) -> str:
-    """The curve label of a run: ``pch1/eacg`` for second-order runs, ``sgd`` for first-order ones."""
-    solver = str(row.get("solver") or "?")
-    curvature = row.get("curvature")
-    if solver in FIRST_ORDER or curvature in (None, "", "none") or pd.isna(curvature):
+    """The curve label of a run.
+
+    ``pch1/eacg`` for curvature solvers, ``sgd`` for first-order ones (they ignore the
+    curvature), ``adagrad+cr`` for CR on a base solver, ``exact_inverse(gn)`` for the exact
+    Newton step on H or GN.
+    """
+    get = lambda k: None if k not in row or pd.isna(row[k]) else row[k]  # noqa: E731
+    solver = str(get("solver") or "?")
+    if solver == "cr":
+        base = str(get("cfg.solver.base") or "sgd")
+        return f"{base}+cr" if base in FIRST_ORDER or base == "exact_inverse" else f"{get('curvature')}/{base}+cr"
+    if solver == "exact_inverse":
+        return f"exact_inverse({get('cfg.solver.curvature') or 'exact'})"
+    curvature = get("curvature")
+    if solver in FIRST_ORDER or curvature in (None, "", "none"):
         return solver
     return f"{curvature}/{solver}"
 

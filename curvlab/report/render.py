@@ -7,7 +7,8 @@ renders without code changes:
   Chen et al.); experiments named ``…table2…`` – ``…table5…`` also get the paper's
   numbers side by side;
 - runs with evaluated ``test_acc`` → the training-curve figure and a final-metrics table;
-- runs whose ``step_size`` varies within a run (CR) → the Bakker et al. figure;
+- experiments with CR runs (``solver: cr``) → the Bakker et al. figure (loss with and
+  without CR, the CR learning rate and its moving average);
 - studies (``study.json``) → the renderer registered under the study's name.
 """
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from curvlab.report import figures as F
 from curvlab.report.load import Runs, Study
-from curvlab.report.tables import final_metrics_table, hessian_error_table, side_by_side, write_table
+from curvlab.report.tables import cr_rate_table, final_metrics_table, hessian_error_table, side_by_side, write_table
 
 __all__ = ["variant_labels", "render_experiment", "render_study", "STUDY_RENDERERS"]
 
@@ -42,8 +43,11 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
     varying = {lab: [c for c in cfg_cols if as_str(c)[idx].nunique() > 1]
                for lab, idx in runs.groupby("label").groups.items()}
 
+    def short(v: object) -> str:  # 4.0 → 4: columns with gaps are float in pandas
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
     def lab(row: pd.Series) -> str:
-        extra = " ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in varying[row["label"]] if not pd.isna(row[c]))
+        extra = " ".join(f"{c.rsplit('.', 1)[-1]}={short(row[c])}" for c in varying[row["label"]] if not pd.isna(row[c]))
         return f"{row['label']} {extra}".strip()
 
     return runs.apply(lab, axis=1) if len(runs) else pd.Series(dtype=str)
@@ -80,15 +84,16 @@ def render_experiment(r: Runs, exp: str, out: Path, steps: int | None = None,
                                f"{exp}: final metrics, mean ± std over seeds", floatfmt=".4g")
     if "figures" in want and has_acc:
         written += F.save(F.training_figure(r.metrics, _title(r, exp)), out, exp)
-    if "figures" in want and not r.metrics.empty and "step_size" in r.metrics:
-        varies = r.metrics.groupby("run_dir")["step_size"].apply(lambda s: pd.to_numeric(s, errors="coerce").nunique() > 2)
-        # Only CR changes the step size at every step; a decay schedule changes it every 100.
-        cr_runs = set(varies[varies].index)
-        jumps = r.metrics[r.metrics["run_dir"].isin(cr_runs)].groupby("run_dir")["step_size"].apply(
-            lambda s: (pd.to_numeric(s, errors="coerce").diff().abs() > 0).mean() > 0.5)
-        cr_labels = sorted(r.metrics[r.metrics["run_dir"].isin(set(jumps[jumps].index))]["label"].unique())
-        if cr_labels:
-            written += F.save(F.cr_figure(r.metrics, _title(r, exp), cr_groups=cr_labels), out, f"{exp}_cr")
+    cr_runs = set(r.runs.loc[r.runs["solver"] == "cr", "run_dir"])
+    if "figures" in want and cr_runs and "step_size" in r.metrics:
+        # Only CR picks the step size at every step; its curves go next to those without CR.
+        cr_labels = sorted(r.metrics.loc[r.metrics["run_dir"].isin(cr_runs), "label"].unique())
+        written += F.save(F.cr_figure(r.metrics, _title(r, exp), cr_groups=cr_labels), out, f"{exp}_cr")
+    if cr_runs and "lr" in r.metrics:
+        tab = cr_rate_table(r.metrics, sorted(r.metrics.loc[r.metrics["run_dir"].isin(cr_runs), "label"].unique()))
+        if not tab.empty:
+            written += write_table(tab, out, f"{exp}_cr_rate", f"{exp}: CR step alpha over the scheduled learning "
+                                   "rate lr (median over seeds)", floatfmt=".3g")
     return written
 
 

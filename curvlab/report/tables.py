@@ -15,7 +15,7 @@ import pandas as pd
 from curvlab.report.paper import EACG_TABLES, KINDS
 
 __all__ = [
-    "hessian_error_table", "side_by_side", "final_metrics_table",
+    "hessian_error_table", "side_by_side", "final_metrics_table", "cr_rate_table",
     "to_markdown", "to_latex", "write_table",
 ]
 
@@ -86,6 +86,30 @@ def final_metrics_table(runs: pd.DataFrame, by: str = "label") -> pd.DataFrame:
             row[col] = _pm(vals)
         rows.append(row)
     return pd.DataFrame(rows).set_index(by)
+
+
+def cr_rate_table(metrics: pd.DataFrame, cr_labels: list[str], window: int = 200, period: int = 100) -> pd.DataFrame:
+    """How much CR raises the step over the scheduled learning rate (Bakker et al. Section 3.2).
+
+    Per CR group: the median ratio α/lr over the first and the last ``window`` updates,
+    the largest period-``period`` moving average of α/lr, and the update where it peaks
+    (medians over seeds). ``lr`` is the base method's scheduled rate that CR replaces.
+    """
+    rows = []
+    for label in cr_labels:
+        per_run = []
+        for _, g in metrics[metrics["label"] == label].groupby("run_dir"):
+            g = g.dropna(subset=["step_size"]).sort_values("step")
+            ratio = pd.to_numeric(g["step_size"]) / pd.to_numeric(g["lr"])
+            ma = ratio.rolling(period, min_periods=1).mean()
+            per_run.append({"alpha/lr, first updates": ratio.iloc[:window].median(),
+                            "alpha/lr, last updates": ratio.iloc[-window:].median(),
+                            "max moving-average alpha/lr": ma.max(),
+                            "at update": float(g["step"].iloc[int(np.argmax(ma.to_numpy()))]),
+                            "updates": float(len(g))})
+        if per_run:
+            rows.append({"label": label, "seeds": len(per_run), **pd.DataFrame(per_run).median().to_dict()})
+    return pd.DataFrame(rows).set_index("label") if rows else pd.DataFrame()
 
 
 def _pm(vals: pd.Series) -> str:

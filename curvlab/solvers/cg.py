@@ -53,7 +53,7 @@ class CGResult:
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Per-system inner product over the last two dimensions, (*S,)."""
     sys_shape, n = a.shape[:-2], a.shape[-2] * a.shape[-1]
-    # A batched (1, n) @ (n, 1) product: one BLAS pass and no (S, m, c) temporary.
+    # A batched (1, n) @ (n, 1) product: no (S, m, c) temporary as (a * b).sum would make.
     return (a.reshape(-1, 1, n) @ b.reshape(-1, n, 1)).reshape(sys_shape)
 
 

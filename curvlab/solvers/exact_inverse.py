@@ -101,7 +101,8 @@ def hessian_inverse_product(
     cols = vec.to(dtype).reshape(n_params, -1)  # (P, m)
     terms = layer_terms(net, x, y, crit, exact=kind is HessianKind.EXACT)
     psd = kind is HessianKind.GN and crit.convex
-    u = riccati_solve(terms, _split_layers(cols, net), damping, net.has_bias, psd)
+    with torch.no_grad():  # a linear solve: no graph through the factorisations
+        u = riccati_solve(terms, _split_layers(cols, net), damping, net.has_bias, psd)
     return torch.cat(u).reshape(vec.shape)
 
 

@@ -44,15 +44,15 @@ _SOLVER_FIELDS = {
 }
 
 
-def _exact_inverse_direction(
-    net: MLP, x: Tensor, y: Tensor, kind: Kind, loss: str | Loss, alpha: float
-) -> list[Tensor]:
+def _exact_inverse_direction(net: MLP, x: Tensor, y: Tensor, kind: Kind, loss: Loss, alpha: float) -> list[Tensor]:
     if kind not in (Kind.EXACT, Kind.GN):
-        raise ValueError(f"solver=exact_inverse inverts the full matrix: kind must be 'exact' or 'gn', got {kind.value!r}")
+        raise ValueError(
+            f"solver=exact_inverse inverts the full matrix: kind must be 'exact' or 'gn', got {kind.value!r}"
+        )
     # Lazy: the exact inverse is its own module, written independently of the block solvers.
     hip = importlib.import_module("curvlab.solvers.exact_inverse").hessian_inverse_product
     params = list(net.parameters())
-    value = make_loss(loss)(net(x), y)
+    value = loss(net(x), y)
     g = torch.autograd.grad(value, params)
     g_vec = torch.cat([gi.reshape(-1) for gi in g]).detach()
     # ((1−α) H + α I) d = −g  ⇔  d = −(H + λ I)⁻¹ g / (1 − α),  λ = α / (1 − α).
@@ -101,11 +101,13 @@ def newton_direction(
     allowed = _CURVATURE_FIELDS | _LOSS_FIELDS | _SOLVER_FIELDS[which]
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"newton_direction(solver={which.value}): unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"newton_direction(solver={which.value}): unknown option(s) {unknown}; allowed: {sorted(allowed)}"
+        )
     loss_opts = {k: v for k, v in options.items() if k in _LOSS_FIELDS}
     loss_fn = make_loss(loss, **loss_opts)
     if which is NewtonSolver.EXACT_INVERSE:
-        return _exact_inverse_direction(net, x, y, kind_, loss if not loss_opts else loss_fn, alpha)
+        return _exact_inverse_direction(net, x, y, kind_, loss_fn, alpha)
 
     from curvlab.solvers.eacg import EACG
     from curvlab.solvers.kfi import KFI

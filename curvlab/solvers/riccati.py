@@ -119,11 +119,12 @@ class _Factor:
 class _Pivot:
     """The pivot ``R_t = λI + B_tᵀ P B_t`` (p_t × p_t) of one layer, factorised for solves.
 
-    Without the cross term, ``B_tᵀ P B_t`` vanishes off ``range(B_tᵀ) = R^{n_t} ⊗ span{(h_i, 1)}``.
-    When that subspace is smaller than p_t (wide inputs, small batches) the pivot is factorised
-    only there, in the orthonormal basis ``E = I ⊗ Q`` (Q from a QR of the layer inputs):
-    ``R⁻¹ r = (r − E Eᵀ r)/λ + E (λI + Eᵀ Bᵀ P B E)⁻¹ Eᵀ r``. ``B E`` has the structure of ``B``
-    with inputs ``h Q`` and no bias, so the same helpers apply.
+    ``B_tᵀ P B_t`` vanishes off ``range(B_tᵀ) = R^{n_t} ⊗ span{(h_i, 1)}``, of dimension
+    ``n_t · min(B, n_{t-1} + 1)``. When that is smaller than p_t (wide inputs, batches smaller
+    than the layer input) the pivot is factorised only there, in the orthonormal basis
+    ``E = I ⊗ Q`` (Q from a QR of the layer inputs), and is ``λI`` on the complement:
+    ``R⁻¹ r = (r − E Eᵀ r)/λ + E (λI + Eᵀ Bᵀ P B E)⁻¹ Eᵀ r`` for every r. ``B E`` has the structure of ``B`` with inputs ``h Q``
+    and no bias, so the same helpers apply.
     """
 
     def __init__(self, P: Tensor, h: Tensor, bias: bool, damping: float, psd: bool, reduce: bool) -> None:
@@ -149,7 +150,8 @@ class _Pivot:
         )  # (n, m_in, m): output unit × (input, bias)
         coef = torch.einsum("adm,ds->asm", full, self.q)  # Eᵀ rhs (n, r, m)
         inside = self.fac.solve(coef.reshape(-1, m)).reshape(coef.shape)
-        out = (full - torch.einsum("asm,ds->adm", coef - self.damping * inside, self.q)) / self.damping
+        out = (full - torch.einsum("asm,ds->adm", coef, self.q)) / self.damping  # (r − E Eᵀ r)/λ
+        out = out + torch.einsum("asm,ds->adm", inside, self.q)
         if not self.bias:
             return out.reshape(-1, m)
         return torch.cat([out[:, :-1].reshape(-1, m), out[:, -1]])
@@ -179,7 +181,9 @@ def riccati_solve(terms: list[LayerTerms], v: list[Tensor], damping: float, bias
     for l in range(k - 1, -1, -1):
         t = terms[l]
         n = P.shape[1]
-        # The cross term S_t leaves range(B_tᵀ) unless t = 1 (no x_0) or the matrix is GN.
+        # Reduce the pivot only where no cross term enters (t = 1, or GN): on the exact Hessian's
+        # hidden layers the reduced form is valid too but measured ~40x less accurate (the
+        # S_t/λ components of the gains are large), so those keep the full pivot.
         fac = _Pivot(P, t.h, bias, damping, psd, reduce=l == 0 or t.delta is None)
         feeds[l] = fac.solve(v[l] - _bt(q, t.h, bias))  # (p, m)
         if l == 0:

@@ -1,0 +1,235 @@
+#!/usr/bin/env python
+"""Run the paper experiments of one kind and render them: ``reproduce.py tables|figures``.
+
+Called by ``make reproduce-tables`` / ``make reproduce-figures`` (``SCALE=ci|full``, ``FORCE=1``).
+Each experiment is a preset in ``configs/experiment/``; its ``hydra.sweeper.params`` are
+expanded here exactly as Hydra's basic sweeper would (``curvlab train -m experiment=NAME``
+runs the same jobs), jobs that only differ in a setting their solver ignores are run once,
+and every job runs in-process through the plain :func:`curvlab.train.train`. A job whose run
+directory already holds a completed ``summary.json`` is skipped unless ``--force``; an
+interrupted one resumes from its checkpoint. Studies that are not training runs
+(``scripts/study_*.py``) run as subprocesses. Finally ``curvlab report`` renders everything
+into ``results/tables/`` or ``results/figures/``.
+
+Scales: ``full`` keeps the presets (the papers' settings; meant for a GPU); ``ci`` trains a
+few steps on data subsets (minutes on 2 CPU cores). ``--steps/--seeds/--train-subset``
+override a scale's sizes; ``--set KEY=VALUE`` adds Hydra overrides to every job (tests use
+``--set net=tiny``).
+
+    python scripts/reproduce.py tables --scale ci --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
+
+# What each kind runs: training presets and studies (script, arguments per scale).
+TABLES = ["eacg_table2", "eacg_table3", "eacg_table4", "eacg_table5"]
+FIGURES = ["eacg_fig1_3", "eacg_fig2_4", "eacg_fig5_7", "eacg_fig6_8", "eacg_fig9", "eacg_fig10", "eacg_fig11",
+           "eacg_fig12", "hbp_fig5", "lowrank_fig1", "lowrank_fig2", "lowrank_fig3", "lowrank_fig4", "lowrank_fig5",
+           "lowrank_adam", "rahimi_newton"]
+STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
+    "tables": {"table1_measured": ("study_table1.py", {"ci": ["--quick"], "full": []})},
+    "figures": {
+        "appendix_chain_rule": ("study_appendix_chain_rule.py", {"ci": ["--seeds", "1", "--points", "7"], "full": []}),
+        "rahimi_scaling": ("study_rahimi_scaling.py", {"ci": ["--quick"], "full": []}),
+    },
+}
+# Sizes at ci scale by experiment family: (max_steps, batch_size or None, seeds).
+CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "hbp_fig5": (3, 100, 2),
+            "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
+
+
+@dataclass
+class Job:
+    experiment: str
+    overrides: list[str]  # the sweep point, e.g. ["solver=kfi", "curvature=gn", "seed=0"]
+    cfg: Any = field(repr=False, default=None)
+
+    @property
+    def name(self) -> str:
+        return ",".join(o.replace("/", "_") for o in self.overrides) or "run"
+
+
+def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
+    """Point a dataset at the local copies (``../shared/data/README.md``); [] without a root."""
+    if data_root is None or dataset == "digits":
+        return []
+    files = {"cifar10": "cifar10_jpeg.npz", "imagenet10": "imagenette_32.npz", "mnist": "mnist.npz"}
+    path = data_root / files[dataset]
+    if path.is_file():
+        extra = ["dataset.image_size=32"] if dataset == "imagenet10" else []
+        return ["dataset.source=npz", f"dataset.path={path}", *extra]
+    if dataset == "mnist" and (data_root / "MNIST" / "raw").is_dir():
+        return [f"dataset.root={data_root}"]  # torchvision's IDX layout
+    raise SystemExit(f"reproduce: --data-root {data_root} has no {files[dataset]}"
+                     f"{' nor MNIST/raw' if dataset == 'mnist' else ''}; point --data-root at ../shared/data")
+
+
+def scale_overrides(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[str], int]:
+    """Overrides that size ``exp`` for ``scale``, and the number of seeds."""
+    family = next((k for k in CI_SIZES if exp.startswith(k)), None)
+    steps, batch, seeds = CI_SIZES[family] if (scale == "ci" and family) else (None, None, 1)
+    steps, seeds = a.steps or steps, a.seeds or seeds
+    out = []
+    if steps:
+        out += [f"train.max_steps={steps}"]
+        if exp.startswith("eacg_table"):
+            out += [f"log.hessian_first={steps}"]
+        elif exp.startswith(("lowrank", "rahimi")):
+            out += [f"train.eval_every={max(1, steps // 10)}"]
+        else:
+            out += [f"train.eval_every={max(1, steps // 5)}"]
+    if batch and not a.keep_batch:
+        out += [f"train.batch_size={batch}"]
+    subset = a.train_subset or (2000 if scale == "ci" else None)
+    if subset:
+        out += [f"dataset.train_subset={subset}", f"dataset.test_subset={a.test_subset or max(200, subset // 4)}"]
+    elif a.test_subset:
+        out += [f"dataset.test_subset={a.test_subset}"]
+    return out, seeds
+
+
+def dataset_of(exp: str, extra: list[str]) -> str:
+    """The dataset a preset trains on (before the data overrides are added)."""
+    from hydra import compose, initialize_config_dir
+
+    from curvlab.cli import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return str(compose("config", overrides=[f"experiment={exp}", *extra]).dataset.name)
+
+
+def expand(exp: str, base: list[str], seeds: int) -> list[Job]:
+    """The preset's sweep (Hydra basic-sweeper semantics), composed, with redundant jobs dropped."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    import curvlab.config  # noqa: F401  (registers the ${prod:...} resolver the presets use)
+    from curvlab.cli import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        head = compose("config", overrides=[f"experiment={exp}", *base], return_hydra_config=True)
+        params = dict(head.hydra.sweeper.params or {})
+        if "seed" in params:  # a preset's own seed sweep shrinks with --seeds / the scale
+            params["seed"] = f"range({seeds})" if seeds else params["seed"]
+        elif seeds > 1:
+            params["seed"] = f"range({seeds})"
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                else [f"{o.get_key_element()}={o.get_value_element_as_str()}"] for o in parsed]
+        jobs, seen = [], set()
+        for point in itertools.product(*axes):
+            cfg = compose("config", overrides=[f"experiment={exp}", *base, *point])
+            plain = OmegaConf.to_container(cfg, resolve=True)
+            if plain["solver"]["name"] in FIRST_ORDER:  # the curvature group does not reach these
+                plain.pop("curvature")
+            key = json.dumps(plain, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                jobs.append(Job(exp, list(point), cfg))
+    return jobs
+
+
+def run_job(job: Job, run_dir: Path, force: bool) -> str:
+    """Train one job unless its run directory already holds a completed run."""
+    from curvlab.config import parse_config
+    from curvlab.train import TrainingFailed, train
+
+    summary = run_dir / "summary.json"
+    if not force and summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+        return "skipped (completed)"
+    cfg = parse_config(job.cfg)
+    cfg.log.progress = False
+    if force:
+        cfg.resume = False
+    try:
+        s = train(cfg, run_dir)
+    except TrainingFailed as err:
+        return f"failed: {err}"
+    return f"{s['status']} in {s['wall_time']:.1f} s, {s['steps']} steps"
+
+
+def run_study(name: str, script: str, args: list[str], out: Path, force: bool) -> str:
+    if not force and (out / "study.json").is_file():
+        return "skipped (exists)"
+    cmd = [sys.executable, str(ROOT / "scripts" / script), "--out", str(out), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return f"failed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:] or ''}"
+    return "done"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("kind", choices=["tables", "figures"])
+    p.add_argument("--scale", choices=["ci", "full"], default="ci")
+    p.add_argument("--force", action="store_true", help="rerun jobs and studies that already have results")
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"),
+                   help="folder with cifar10_jpeg.npz, imagenette_32.npz, MNIST/raw or mnist.npz "
+                        "(default ../shared/data); 'none' keeps the presets' dataset settings")
+    p.add_argument("--runs-dir", default=None, help="where runs go (default runs/reproduce/<scale>)")
+    p.add_argument("--out", default=None, help="render into this folder (default results/<kind>)")
+    p.add_argument("--only", action="append", default=None, help="only this experiment or study (repeatable)")
+    p.add_argument("--steps", type=int, default=None, help="train.max_steps of every job (overrides the scale)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (overrides the scale)")
+    p.add_argument("--train-subset", type=int, default=None, help="first N training samples")
+    p.add_argument("--test-subset", type=int, default=None, help="first N test samples")
+    p.add_argument("--keep-batch", action="store_true", help="keep the presets' batch sizes at ci scale")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override")
+    p.add_argument("--no-render", action="store_true", help="run only")
+    a = p.parse_args(argv)
+
+    data_root = None if a.data_root == "none" else Path(a.data_root).resolve()
+    runs_dir = Path(a.runs_dir or ROOT / "runs" / "reproduce" / a.scale).resolve()
+    out = Path(a.out or ROOT / "results" / a.kind)
+    experiments = TABLES if a.kind == "tables" else FIGURES
+    studies = STUDIES[a.kind]
+    if a.only:
+        unknown = set(a.only) - set(experiments) - set(studies)
+        if unknown:
+            raise SystemExit(f"reproduce {a.kind}: unknown --only {sorted(unknown)}; "
+                             f"allowed: {', '.join([*experiments, *studies])}")
+        experiments = [e for e in experiments if e in a.only]
+        studies = {k: v for k, v in studies.items() if k in a.only}
+
+    t0, failed = time.perf_counter(), 0
+    for exp in experiments:
+        sized, seeds = scale_overrides(exp, a.scale, a)
+        data = data_overrides(dataset_of(exp, a.set), data_root)
+        jobs = expand(exp, [*data, *sized, *a.set], seeds)
+        print(f"== {exp}: {len(jobs)} job(s)", flush=True)
+        for job in jobs:
+            status = run_job(job, runs_dir / exp / job.name, a.force)
+            failed += status.startswith("failed")
+            print(f"   {job.name}: {status}", flush=True)
+    for name, (script, args) in studies.items():
+        status = run_study(name, script, args[a.scale], runs_dir / "studies" / name, a.force)
+        failed += status.startswith("failed")
+        print(f"== study {name}: {status}", flush=True)
+    print(f"ran in {time.perf_counter() - t0:.0f} s; {failed} failure(s)", flush=True)
+
+    if not a.no_render:
+        from curvlab.report import report
+
+        roots = [runs_dir / e for e in experiments if (runs_dir / e).is_dir()]
+        roots += [runs_dir / "studies" / n for n in studies if (runs_dir / "studies" / n).is_dir()]
+        files = report(roots, out, want={a.kind}) if roots else []
+        print(f"rendered {len(files)} file(s) into {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""``curvlab`` in a subprocess: the demo, the design-card command, sweeps, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from curvlab import cli
+from curvlab import runfiles as rf
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = ["log.progress=false"]
+
+
+def curvlab(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "curvlab.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def summaries(root: Path) -> dict[str, dict]:
+    return {p.parent.name: rf.read_json(p) for p in sorted(root.glob(f"*/{rf.SUMMARY}"))}
+
+
+def test_default_demo(tmp_path):
+    out = curvlab("train", "train.epochs=1", f"run_dir={tmp_path}", *QUIET)
+    assert out.returncode == 0, out.stderr
+    summary = rf.read_json(tmp_path / rf.SUMMARY)
+    assert summary["status"] == "completed" and summary["dataset"] == "digits"
+    assert summary["solver"] == "eacg" and summary["curvature"] == "pch1"
+    kinds = (tmp_path / rf.HESSIAN_ERRORS).read_text()
+    assert all(k in kinds for k in ("fisher", "gn", "pch1", "pch2"))
+    assert (tmp_path / rf.CONFIG).is_file() and (tmp_path / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_design_card_command(tmp_path):
+    out = curvlab("train", "curvature=pch", "solver=eacg", "train.max_steps=2", f"run_dir={tmp_path}", *QUIET)
+    assert out.returncode == 0, out.stderr
+    summary = rf.read_json(tmp_path / rf.SUMMARY)
+    assert (summary["status"], summary["curvature"], summary["solver"], summary["steps"]) == ("completed", "pch", "eacg", 2)
+
+
+def test_bad_value_fails_before_training_with_its_message(tmp_path):
+    out = curvlab("train", "solver.lr=-1", f"run_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "solver.lr must be > 0" in out.stdout + out.stderr
+    assert not (tmp_path / rf.METRICS).exists()
+
+
+def test_multirun_joblib_2x2(tmp_path):
+    out = curvlab(
+        "train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "solver=eacg,kfi", "curvature=pch1,gn",
+        "train.max_steps=2", "log.hessian_every=0", "log.hessian_first=0", f"run_dir={tmp_path}", *QUIET,
+    )
+    assert out.returncode == 0, out.stderr
+    runs = summaries(tmp_path)
+    assert sorted(runs) == ["0", "1", "2", "3"]
+    assert {(s["solver"], s["curvature"]) for s in runs.values()} == {
+        ("eacg", "pch1"), ("eacg", "gn"), ("kfi", "pch1"), ("kfi", "gn")
+    }
+    assert all(s["status"] == "completed" and s["steps"] == 2 for s in runs.values())
+
+
+def test_failed_job_does_not_stop_the_sweep(tmp_path):
+    out = curvlab(
+        "train", "-m", "solver=sgd", "solver.momentum=0", "solver.lr=1e6,0.1", "train.divergence_factor=2",
+        "train.max_steps=3", "log.hessian_every=0", "log.hessian_first=0", f"run_dir={tmp_path}", *QUIET,
+    )
+    assert out.returncode == 1
+    runs = summaries(tmp_path)
+    assert runs["0"]["status"] == "failed" and runs["0"]["failure"]
+    assert runs["1"]["status"] == "completed" and runs["1"]["steps"] == 3
+    assert "1 job(s) of the sweep failed" in out.stderr
+
+
+@pytest.mark.slow
+def test_multirun_submitit_local_2x2(tmp_path):
+    out = curvlab(
+        "train", "-m", "hydra/launcher=submitit_local", "solver=eacg,kfi", "curvature=pch1,gn",
+        "train.max_steps=2", "log.hessian_every=0", "log.hessian_first=0", f"run_dir={tmp_path}", *QUIET,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    runs = summaries(tmp_path)
+    assert len(runs) == 4 and all(s["status"] == "completed" for s in runs.values())
+
+
+def test_dispatch(monkeypatch, capsys):
+    assert cli.main([]) == 0 and "curvlab train" in capsys.readouterr().out
+    assert cli.main(["bogus"]) == 2 and "allowed: train, report" in capsys.readouterr().err
+    seen = []
+    fake = types.ModuleType("curvlab.report")
+    fake.main = lambda argv: seen.append(argv) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "curvlab.report", fake)
+    assert cli.main(["report", "runs/x", "--steps", "10"]) == 3
+    assert seen == [["runs/x", "--steps", "10"]]

@@ -1,0 +1,106 @@
+"""The reproduce path (scripts/reproduce.py → runs → curvlab report) at ci scale on tiny data."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fixtures import write_idx_mnist, write_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(_spec)
+sys.modules["reproduce"] = reproduce  # dataclasses look their module up while the script loads
+_spec.loader.exec_module(reproduce)  # type: ignore[union-attr]
+
+TINY = ["--set", "net=tiny"]  # every preset on a one-hidden-layer net
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --data-root with tiny synthetic copies in the layout of ../shared/data (32 px images)."""
+    root = tmp_path_factory.mktemp("data")
+    write_npz(root / "cifar10_jpeg.npz", n_train=64, n_test=32, size=32)
+    write_npz(root / "imagenette_32.npz", n_train=64, n_test=32, size=32, seed=1)
+    write_idx_mnist(root, n_train=64, n_test=32)
+    return root
+
+
+def _args(kind: str, root: Path, tmp: Path, *extra: str) -> list[str]:
+    return [kind, "--scale", "ci", "--data-root", str(root), "--runs-dir", str(tmp / "runs"),
+            "--out", str(tmp / kind), "--train-subset", "64", "--test-subset", "32", *TINY, *extra]
+
+
+def _check_markdown(path: Path) -> None:
+    rows = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    assert len(rows) >= 3 and len({r.count("|") for r in rows}) == 1, path
+
+
+def test_reproduce_tables_ci(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tables = [f"eacg_table{n}" for n in (2, 3, 4, 5)]
+    only = [x for t in tables for x in ("--only", t)]
+    assert reproduce.main(_args("tables", tiny_root, tmp_path, *only)) == 0
+    out = tmp_path / "tables"
+    for t in tables:
+        for suffix in (".md", ".csv", ".tex", "_vs_paper.md", "_vs_paper.csv", "_vs_paper.tex"):
+            assert (out / f"{t}{suffix}").stat().st_size > 0, (t, suffix)
+        _check_markdown(out / f"{t}.md")
+        _check_markdown(out / f"{t}_vs_paper.md")
+        tab = pd.read_csv(out / f"{t}.csv", index_col=0)
+        assert list(tab.index) == ["Layer-1", "Layer-2", "Total"]  # net=tiny has two layers
+        convex = t in ("eacg_table2", "eacg_table3")
+        assert ("gn" in tab.columns) == convex  # GN is not PSD for Eq. (14): excluded
+        assert (tab.to_numpy() >= 0).all()
+        for kind in tab.columns:
+            assert tab.loc["Total", kind] == pytest.approx(math.sqrt((tab[kind].iloc[:-1] ** 2).sum()))
+        assert r"\begin{tabular}" in (out / f"{t}.tex").read_text()
+    # Second call: every job already has a completed summary.json, so nothing is trained again.
+    capsys.readouterr()
+    assert reproduce.main(_args("tables", tiny_root, tmp_path, *only)) == 0
+    assert capsys.readouterr().out.count("skipped (completed)") == 4
+
+
+def test_reproduce_figures_ci(tiny_root: Path, tmp_path: Path) -> None:
+    exps = ["eacg_fig5_7", "lowrank_fig2", "hbp_fig5"]
+    only = [x for e in exps for x in ("--only", e)]
+    assert reproduce.main(_args("figures", tiny_root, tmp_path, "--steps", "3", "--seeds", "2", *only)) == 0
+    out = tmp_path / "figures"
+    for name in ["eacg_fig5_7", "lowrank_fig2", "lowrank_fig2_cr", "hbp_fig5"]:
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    labels = set(pd.read_csv(out / "eacg_fig5_7_final.csv")["label"])
+    assert labels == {"fisher/eacg", "pch1/eacg", "fisher/kfi", "pch1/kfi", "sgd"}  # GN excluded, SGD once
+    hbp = pd.read_csv(out / "hbp_fig5_final.csv").set_index("label")
+    assert set(hbp.index) == {"pch1/eacg split=1", "pch1/eacg split=4", "pch1/eacg split=16", "sgd"}
+    assert (hbp["seeds"] == 2).all()
+    assert set(pd.read_csv(out / "lowrank_fig2_final.csv")["label"]) == {"sgd", "sgd+cr"}
+
+
+def test_expand_follows_the_presets_sweeps() -> None:
+    fig = reproduce.expand("eacg_fig1_3", [], 1)
+    assert len(fig) == 7  # {fisher, gn, pch1} × {eacg, kfi} + SGD once (it ignores the curvature)
+    assert {tuple(j.overrides) for j in fig} >= {("solver=kfi", "curvature=gn"), ("solver=sgd", "curvature=fisher")}
+    hbp = reproduce.expand("hbp_fig5", [], 3)
+    assert len(hbp) == 4 * 3 and {j.cfg.seed for j in hbp} == {0, 1, 2}
+
+
+def test_reproduce_rejects_unknown_experiment(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown --only"):
+        reproduce.main(_args("tables", tiny_root, tmp_path, "--only", "eacg_fig1_3"))
+    with pytest.raises(SystemExit, match="cifar10_jpeg.npz"):
+        reproduce.data_overrides("cifar10", tmp_path)
+
+
+@pytest.mark.slow
+def test_reproduce_everything_ci(tiny_root: Path, tmp_path: Path) -> None:
+    """Both make targets at ci scale on tiny data, studies included."""
+    assert reproduce.main(_args("tables", tiny_root, tmp_path)) == 0
+    assert reproduce.main(_args("figures", tiny_root, tmp_path, "--steps", "2")) == 0
+    assert (tmp_path / "tables" / "table1_measured.md").is_file()
+    for name in ["appendix_chain_rule", "rahimi_scaling", *[e for e in reproduce.FIGURES if e != "eacg_grid_search"]]:
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0, name
