@@ -167,6 +167,14 @@ class _Run:
         row["train_loss"], _ = evaluate(self.net, self.loss, d.x_train[self.eval_idx], d.y_train[self.eval_idx], bs)
         row["test_loss"], row["test_acc"] = evaluate(self.net, self.loss, d.x_test, d.y_test, bs)
 
+    def log_hessian(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Hessian errors on this batch; the Fisher's label sampling must not move the training RNG,
+        so that a run trains the same with or without this logging."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+            self.hessian_rows += self.hessian.rows(self.net, x, y, self.step)
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos == 0:
             self.perm = torch.randperm(len(self.data.y_train), generator=self.batches)
@@ -200,7 +208,7 @@ class _Run:
             while self.step < self.total_steps:
                 x, y = self.next_batch()
                 if self.hessian.due(self.step):
-                    self.hessian_rows += self.hessian.rows(self.net, x, y, self.step)
+                    self.log_hessian(x, y)
                 lr = lr_at(cfg, self.step)
                 self.solver.lr = lr
                 t0 = time.perf_counter()

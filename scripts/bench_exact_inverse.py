@@ -6,10 +6,11 @@ input 64, width 32, depth 16, batch 16. For each, in the same run: one Hessian-v
 (capped), and a dense torch.func Hessian + ``torch.linalg.solve`` where P is small enough. CG
 breaks down on the indefinite Hessian, so a second row per configuration does the same for
 the Gauss-Newton matrix (PSD), where CG converges (GN products via jvp/vjp).
-Times are the minimum over repeats (the least disturbed run on a shared, noisy machine); the
-ratios to the HVP measured in the same run are what to compare across machines.
+Times are process CPU time (``time.process_time``, robust to other jobs on a shared machine),
+with one torch thread by default, minimum over repeats; the ratios to the HVP measured in the
+same run are what to compare across machines.
 
-Usage: ``python scripts/bench_exact_inverse.py [--quick] [--damping 1e-3] [--cg-max 1000] [--json out.json]``
+Usage: ``python scripts/bench_exact_inverse.py [--quick] [--threads 1] [--damping 1e-3] [--cg-max 1000] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ DENSE_MAX_PARAMS = 2500
 
 
 def timed(fn: Callable[[], object], min_time: float = 0.3, max_reps: int = 7) -> tuple[float, object]:
-    """Minimum wall time of ``fn`` over repeats (at least 2, until ``min_time`` or ``max_reps``)."""
+    """Minimum CPU time of ``fn`` over repeats (at least 2, until ``min_time`` or ``max_reps``)."""
     fn()  # warm-up
-    times, out, start = [], None, time.perf_counter()
-    while len(times) < 2 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
+    times, out, start = [], None, time.process_time()
+    while len(times) < 2 or (time.process_time() - start < min_time and len(times) < max_reps):
+        t0 = time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return min(times), out
 
 
@@ -85,9 +86,9 @@ def run(cfg: tuple[int, int, int, int], damping: float, cg_max: int, curvature: 
     row = dict(curvature=curvature, input=n_in, width=width, depth=depth, batch=batch, params=n_params)
     row.update(hvp_s=t_hvp, inv_s=t_inv)
     row.update(inv_over_hvp=t_inv / t_hvp, inv_ms_per_layer=1e3 * t_inv / depth, inv_residual=res)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     u_cg, iters, cg_res = cg(apply, v, max(res, 1e-12), cg_max)
-    row.update(cg_s=time.perf_counter() - t0, cg_iters=iters, cg_residual=cg_res)
+    row.update(cg_s=time.process_time() - t0, cg_iters=iters, cg_residual=cg_res)
     row.update(cg_over_hvp=row["cg_s"] / t_hvp)
     if n_params <= DENSE_MAX_PARAMS:
         eye = torch.eye(n_params, dtype=torch.float64)
@@ -104,8 +105,9 @@ def main() -> None:
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--cg-max", type=int, default=1000, help="CG iteration cap")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU time sums over threads)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     configs = CONFIGS[:2] if args.quick else CONFIGS
     print(f"exact Hessian inverse, tanh, float64, damping {args.damping}, torch threads {torch.get_num_threads()}")
     head = "kind  in wd dep  B      P   HVP ms  inv ms  inv/HVP ms/layer  residual |  CG it   CG/HVP  CG res | dense/HVP inv-vs-dense"
@@ -122,7 +124,7 @@ def main() -> None:
                 f"{r['inv_residual']:9.1e} | {r['cg_iters']:6d} {r['cg_over_hvp']:8.0f} {r['cg_residual']:7.1e} | {dense}",
                 flush=True,
             )
-    print("HVP = one double-backward Hessian-vector product; CG/HVP and dense/HVP are wall-time ratios "
+    print("HVP = one double-backward Hessian-vector product; CG/HVP and dense/HVP are CPU-time ratios "
           "(CG on gn rows uses GN products).")
     print("Peer (Rahimi's reference implementation, issue 3): 124x an HVP at depth 8/width 8/batch 4, "
           "2,450x at depth 16/width 32/batch 16. CG res 'nan' = stopped on non-positive curvature.")

@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/studies/table1_measured")
     p.add_argument("--batch", type=int, default=500, help="EA-CG/HBP batch size |B| = 500")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--device", default="cuda" if "--gpu" in sys.argv else "cpu")
-    p.add_argument("--gpu", action="store_true", help="measure on CUDA")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: RSS growth or CUDA allocated)")
     p.add_argument("--quick", action="store_true", help="a small net for tests")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one method
     p.add_argument("--widths", default=None, help=argparse.SUPPRESS)

@@ -101,3 +101,13 @@ def test_dispatch(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "curvlab.report", fake)
     assert cli.main(["report", "runs/x", "--steps", "10"]) == 3
     assert seen == [["runs/x", "--steps", "10"]]
+
+
+def test_single_run_failure_exits_1_in_process(tmp_path):
+    code = cli.main([
+        "train", "solver=sgd", "solver.momentum=0", "solver.lr=1e6", "train.divergence_factor=2",
+        "train.max_steps=3", "dataset.train_subset=128", "log.hessian_every=0", "log.hessian_first=0",
+        f"run_dir={tmp_path}", *QUIET,
+    ])
+    assert code == 1
+    assert rf.read_json(tmp_path / rf.SUMMARY)["status"] == "failed"

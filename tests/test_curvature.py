@@ -109,16 +109,17 @@ def test_precomputed_cache_gives_the_same_blocks() -> None:
 
 def test_symmetric_product_equals_full_product() -> None:
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(1200, 300, generator=gen, dtype=torch.float64)  # long enough to split
-    s = torch.randn(1200, 1200, generator=gen, dtype=torch.float64)
+    a = torch.randn(100, 300, generator=gen, dtype=torch.float64)  # wide and long enough to split
+    s = torch.randn(100, 100, generator=gen, dtype=torch.float64)
     c = (s + s.T) @ a  # aᵀ c = aᵀ S a is symmetric
     torch.testing.assert_close(symmetric_product(a, c), a.T @ c)
 
 
 def test_exact_blocks_of_a_wide_net() -> None:
-    """Widths where the last step takes the split-GEMM path (K = 16·64 rows ≥ 4·256), against torch.func."""
-    p = make_problem("tanh", "nonconvex", widths=(4, 256, 64, 3), batch=16)
-    blocks = curvlab.curvature(p.net, p.x, p.y, kind="exact", loss=p.loss, chunk_size=16)
+    """A first layer of width 256 takes the split-GEMM path (exact: K = 8·64 rows; EA: K = 64 in
+    Wᵀ(H W), while E[h'h'ᵀ] with K = 8 samples does not split), against the references."""
+    p = make_problem("tanh", "nonconvex", widths=(4, 256, 64, 3), batch=8)
+    blocks = curvlab.curvature(p.net, p.x, p.y, kind="exact", loss=p.loss, chunk_size=8)
     for blk, want in zip(blocks, ref.hessian_blocks(p.net, p.x, p.y, p.loss)):
         assert rel_err(blk.bias, want) < 1e-12
     gn = curvlab.curvature(p.net, p.x, p.y, kind="pch2", loss=p.loss)

@@ -143,6 +143,18 @@ def test_cr_rate_table_is_alpha_over_lr(curve_runs: Path) -> None:
     assert tab.loc["sgd+cr", "seeds"] == 2 and 1 <= tab.loc["sgd+cr", "max moving-average alpha/lr"] <= 2
 
 
+def test_repeated_first_order_runs_count_once(tmp_path: Path) -> None:
+    """`curvlab train -m solver=eacg,sgd curvature=fisher,pch1` trains SGD twice per seed."""
+    for kind in ("fisher", "pch1"):
+        write_run(tmp_path, f"sgd_{kind}", experiment="e", curvature=kind, solver="sgd", seed=0,
+                  cfg_extra={"curvature": {"kind": kind}})
+        write_run(tmp_path, f"eacg_{kind}", experiment="e", curvature=kind, solver="eacg", seed=0,
+                  cfg_extra={"curvature": {"kind": kind}})
+    report([tmp_path], tmp_path / "o")
+    final = pd.read_csv(tmp_path / "o" / "e_final.csv").set_index("label")
+    assert set(final.index) == {"sgd", "fisher/eacg", "pch1/eacg"} and final.loc["sgd", "seeds"] == 1
+
+
 def test_report_only_tables(table_runs: Path, tmp_path: Path) -> None:
     files = report([table_runs], tmp_path / "o", want={"tables"})
     assert files and all(f.suffix in {".md", ".csv", ".tex"} for f in files)

@@ -214,3 +214,13 @@ def test_every_experiment_runs_one_step_with_its_net(tmp_path, experiment, synth
     cfg = config(f"experiment={experiment}", *synthetic_data[name], *SHRINK, "log.hessian_first=1")
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 1
+
+
+def test_hessian_logging_does_not_change_training(tmp_path):
+    """The Fisher's sampled labels come from a forked RNG: the MC-Fisher KFI run trains the same."""
+    args = [*TINY, "solver=kfi", "curvature=fisher", "train.max_steps=2"]
+    train(config(*args, *NO_HESSIAN), tmp_path / "off")
+    train(config(*args, "log.hessian_first=2"), tmp_path / "on")
+    pd.testing.assert_frame_equal(
+        metrics(tmp_path / "off").drop(columns="wall_time"), metrics(tmp_path / "on").drop(columns="wall_time")
+    )

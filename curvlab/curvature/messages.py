@@ -7,8 +7,9 @@ A message stands for the curvature with respect to the pre-activation ``z^t`` of
   diag(h')·Wᵀ·H·W·diag(h'), under the message's own batch treatment;
 * ``add_residual(r, residual)``: the second, diagonal term diag(h'' ⊙ Wᵀ∇_{b^t}ξ) of Eq. (4b),
   passed through the kind's residual policy;
-* ``total()``: the sum of the per-sample blocks it stands for (the batch mean times the
-  sample count), so that chunks of a batch can be added up.
+* ``total(scale)``: ``scale`` times the sum of the per-sample blocks it stands for; with
+  ``scale`` = 1/batch this is the message's share of the batch mean, so that chunks of a batch
+  can be added up.
 
 Three message types cover every kind:
 
@@ -35,11 +36,11 @@ def symmetric_product(a: Tensor, c: Tensor) -> Tensor:
     """aᵀ c for (K, n) matrices whose product is known to be symmetric, in 3/4 of the flops.
 
     The result is assembled from its upper block triangle [[P, Q], [Qᵀ, R]]: three GEMMs of
-    half width instead of one full one. Only worth it for long products (large K), where the
-    saved K n²/4 multiply-adds outweigh the extra copy of the n² result.
+    half width instead of one full one. Measured on the 2-core CPU: 17 % faster for K = 500,
+    n = 1024 and 24 % for K = 16384; below n = 256 the extra copy of the result is not worth it.
     """
     k_rows, n = a.shape
-    if n < 256 or k_rows < 4 * n:
+    if n < 256 or k_rows < 64:
         return a.T @ c
     k = n // 2
     p, q, r = a[:, :k].T @ c[:, :k], a[:, :k].T @ c[:, k:], a[:, k:].T @ c[:, k:]
@@ -84,8 +85,8 @@ class Message:
         """Add diag(policy(r)); ``r`` (b, n) holds h'' ⊙ (Wᵀ ∇_{b^t} ξ_i) per sample."""
         raise NotImplementedError
 
-    def total(self) -> Tensor:
-        """Sum over samples of the blocks, (n, n)."""
+    def total(self, scale: float) -> Tensor:
+        """``scale`` · Σ_i H_i over the samples of this message, (n, n)."""
         raise NotImplementedError
 
 
@@ -111,10 +112,12 @@ class MeanBlock(Message):
         # concerns the Gauss-Newton term).
         if residual is Residual.DROP:
             return self
-        return MeanBlock(self.block + torch.diag(residual.apply(r.mean(0))), self.count)
+        self.block.diagonal().add_(residual.apply(r.mean(0)))  # in place: the message owns its block
+        return self
 
-    def total(self) -> Tensor:
-        return self.block * self.count
+    def total(self, scale: float) -> Tensor:
+        weight = scale * self.count
+        return self.block if weight == 1 else self.block * weight
 
 
 @dataclass
@@ -148,14 +151,13 @@ class PerSampleBlocks(Message):
         self.blocks.diagonal(dim1=1, dim2=2).add_(r)
         return self
 
-    def total(self) -> Tensor:
-        return self.blocks.sum(0)
+    def total(self, scale: float) -> Tensor:
+        return self.blocks.sum(0).mul_(scale)
 
-    def weight_total(self, h: Tensor) -> Tensor:
-        """Σ_i H_i ⊗ (h_i h_iᵀ): the exact weight block (Eq. 4c) in row-major ``W.flatten()`` order."""
-        b, n = self.blocks.shape[:2]
-        m = h.shape[1]
-        w = torch.einsum("iac,ib,id->abcd", self.blocks, h, h)  # (n, m, n, m)
+    def weight_total(self, h: Tensor, scale: float) -> Tensor:
+        """scale · Σ_i H_i ⊗ (h_i h_iᵀ): the exact weight block (Eq. 4c), row-major ``W.flatten()`` order."""
+        n, m = self.blocks.shape[1], h.shape[1]
+        w = torch.einsum("iac,ib,id->abcd", self.blocks, h, h * scale)  # (n, m, n, m)
         return w.reshape(n * m, n * m)
 
 
@@ -183,6 +185,6 @@ class PerSampleFactors(Message):
             raise ValueError(f"factor messages support residual drop only, not {residual.value!r}")
         return self
 
-    def total(self) -> Tensor:
+    def total(self, scale: float) -> Tensor:
         u = self.factors.reshape(-1, self.factors.shape[2])  # (b m, n)
-        return symmetric_product(u, u)
+        return symmetric_product(u, u).mul_(scale)

@@ -39,10 +39,14 @@ def backward(
     pol: KindPolicy,
     options: CurvatureOptions,
     *,
+    scale: float | None = None,
     weight_blocks: bool = False,
     generator: torch.Generator | None = None,
 ) -> list[dict[str, Tensor]]:
-    """Run the recursion on one set of samples and return per-layer *sums* over them.
+    """Run the recursion on one set of samples; return per-layer sums over them times ``scale``.
+
+    With ``scale`` = 1/batch (the default takes the samples of ``cache`` as the whole batch)
+    these are the samples' shares of the batch means, so that chunks can be added up.
 
     Returns, input side first, dicts with ``block`` (n_t, n_t) Σ_i H_i^t, ``grad_bias``
     (n_t,) Σ_i ∇_{b^t} ξ_i, ``grad_weight`` (n_t, n_{t−1}) Σ_i ∇_{W^t} ξ_i and, with
@@ -50,15 +54,17 @@ def backward(
     """
     fns, k = net.fns, net.depth
     out = cache.output
+    scale = 1.0 / out.shape[0] if scale is None else scale
     g = loss.grad(out, y)  # (b, n_k) per-sample ∇_{b^k} ξ_i
     msg = pol.output(loss, out, y, options, generator)  # Eq. (4a) / (8a)
     sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
     for t in reversed(range(k)):  # net.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
         h = cache.inputs[t]  # (b, n_t) its input h^t
-        sums[t] = {"block": msg.total(), "grad_bias": g.sum(0), "grad_weight": g.T @ h}
+        gs = g * scale  # (b, n_{t+1}); scaling g is cheaper than scaling the (n_{t+1}, n_t) product
+        sums[t] = {"block": msg.total(scale), "grad_bias": gs.sum(0), "grad_weight": gs.T @ h}
         if weight_blocks:
             assert isinstance(msg, PerSampleBlocks)
-            sums[t]["weight"] = msg.weight_total(h)  # Eq. (4c)
+            sums[t]["weight"] = msg.weight_total(h, scale)  # Eq. (4c)
         if t == 0:
             break
         w = net.layers[t].weight  # (n_{t+1}, n_t)
@@ -159,7 +165,9 @@ def curvature(
     for lo in range(0, batch, step):
         part = slice(lo, lo + step)
         sub = ForwardCache([h[part] for h in cache.inputs], [z[part] for z in cache.preacts], cache.output[part])
-        sums = backward(net, sub, y[part], loss_fn, pol, opts, weight_blocks=weight_blocks, generator=generator)
+        sums = backward(
+            net, sub, y[part], loss_fn, pol, opts, scale=1.0 / batch, weight_blocks=weight_blocks, generator=generator
+        )
         if totals is None:
             totals = sums
         else:
@@ -171,15 +179,15 @@ def curvature(
     want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
     layers = []
     for h, tot in zip(cache.inputs, totals):
-        block = tot["block"] / batch
+        block = tot["block"]
         layers.append(
             LayerCurvature(
                 bias=0.5 * (block + block.T),  # symmetric up to rounding; make it exactly so
                 input_mean=h.mean(0),
                 input_cov=h.T @ h / batch if want_cov else None,
-                grad_bias=tot["grad_bias"] / batch,
-                grad_weight=tot["grad_weight"] / batch,
-                weight=tot["weight"] / batch if weight_blocks else None,
+                grad_bias=tot["grad_bias"],
+                grad_weight=tot["grad_weight"],
+                weight=tot.get("weight"),
             )
         )
     return layers

@@ -21,14 +21,14 @@ from typing import Callable
 import pandas as pd
 
 from curvlab.report import figures as F
-from curvlab.report.load import Runs, Study
+from curvlab.report.load import FIRST_ORDER, Runs, Study
 from curvlab.report.tables import cr_rate_table, final_metrics_table, hessian_error_table, side_by_side, write_table
 
 __all__ = ["variant_labels", "render_experiment", "render_study", "STUDY_RENDERERS"]
 
 # Config keys that differ between runs without making them different methods.
-_IGNORE = re.compile(r"(seed|run_dir|^cfg\.hydra|path|root|resume|experiment|device|name$|num_workers|"
-                     r"ci|scale|eval|log)", re.IGNORECASE)
+_IGNORE = re.compile(r"(seed|run_dir|^cfg\.hydra|path|root|resume|experiment|device|name$|eval|^cfg\.log\.|"
+                     r"progress|checkpoint|stop_after|max_steps|epochs)")
 
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
@@ -40,7 +40,8 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
     cfg_cols = [c for c in runs.columns if c.startswith("cfg.") and not _IGNORE.search(c)]
     as_str = lambda c: runs[c].map(str)  # noqa: E731  (astype(str) keeps NaN in pandas 3)
     # Per label, the columns that vary among its runs: only those distinguish its curves.
-    varying = {lab: [c for c in cfg_cols if as_str(c)[idx].nunique() > 1]
+    varying = {lab: [c for c in cfg_cols if as_str(c)[idx].nunique() > 1
+                     and not (c.startswith("cfg.curvature.") and lab in FIRST_ORDER)]  # they ignore it
                for lab, idx in runs.groupby("label").groups.items()}
 
     def short(v: object) -> str:  # 4.0 → 4: columns with gaps are float in pandas
@@ -54,9 +55,15 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
 
 
 def _relabel(r: Runs) -> Runs:
-    labels = dict(zip(r.runs["run_dir"], variant_labels(r.runs)))
-    fix = lambda df: df.assign(label=df["run_dir"].map(labels)) if len(df) else df  # noqa: E731
-    return Runs(r.runs.assign(label=r.runs["run_dir"].map(labels)), fix(r.metrics), fix(r.errors))
+    """Variant labels; runs that repeat a (label, seed) pair are dropped.
+
+    A Hydra sweep over ``curvature × solver`` trains first-order solvers once per curvature
+    kind although they ignore it; those repeats are the same run, not extra seeds.
+    """
+    runs = r.runs.assign(label=variant_labels(r.runs)).drop_duplicates(["label", "seed"])
+    labels = dict(zip(runs["run_dir"], runs["label"]))
+    fix = lambda df: df[df["run_dir"].isin(labels)].assign(label=df["run_dir"].map(labels)) if len(df) else df  # noqa: E731
+    return Runs(runs.reset_index(drop=True), fix(r.metrics), fix(r.errors))
 
 
 def _title(r: Runs, exp: str) -> str:
