@@ -85,7 +85,9 @@ def scale_overrides(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[s
     out = []
     if steps:
         out += [f"train.max_steps={steps}"]
-        if exp.startswith("eacg_table"):
+        if exp.startswith("eacg_table") and a.hessian_every:  # θ^0, θ^N, θ^2N, … up to s − 1
+            out += ["log.hessian_first=0", f"log.hessian_every={a.hessian_every}"]
+        elif exp.startswith("eacg_table"):  # every one of θ^0 … θ^(s−1)
             out += [f"log.hessian_first={steps}"]
         elif exp.startswith(("lowrank", "rahimi")):
             out += [f"train.eval_every={max(1, steps // 10)}"]
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (overrides the scale)")
     p.add_argument("--train-subset", type=int, default=None, help="first N training samples")
     p.add_argument("--test-subset", type=int, default=None, help="first N test samples")
+    p.add_argument("--hessian-every", type=int, default=None,
+                   help="tables: log the errors every N updates of the s (default: at each of them)")
     p.add_argument("--keep-batch", action="store_true", help="keep the presets' batch sizes at ci scale")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override")
     p.add_argument("--no-render", action="store_true", help="run only")

@@ -191,3 +191,9 @@ def test_gpu_matches_cpu(dtype: torch.dtype) -> None:
             assert rel_err(u.grad_weight, v.grad_weight.cpu()) < tol
     mc = curvlab.curvature(gpu.net, gpu.x, gpu.y, kind="fisher", mc_samples=3)
     assert mc[0].bias.device.type == "cuda"
+
+
+def test_mismatched_cache_raises() -> None:
+    p = make_problem()
+    with pytest.raises(ValueError, match="cache holds 6 samples but x has 5"):
+        curvlab.curvature(p.net, p.x[:5], p.y[:5], cache=p.net.forward_cache(p.x))

@@ -123,3 +123,19 @@ def test_cuda_matches_cpu() -> None:
     gpu = make_problem("tanh", "nonconvex", widths=_widths(6), batch=4, device="cuda")
     got = hessian_inverse_product(gpu.net, gpu.x, gpu.y, v.cuda(), 1e-2, "nonconvex")
     assert _rel(got.cpu(), cpu) < 1e-10
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gn"])
+def test_refinement_reaches_round_off(curvature: str) -> None:
+    """An ill-conditioned indefinite case: one refinement step brings the residual to round-off."""
+    pb = make_problem("tanh", "nonconvex", widths=_widths(5, width=4), batch=3, seed=2)  # cond ≈ 2e4
+    M = (dense_hessian if curvature == "exact" else dense_gauss_newton)(pb.net, pb.x, pb.y, "nonconvex")
+    A = M + 1e-2 * torch.eye(M.shape[0], dtype=torch.float64)
+    v = torch.randn(M.shape[0], dtype=torch.float64)
+    plain = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-2, "nonconvex", curvature)
+    refined = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-2, "nonconvex", curvature, refine=1)
+    res_plain, res_refined = ((A @ u - v).norm() / v.norm() for u in (plain, refined))
+    assert res_refined < 1e-12
+    assert res_refined < res_plain or res_plain < 1e-13
+    with pytest.raises(ValueError, match="refine"):
+        hessian_inverse_product(pb.net, pb.x, pb.y, v, refine=-1)

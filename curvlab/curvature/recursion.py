@@ -7,8 +7,10 @@ Per layer, going from the output to the input (Chen et al., "Layer-wise Equation
   message type (per sample, factors or batch mean) and the residual policy come from the kind
   (``kinds.py``), and the gradient term is shared.
 
-Per-sample kinds (exact, fisher) run over chunks of samples to bound memory; batch-mean kinds
-(gn, pch) need the whole batch for their Jacobian averages.
+``exact`` runs over chunks of samples to bound the memory of its per-sample blocks (``fisher``
+only when asked: its factors are small); the batch-mean kinds (gn, pch) need the whole batch
+at once for their Jacobian averages. The caller's forward pass can be reused (``cache``), and
+the batch-mean gradients come out of the same pass, so a solver needs no autograd backward.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def curvature(
         )
     if cache is None:
         cache = net.forward_cache(x)
+    elif cache.output.shape[0] != x.shape[0]:
+        raise ValueError(f"cache holds {cache.output.shape[0]} samples but x has {x.shape[0]}; pass net.forward_cache(x)")
     cache = ForwardCache(
         [h.detach() for h in cache.inputs], [z.detach() for z in cache.preacts], cache.output.detach()
     )

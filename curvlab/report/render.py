@@ -78,13 +78,14 @@ def render_experiment(r: Runs, exp: str, out: Path, steps: int | None = None,
     written: list[Path] = []
     if "tables" in want and not r.errors.empty:
         tab = hessian_error_table(r.errors, steps)
-        s = steps or int(r.errors.groupby("run_dir")["step"].nunique().min())
-        cap = f"{exp}: layer-wise errors ||B~ - |H|||_F, mean over the first {s} updates and {len(r.runs)} run(s)"
-        written += write_table(tab, out, exp, cap)
+        logged = sorted(r.errors["step"].unique())[: steps or None]
+        cap = (f"{exp}: layer-wise errors ||B~ - |H|||_F, mean over {len(logged)} logged updates "
+               f"(theta^{logged[0]} ... theta^{logged[-1]}) and {len(r.runs)} run(s)")
+        written += write_table(tab, out, exp, cap, floatfmt=".3g")
         m = re.search(r"table([2-5])", exp)
         if m:
             written += write_table(side_by_side(tab, f"table{m.group(1)}"), out, f"{exp}_vs_paper",
-                                   f"{exp}: ours beside Chen et al. Table {m.group(1)}")
+                                   f"{exp}: ours beside Chen et al. Table {m.group(1)}", floatfmt=".3g")
     has_acc = not r.metrics.empty and pd.to_numeric(r.metrics.get("test_acc"), errors="coerce").notna().any()
     if has_acc:
         written += write_table(final_metrics_table(r.runs), out, f"{exp}_final",

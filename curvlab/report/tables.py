@@ -109,7 +109,10 @@ def cr_rate_table(metrics: pd.DataFrame, cr_labels: list[str], window: int = 200
                             "updates": float(len(g))})
         if per_run:
             rows.append({"label": label, "seeds": len(per_run), **pd.DataFrame(per_run).median().to_dict()})
-    return pd.DataFrame(rows).set_index("label") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    tab = pd.DataFrame(rows).set_index("label")
+    return tab.astype({"at update": int, "updates": int})
 
 
 def _pm(vals: pd.Series) -> str:

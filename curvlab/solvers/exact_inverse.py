@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvlab.hvp import flatten, unflatten
+from curvlab.hvp import flatten, gnvp, hvp, unflatten
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import Direction, Solver, register
@@ -67,6 +67,7 @@ def hessian_inverse_product(
     damping: float = 1e-3,
     loss: str | Loss = "cross_entropy",
     curvature: str | HessianKind = "exact",
+    refine: int = 0,
 ) -> Tensor:
     """``(H + λI)⁻¹ vec`` for the full Hessian (or Gauss-Newton matrix) of the batch-mean loss.
 
@@ -82,6 +83,10 @@ def hessian_inverse_product(
         damping: λ > 0.
         loss: ``cross_entropy``, ``nonconvex`` or a :class:`~curvlab.losses.Loss`.
         curvature: ``exact`` (the Hessian) or ``gn`` (the Gauss-Newton matrix).
+        refine: steps of iterative refinement, each one exact matrix-vector product per column
+            and one more sweep on the residual. The layer-block elimination is not backward
+            stable on an indefinite ``H + λI``; one step brings residuals of ~1e-10 down to
+            round-off (``docs/exact_inverse.md``, Section 8).
 
     Returns:
         The solution, shaped like ``vec``.
@@ -97,13 +102,23 @@ def hessian_inverse_product(
         )
     if not vec.is_floating_point():
         raise ValueError(f"vec must be a floating-point tensor, got dtype {vec.dtype}")
+    if int(refine) != refine or refine < 0:
+        raise ValueError(f"refine must be a non-negative integer (refinement steps), got {refine}")
     dtype = next(net.parameters()).dtype
     cols = vec.to(dtype).reshape(n_params, -1)  # (P, m)
     terms = layer_terms(net, x, y, crit, exact=kind is HessianKind.EXACT)
     psd = kind is HessianKind.GN and crit.convex
-    with torch.no_grad():  # a linear solve: no graph through the factorisations
-        u = riccati_solve(terms, _split_layers(cols, net), damping, net.has_bias, psd)
-    return torch.cat(u).reshape(vec.shape)
+    product = hvp if kind is HessianKind.EXACT else gnvp
+
+    def solve(rhs: Tensor) -> Tensor:
+        with torch.no_grad():  # a linear solve: no graph through the factorisations
+            return torch.cat(riccati_solve(terms, _split_layers(rhs, net), damping, net.has_bias, psd))
+
+    u = solve(cols)  # (P, m)
+    for _ in range(int(refine)):
+        applied = torch.stack([flatten(product(net, x, y, c, crit)) for c in u.T], 1) + damping * u
+        u = u + solve(cols - applied)
+    return u.reshape(vec.shape)
 
 
 @register("exact_inverse")
@@ -117,19 +132,25 @@ class ExactInverseNewton(Solver):
         net, loss, lr: as for every solver; the update is ``θ ← θ + lr · d``.
         damping: λ > 0.
         curvature: ``exact`` or ``gn``.
+        refine: iterative-refinement steps of :func:`hessian_inverse_product`.
     """
 
-    def __init__(self, net: MLP, loss: Loss, lr: float, damping: float = 1e-3, curvature: str = "exact") -> None:
+    def __init__(
+        self, net: MLP, loss: Loss, lr: float, damping: float = 1e-3, curvature: str = "exact", refine: int = 0
+    ) -> None:
         super().__init__(net, loss, lr)
         self.damping = _check_damping(damping)
         self.curvature = _parse_kind(curvature)
+        if int(refine) != refine or refine < 0:
+            raise ValueError(f"solver exact_inverse: refine must be a non-negative integer, got {refine}")
+        self.refine = int(refine)
 
     def direction(self, x: Tensor, y: Tensor) -> Direction:
         params = self.params
         loss = self.loss(self.net(x), y)
         grads = torch.autograd.grad(loss, params)
         g = flatten([gr.detach() for gr in grads])
-        step = hessian_inverse_product(self.net, x, y, g, self.damping, self.loss, self.curvature)
+        step = hessian_inverse_product(self.net, x, y, g, self.damping, self.loss, self.curvature, self.refine)
         d = [-t for t in unflatten(step, self.net)]
         decrease = float(-(g @ step))  # gᵀd < 0 iff d is a descent direction
         return Direction(loss.item(), d, {"grad_dot_dir": decrease})
