@@ -107,18 +107,20 @@ def test_precomputed_cache_gives_the_same_blocks() -> None:
             assert not v.bias.requires_grad
 
 
-def test_symmetric_product_equals_full_product() -> None:
+@pytest.mark.parametrize("width", [300, 600, 1100])  # 1, 2 and 4 blocks of width >= 256
+def test_symmetric_product_equals_full_product(width: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(100, 300, generator=gen, dtype=torch.float64)  # wide and long enough to split
+    a = torch.randn(100, width, generator=gen, dtype=torch.float64)
     s = torch.randn(100, 100, generator=gen, dtype=torch.float64)
     c = (s + s.T) @ a  # aᵀ c = aᵀ S a is symmetric
     torch.testing.assert_close(symmetric_product(a, c), a.T @ c)
+    torch.testing.assert_close(symmetric_product(a, c, min_width=64), a.T @ c)  # 4 uneven blocks
 
 
 def test_exact_blocks_of_a_wide_net() -> None:
-    """A first layer of width 256 takes the split-GEMM path (exact: K = 8·64 rows; EA: K = 64 in
+    """A first layer of width 512 takes the split-GEMM path (exact: K = 8·64 rows; EA: K = 64 in
     Wᵀ(H W), while E[h'h'ᵀ] with K = 8 samples does not split), against the references."""
-    p = make_problem("tanh", "nonconvex", widths=(4, 256, 64, 3), batch=8)
+    p = make_problem("tanh", "nonconvex", widths=(4, 512, 64, 3), batch=8)
     blocks = curvlab.curvature(p.net, p.x, p.y, kind="exact", loss=p.loss, chunk_size=8)
     for blk, want in zip(blocks, ref.hessian_blocks(p.net, p.x, p.y, p.loss)):
         assert rel_err(blk.bias, want) < 1e-12

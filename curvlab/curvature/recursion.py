@@ -30,7 +30,7 @@ from curvlab.nets import MLP, ForwardCache
 
 __all__ = ["curvature", "backward"]
 
-_CHUNK_ELEMENTS = 2**25  # per-sample work arrays of about 128 MiB (float32) per chunk
+_CHUNK_ELEMENTS = 2**26  # per-sample work arrays of about 256 MiB (float32) per chunk
 
 
 def backward(
@@ -82,8 +82,15 @@ def backward(
 
 
 def _chunk_size(widths: list[int], weight_blocks: bool) -> int:
-    """Samples per chunk so that one chunk's per-sample arrays stay around 2^25 elements."""
-    per_sample = max(max(a * b, b * b) for a, b in zip(widths[:-1], widths[1:]))
+    """Samples per chunk so that one chunk's per-sample arrays stay around 2^26 elements.
+
+    Per sample, the pull-back from block n_{t+1} into layer t holds H_i (n_{t+1}²), F_i and
+    H_i F_i (n_{t+1} n_t each) and, except into the first layer whose block is only summed,
+    the new block (n_t²); the exact weight blocks add (n_t n_{t−1})² when requested.
+    """
+    per_sample = 1
+    for t, (n_in, n_out) in enumerate(zip(widths[1:-1], widths[2:])):
+        per_sample = max(per_sample, n_out * n_out + 2 * n_in * n_out + (n_in * n_in if t > 0 else 0))
     if weight_blocks:
         per_sample = max(per_sample, max((a * b) ** 2 for a, b in zip(widths[:-1], widths[1:])))
     return max(1, _CHUNK_ELEMENTS // per_sample)
@@ -149,7 +156,9 @@ def curvature(
     if cache is None:
         cache = net.forward_cache(x)
     elif cache.output.shape[0] != x.shape[0]:
-        raise ValueError(f"cache holds {cache.output.shape[0]} samples but x has {x.shape[0]}; pass net.forward_cache(x)")
+        raise ValueError(
+            f"cache holds {cache.output.shape[0]} samples but x has {x.shape[0]}; pass net.forward_cache(x)"
+        )
     cache = ForwardCache(
         [h.detach() for h in cache.inputs], [z.detach() for z in cache.preacts], cache.output.detach()
     )
