@@ -1,6 +1,6 @@
 """curvlab: curvature methods and second-order solvers for fully connected networks.
 
-Public API (imported lazily so that ``curvlab train`` starts fast)::
+Public API (imported lazily, apart from ``curvature``)::
 
     net = curvlab.MLP([64, 32, 16, 10], activation="sigmoid")
     blocks = curvlab.curvature(net, x, y, kind="pch1", loss="cross_entropy")
@@ -15,6 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Imported eagerly: importing the subpackage ``curvlab.curvature`` binds that name on this
+# module, which would shadow a lazily exported function of the same name.
+from curvlab.curvature.recursion import curvature
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -24,7 +28,6 @@ _EXPORTS = {
     "CrossEntropy": "curvlab.losses",
     "NonConvex": "curvlab.losses",
     "LayerCurvature": "curvlab.curvature.blocks",
-    "curvature": "curvlab.curvature",
     "layerwise_errors": "curvlab.metrics",
     "newton_direction": "curvlab.solvers",
     "hessian_inverse_product": "curvlab.solvers.exact_inverse",
@@ -32,7 +35,7 @@ _EXPORTS = {
     "make_solver": "curvlab.solvers",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "curvature"])
 
 
 def __getattr__(name: str) -> Any:

@@ -161,6 +161,8 @@ def run_job(job: Job, run_dir: Path, force: bool) -> str:
         s = train(cfg, run_dir)
     except TrainingFailed as err:
         return f"failed: {err}"
+    except (RuntimeError, ValueError) as err:  # a solver error: record it, go on with the other jobs
+        return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
     return f"{s['status']} in {s['wall_time']:.1f} s, {s['steps']} steps"
 
 
