@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 from curvlab.losses import Loss, make_loss
@@ -51,3 +52,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest entry-wise difference relative to the larger of the two matrices' scale."""
     scale = max(a.abs().max().item(), b.abs().max().item(), 1e-30)
     return (a - b).abs().max().item() / scale
+
+
+@pytest.fixture
+def float64_default():
+    """Make float64 the default dtype for one test, without leaking it into other modules."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -15,13 +15,7 @@ from curvlab.solvers.split import RowSplit
 ALPHA = 0.05
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Compare in float64 without leaking the default dtype into other test modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # compare in float64 (tests/conftest.py)
 
 
 def random_blocks(widths: list[int], seed: int = 0, batch: int = 7, indefinite: bool = False) -> list[LayerCurvature]:

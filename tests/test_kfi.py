@@ -16,13 +16,7 @@ from curvlab.solvers.kfi import trace_ratio
 ALPHA = 0.03
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Compare in float64 without leaking the default dtype into other test modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # compare in float64 (tests/conftest.py)
 
 
 def random_blocks(widths: list[int], seed: int = 0, batch: int = 6) -> list[LayerCurvature]:

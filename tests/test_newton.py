@@ -15,13 +15,7 @@ from curvlab.solvers import KFI
 ALPHA = 0.05
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Compare in float64 without leaking the default dtype into other test modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # compare in float64 (tests/conftest.py)
 
 
 def tiny(batch: int, seed: int = 0, widths: tuple[int, ...] = (4, 3, 3, 2)) -> tuple[MLP, torch.Tensor, torch.Tensor]:
