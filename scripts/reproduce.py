@@ -78,9 +78,9 @@ def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
 
 
 def scale_overrides(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[str], int]:
-    """Overrides that size ``exp`` for ``scale``, and the number of seeds."""
+    """Overrides that size ``exp`` for ``scale``, and the number of seeds (0: the preset's own)."""
     family = next((k for k in CI_SIZES if exp.startswith(k)), None)
-    steps, batch, seeds = CI_SIZES[family] if (scale == "ci" and family) else (None, None, 1)
+    steps, batch, seeds = CI_SIZES[family] if (scale == "ci" and family) else (None, None, 0)
     steps, seeds = a.steps or steps, a.seeds or seeds
     out = []
     if steps:
@@ -113,8 +113,11 @@ def dataset_of(exp: str, extra: list[str]) -> str:
         return str(compose("config", overrides=[f"experiment={exp}", *extra]).dataset.name)
 
 
-def expand(exp: str, base: list[str], seeds: int) -> list[Job]:
-    """The preset's sweep (Hydra basic-sweeper semantics), composed, with redundant jobs dropped."""
+def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None = None) -> list[Job]:
+    """The preset's sweep (Hydra basic-sweeper semantics), composed, with redundant jobs dropped.
+
+    ``sweep`` replaces (or adds) sweep parameters, e.g. ``{"curvature": "pch1"}``.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
@@ -124,7 +127,7 @@ def expand(exp: str, base: list[str], seeds: int) -> list[Job]:
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         head = compose("config", overrides=[f"experiment={exp}", *base], return_hydra_config=True)
-        params = dict(head.hydra.sweeper.params or {})
+        params = {**dict(head.hydra.sweeper.params or {}), **(sweep or {})}
         if "seed" in params:  # a preset's own seed sweep shrinks with --seeds / the scale
             params["seed"] = f"range({seeds})" if seeds else params["seed"]
         elif seeds > 1:
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="tables: log the errors every N updates of the s (default: at each of them)")
     p.add_argument("--keep-batch", action="store_true", help="keep the presets' batch sizes at ci scale")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="replace one of the preset's sweep parameters, e.g. --sweep curvature=pch1")
     p.add_argument("--no-render", action="store_true", help="run only")
     a = p.parse_args(argv)
 
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for exp in experiments:
         sized, seeds = scale_overrides(exp, a.scale, a)
         data = data_overrides(dataset_of(exp, a.set), data_root)
-        jobs = expand(exp, [*data, *sized, *a.set], seeds)
+        jobs = expand(exp, [*data, *sized, *a.set], seeds, dict(kv.split("=", 1) for kv in a.sweep))
         print(f"== {exp}: {len(jobs)} job(s)", flush=True)
         for job in jobs:
             status = run_job(job, runs_dir / exp / job.name, a.force)

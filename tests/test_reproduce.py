@@ -85,8 +85,23 @@ def test_expand_follows_the_presets_sweeps() -> None:
     fig = reproduce.expand("eacg_fig1_3", [], 1)
     assert len(fig) == 7  # {fisher, gn, pch1} × {eacg, kfi} + SGD once (it ignores the curvature)
     assert {tuple(j.overrides) for j in fig} >= {("solver=kfi", "curvature=gn"), ("solver=sgd", "curvature=fisher")}
+    only_pch = reproduce.expand("eacg_fig1_3", [], 1, {"curvature": "pch1"})  # --sweep curvature=pch1
+    assert [j.name for j in only_pch] == ["solver=eacg,curvature=pch1", "solver=kfi,curvature=pch1",
+                                          "solver=sgd,curvature=pch1"]
     hbp = reproduce.expand("hbp_fig5", [], 3)
     assert len(hbp) == 4 * 3 and {j.cfg.seed for j in hbp} == {0, 1, 2}
+
+
+def test_scales_size_the_jobs() -> None:
+    args = reproduce.argparse.Namespace(steps=None, seeds=None, train_subset=None, test_subset=None,
+                                        keep_batch=False, hessian_every=None)
+    full, seeds = reproduce.scale_overrides("hbp_fig5", "full", args)
+    assert full == [] and seeds == 0  # full: the preset as it is, its 10 seeds included
+    ci, seeds = reproduce.scale_overrides("eacg_table2", "ci", args)
+    assert "train.max_steps=2" in ci and "log.hessian_first=2" in ci and seeds == 1
+    args.hessian_every, args.steps = 10, 100
+    table, _ = reproduce.scale_overrides("eacg_table2", "full", args)
+    assert table == ["train.max_steps=100", "log.hessian_first=0", "log.hessian_every=10"]
 
 
 def test_reproduce_rejects_unknown_experiment(tiny_root: Path, tmp_path: Path) -> None:

@@ -151,6 +151,12 @@ def _rahimi(st: Study, out: Path, want: set[str]) -> list[Path]:
         piv = d.groupby(["sweep", "value", "method"])["seconds"].mean().unstack("method")
         piv.index = [f"{a}={b}" for a, b in piv.index]
         w += write_table(piv, out, name, "Rahimi scaling: seconds per call (mean over repeats)", floatfmt=".3g")
+        mean = d.groupby(["sweep", "method", "value"], as_index=False)["seconds"].mean()
+        slopes = mean.groupby(["sweep", "method"]).apply(
+            lambda g: F.fit_loglog_slope(g["value"], g["seconds"]), include_groups=False).unstack("method")
+        slopes.index = [f"slope vs {i}" for i in slopes.index]
+        w += write_table(slopes, out, f"{name}_slopes", "Rahimi scaling: log-log slope of seconds against depth "
+                         "and width (1 = linear)", floatfmt=".2f")
     if "figures" in want:
         w += F.save(F.scaling_figure(d, "Exact Hessian-inverse-vector product vs one HVP"), out, name)
     return w

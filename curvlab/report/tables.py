@@ -136,7 +136,7 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a bare pipe would split the cell)
     head = [esc(df.index.name or ""), *map(esc, df.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(df.columns)) + "|"]
-    for idx, row in df.iterrows():
+    for idx, row in df.astype(object).iterrows():  # object rows keep ints as ints
         lines.append("| " + " | ".join([esc(idx), *(esc(_fmt(v, floatfmt)) for v in row)]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -153,7 +153,7 @@ def to_latex(df: pd.DataFrame, caption: str = "", floatfmt: str = ".4f") -> str:
     cols = "l" + "r" * len(df.columns)
     head = " & ".join(_tex(str(c)) for c in [df.index.name or "", *df.columns])
     body = [" & ".join(_tex(x) for x in [str(i), *(_fmt(v, floatfmt) for v in row)]) + r" \\"
-            for i, row in df.iterrows()]
+            for i, row in df.astype(object).iterrows()]
     return "\n".join([
         r"\begin{table}[ht]", r"\centering",
         *([rf"\caption{{{_tex(caption)}}}"] if caption else []),
