@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -167,6 +168,31 @@ def test_main_exit_codes(table_runs: Path, tmp_path: Path, capsys: pytest.Captur
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty), "--out", str(tmp_path / "o2")]) == 1
+
+
+def _study(root: Path, name: str, data: pd.DataFrame, **meta: object) -> None:
+    root.mkdir(parents=True)
+    data.to_csv(root / "data.csv", index=False)
+    (root / "study.json").write_text(json.dumps({"study": name, "name": name, "data": "data.csv", **meta}))
+
+
+def test_study_renderers_fit_the_slopes(tmp_path: Path) -> None:
+    c = np.logspace(-3, 0, 7)
+    app = pd.DataFrame([{"seed": 0, "block": b, "layer": 1, "c": v, "rel_error": 2 * v, "abs_error": v**3,
+                         "h_norm": v**2} for b in ("bias", "weight") for v in c])
+    _study(tmp_path / "runs" / "app", "appendix_chain_rule", app, fit_max=0.05, seeds=1)
+    sc = pd.DataFrame([{"sweep": sw, "value": v, "method": m, "repeat": 0, "seconds": k * v**p}
+                       for sw, p in (("depth", 1.0), ("width", 3.0)) for v in (2, 4, 8)
+                       for m, k in (("HVP", 1e-3), ("inverse H", 1e-1))])
+    _study(tmp_path / "runs" / "sc", "rahimi_scaling", sc)
+    report([tmp_path / "runs"], tmp_path / "o")
+    slopes = pd.read_csv(tmp_path / "o" / "appendix_chain_rule.csv", index_col=0)
+    assert slopes["slope rel_error"].to_numpy() == pytest.approx([1, 1])
+    assert slopes["slope abs_error"].to_numpy() == pytest.approx([3, 3])
+    sc_slopes = pd.read_csv(tmp_path / "o" / "rahimi_scaling_slopes.csv", index_col=0)
+    assert sc_slopes.loc["slope vs depth", "inverse H"] == pytest.approx(1.0)
+    assert sc_slopes.loc["slope vs width", "HVP"] == pytest.approx(3.0)
+    assert (tmp_path / "o" / "rahimi_scaling.png").stat().st_size > 0
 
 
 def test_fit_loglog_slope_recovers_power() -> None:
