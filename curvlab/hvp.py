@@ -28,6 +28,7 @@ __all__ = [
     "loss_function",
     "hvp",
     "grad_and_hvp",
+    "directional_derivatives",
     "gnvp",
     "dense_hessian",
     "dense_gauss_newton",
@@ -97,6 +98,26 @@ def grad_and_hvp(
     f = loss_function(net, x, y, loss)
     g, hv = jvp(grad(f, argnums=tuple(range(len(params)))), params, v)
     return list(g), list(hv)
+
+
+def directional_derivatives(
+    net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(f, vᵀ∇f, vᵀHv)`` by forward-over-forward AD: φ(t) = f(θ + t v), (φ(0), φ'(0), φ''(0)).
+
+    Two nested ``torch.func.jvp`` calls push a second-order dual number through one forward
+    pass: no backward pass and no parameter-sized outputs, so this is the cheapest way to the
+    two scalars of Bakker et al.'s Eq. (9).
+    """
+    v = tuple(_as_list(vec, net))
+    params = tuple(p.detach() for p in net.parameters())
+    f = loss_function(net, x, y, loss)
+
+    def first(*ps: Tensor) -> tuple[Tensor, Tensor]:
+        return jvp(f, ps, v)  # (f, vᵀ∇f) at ps
+
+    (f0, d1), (_, d2) = jvp(first, params, v)
+    return f0, d1, d2
 
 
 def gnvp(net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy") -> list[Tensor]:

@@ -212,7 +212,12 @@ class _Run:
                 lr = lr_at(cfg, self.step)
                 self.solver.lr = lr
                 t0 = time.perf_counter()
-                res = self.solver.step(x, y)
+                try:
+                    res = self.solver.step(x, y)
+                except (RuntimeError, ValueError, ArithmeticError) as err:  # numerical breakdown
+                    reason = _step_error(err, self.step + 1)
+                    self.write("failed", reason)
+                    raise TrainingFailed(f"run {self.dir} failed: {reason}") from err
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self.wall_time += time.perf_counter() - t0
@@ -249,6 +254,17 @@ class _Run:
             bar.close()
         self.checkpoint()
         return self.write("completed")
+
+
+def _step_error(err: Exception, step: int) -> str:
+    """Why a solver step raised, with the fix for the numerical cases (singular pivots)."""
+    reason = f"solver step {step} raised {type(err).__name__}: {err}"
+    if isinstance(err, torch.linalg.LinAlgError) or "singular" in str(err) or "is zero" in str(err):
+        reason += (
+            " -- the damped curvature matrix is numerically singular or not positive definite; raise the "
+            "damping (solver.damping or solver.alpha) or train in float64 (dtype=float64)"
+        )
+    return reason
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

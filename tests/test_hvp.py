@@ -6,7 +6,18 @@ import pytest
 import torch
 from conftest import ACTIVATIONS, LOSSES, make_problem
 
-from curvlab.hvp import dense_gauss_newton, dense_hessian, flatten, gnvp, grad_and_hvp, hvp, unflatten
+from curvlab.hvp import (
+    dense_gauss_newton,
+    dense_hessian,
+    directional_derivatives,
+    flatten,
+    gnvp,
+    grad_and_hvp,
+    hvp,
+    unflatten,
+)
+from curvlab.losses import make_loss
+from curvlab.nets import MLP
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,3 +66,19 @@ def test_bad_vector_shapes_are_rejected() -> None:
         hvp(pb.net, pb.x, pb.y, torch.zeros(n + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="shaped like net.parameters"):
         hvp(pb.net, pb.x, pb.y, [torch.zeros(2)])
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "nonconvex"])
+def test_directional_derivatives_match_the_dense_hessian(loss: str) -> None:
+    """Forward-over-forward (f, vᵀ∇f, vᵀHv) equals the loss, the gradient and the dense Hessian."""
+    torch.manual_seed(3)
+    net = MLP([5, 4, 3, 3], "tanh").double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    v = torch.randn(sum(p.numel() for p in net.parameters()), dtype=torch.float64)
+    f, d1, d2 = directional_derivatives(net, x, y, v, loss)
+    H = dense_hessian(net, x, y, loss)
+    params = list(net.parameters())
+    g = flatten(torch.autograd.grad(make_loss(loss)(net(x), y), params))
+    assert torch.allclose(f, make_loss(loss)(net(x), y).detach(), rtol=1e-12)
+    assert torch.allclose(d1, g @ v, rtol=1e-10)
+    assert torch.allclose(d2, v @ H @ v, rtol=1e-10)

@@ -115,6 +115,27 @@ def test_nan_fails_with_summary_and_keeps_rows(tmp_path, monkeypatch):
     assert metrics(tmp_path)["step"].tolist() == [0, 1, 2, 3]
 
 
+def test_singular_solver_step_fails_with_a_fix_and_keeps_rows(tmp_path, monkeypatch):
+    """A linear-algebra breakdown inside a solver marks the run failed and names the fix."""
+    cls = SOLVERS["sgd"]
+
+    class Singular(cls):  # type: ignore[misc, valid-type]
+        calls = 0
+
+        def step(self, x, y):
+            Singular.calls += 1
+            if Singular.calls == 3:
+                torch.linalg.cholesky(-torch.eye(2))  # raises torch.linalg.LinAlgError
+            return super().step(x, y)
+
+    monkeypatch.setitem(SOLVERS, "sgd", Singular)
+    with pytest.raises(TrainingFailed, match="raise the damping"):
+        train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.checkpoint_every=1"), tmp_path)
+    summary = rf.read_json(tmp_path / rf.SUMMARY)
+    assert summary["status"] == "failed" and "LinAlgError" in summary["failure"] and summary["steps"] == 2
+    assert metrics(tmp_path)["step"].tolist() == [0, 1, 2]
+
+
 def test_divergence_fails(tmp_path):
     with pytest.raises(TrainingFailed) as err:
         train(config(*TINY, *NO_HESSIAN, "solver=sgd", "solver.lr=1e6", "solver.momentum=0",

@@ -7,8 +7,8 @@ cubic model of Eq. (8) is ``m(α) = f + α gᵀ∇f + ½ α² gᵀHg + σ/6 α³
     α = (−gᵀHg + √((gᵀHg)² − 2 (gᵀ∇f) σ‖g‖³)) / (σ‖g‖³).
 
 ``gᵀHg`` and ``gᵀ∇f`` are exact batch means (the paper's third averaging option), obtained from
-one forward-over-reverse pass (:func:`curvlab.hvp.grad_and_hvp`), not with the paper's cost
-quadratic in depth. Throughout, α is the minimiser of ``m`` over ``α ≥ 0``: Eq. (9)'s root when
+one forward-over-forward pass (:func:`curvlab.hvp.directional_derivatives`), not with the
+paper's cost quadratic in depth. Throughout, α is the minimiser of ``m`` over ``α ≥ 0``: Eq. (9)'s root when
 it is positive and lowers the model, and the fallback ``α = 0`` (no move) otherwise.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from curvlab.hvp import grad_and_hvp
+from curvlab.hvp import directional_derivatives
 from curvlab.losses import Loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import SOLVERS, Direction, Solver, StepResult, make_solver, register
@@ -84,9 +84,8 @@ def cr_step(
     net: MLP, x: Tensor, y: Tensor, direction: Sequence[Tensor], sigma: float = 100.0, loss: str | Loss = "cross_entropy"
 ) -> CRStep:
     """Eq. (9) for the search direction ``direction`` (list shaped like ``net.parameters()``)."""
-    grad, hess_g = grad_and_hvp(net, x, y, direction, loss)
-    g_hess_g = float(sum((d * hg).sum() for d, hg in zip(direction, hess_g)))
-    g_grad = float(sum((d * gr).sum() for d, gr in zip(direction, grad)))
+    _, g_grad_t, g_hess_g_t = directional_derivatives(net, x, y, direction, loss)
+    g_hess_g, g_grad = float(g_hess_g_t), float(g_grad_t)
     g_norm = float(torch.sqrt(sum((d * d).sum() for d in direction)))
     alpha, status = cr_alpha(g_hess_g, g_grad, g_norm, sigma)
     if status is not CRStatus.OK:
