@@ -17,7 +17,7 @@ from typing import Any
 
 # Imported eagerly: importing the subpackage ``curvlab.curvature`` binds that name on this
 # module, which would shadow a lazily exported function of the same name.
-from curvlab.curvature.recursion import curvature
+from curvlab.curvature.recursion import curvature  # noqa: F401  (exported in __all__)
 
 __version__ = "0.1.0"
 

@@ -76,6 +76,19 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+STUDY = "study.json"
+STUDY_DATA = "data.csv"
+
+
+def write_study(out: str | Path, rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]) -> Path:
+    """Write a study (``docs/run_files.md``): tidy ``data.csv`` and ``study.json`` naming it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / STUDY_DATA, rows, [])
+    write_json(out / STUDY, {**meta, "data": STUDY_DATA})
+    return out / STUDY_DATA
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

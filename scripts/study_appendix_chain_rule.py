@@ -22,17 +22,15 @@ h_norm) into ``--out``; ``curvlab report`` fits the log-log slopes and draws the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from torch.func import functional_call, hessian, jacrev
 
+from curvlab import runfiles as rf
 from curvlab.losses import make_loss
 from curvlab.nets import MLP
 
@@ -103,15 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         for c in cs:
             for r in block_errors(net, float(c) * x0, y, a.loss):
                 rows.append({"seed": seed, "c": float(c), **r})
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "data.csv", index=False)
-    meta = {"study": "appendix_chain_rule", "name": "appendix_chain_rule", "data": "data.csv",
+    meta = {"study": "appendix_chain_rule", "name": "appendix_chain_rule",
             "widths": widths, "activation": "tanh", "init": "xavier, zero biases", "loss": a.loss,
             "batch": a.batch, "fit_max": a.fit_max, "seeds": a.seeds, "c": cs.tolist(), "dataset": "sklearn digits (standardised)",
             "seconds": round(time.perf_counter() - t0, 2), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
-    (out / "study.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {out / 'data.csv'} ({len(rows)} rows) in {meta['seconds']} s")
+    data = rf.write_study(a.out, rows, meta)
+    print(f"wrote {data} ({len(rows)} rows) in {meta['seconds']} s")
     return 0
 
 

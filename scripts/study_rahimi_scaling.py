@@ -21,15 +21,13 @@ into ``--out``; ``curvlab report`` draws the figure.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
 
+from curvlab import runfiles as rf
 from curvlab.hvp import dense_hessian, hvp
 from curvlab.nets import MLP
 from curvlab.solvers.exact_inverse import hessian_inverse_product
@@ -92,15 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += [{"sweep": "depth", "value": d, **r} for r in measure(d, a.fixed_width, a.batch, a.repeats, a.dense_max, a.damping)]
     for w in map(int, a.widths.split(",")):
         rows += [{"sweep": "width", "value": w, **r} for r in measure(a.fixed_depth, w, a.batch, a.repeats, a.dense_max, a.damping)]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "data.csv", index=False)
-    meta = {"study": "rahimi_scaling", "name": "rahimi_scaling", "data": "data.csv", "batch": a.batch,
+    meta = {"study": "rahimi_scaling", "name": "rahimi_scaling", "batch": a.batch,
             "repeats": a.repeats, "fixed_width": a.fixed_width, "fixed_depth": a.fixed_depth, "damping": a.damping,
             "activation": "tanh", "seconds": round(time.perf_counter() - t0, 2),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"}
-    (out / "study.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {out / 'data.csv'} ({len(rows)} rows) in {meta['seconds']} s")
+    data = rf.write_study(a.out, rows, meta)
+    print(f"wrote {data} ({len(rows)} rows) in {meta['seconds']} s")
     return 0
 
 

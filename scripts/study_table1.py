@@ -25,9 +25,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pandas as pd
+
+from curvlab import runfiles as rf
 
 WIDTHS = [3072, 1024, 512, 256, 128, 64, 32, 16, 10]
 METHODS = ["sgd", "fisher/kfi", "gn/kfi", "pch1/kfi", "fisher/eacg", "gn/eacg", "pch1/eacg"]
@@ -112,14 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         row["paper space"] = paper.get("space", "-")
         rows.append(row)
         print(f"{method}: {row['step_seconds']:.3f} s/step, +{row['peak_mib']} MiB", flush=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "data.csv", index=False)
-    meta = {"study": "table1_measured", "name": "table1_measured", "data": "data.csv", "widths": widths,
+    meta = {"study": "table1_measured", "name": "table1_measured", "widths": widths,
             "batch": a.batch, "steps": a.steps, "device": a.device, "seconds": round(time.perf_counter() - t0, 1),
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
-    (out / "study.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {out / 'data.csv'} in {meta['seconds']} s")
+    data = rf.write_study(a.out, rows, meta)
+    print(f"wrote {data} in {meta['seconds']} s")
     return 0
 
 
