@@ -285,9 +285,10 @@ class RunConfig:
             return
         fix = "use curvature=pch1, pch2 or fisher (or loss=cross_entropy)"
         if self.solver.base in CURVATURE_SOLVERS and self.curvature.kind is Kind.GN:
+            allowed = "fisher, pch, pch1, pch2" + ("" if self.solver.base == "kfi" else ", exact")
             raise ValueError(
                 f"curvature.kind=gn with solver {self.solver.base}: GN is not PSD for the nonconvex "
-                f"loss; allowed kinds there: fisher, pch, pch1, pch2, exact; {fix}"
+                f"loss; allowed kinds there: {allowed}; {fix}"
             )
         if self.solver.base == "exact_inverse" and self.solver.options.get("curvature") == "gn":
             raise ValueError(
