@@ -31,10 +31,10 @@ test-slow: $(STAMP) ## Run only the slow tests
 bench: $(STAMP) ## Run every benchmark script in scripts/ and print its figures
 	@set -e; for f in scripts/bench_*.py; do echo "=== $$f"; $(BIN)/python $$f; done
 
-reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|full, FORCE=1) into results/tables/
+reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|full, FORCE=1) into results/tables/ (SCALE=ci: results/tables/ci/)
 	$(BIN)/python scripts/reproduce.py tables --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,)
 
-reproduce-figures: $(STAMP) ## Run the figure experiments (SCALE=ci|full, FORCE=1) into results/figures/
+reproduce-figures: $(STAMP) ## Run the figure experiments (SCALE=ci|full, FORCE=1) into results/figures/ (SCALE=ci: results/figures/ci/)
 	$(BIN)/python scripts/reproduce.py figures --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,)
 
 clean: ## Remove caches and scratch run folders (keeps .venv and results/)

@@ -9,7 +9,8 @@ and every job runs in-process through the plain :func:`curvlab.train.train`. A j
 directory already holds a completed ``summary.json`` is skipped unless ``--force``; an
 interrupted one resumes from its checkpoint. Studies that are not training runs
 (``scripts/study_*.py``) run as subprocesses. Finally ``curvlab report`` renders everything
-into ``results/tables/`` or ``results/figures/``.
+into ``results/tables/`` or ``results/figures/`` (``…/ci/`` at ci scale, so that a quick run never
+overwrites the committed record).
 
 Scales: ``full`` keeps the presets (the papers' settings; meant for a GPU); ``ci`` trains a
 few steps on data subsets (minutes on 2 CPU cores). ``--steps/--seeds/--train-subset``
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder with cifar10_jpeg.npz, imagenette_32.npz, MNIST/raw or mnist.npz "
                         "(default ../shared/data); 'none' keeps the presets' dataset settings")
     p.add_argument("--runs-dir", default=None, help="where runs go (default runs/reproduce/<scale>)")
-    p.add_argument("--out", default=None, help="render into this folder (default results/<kind>)")
+    p.add_argument("--out", default=None, help="render into this folder (default results/<kind>, or results/<kind>/ci at ci scale)")
     p.add_argument("--only", action="append", default=None, help="only this experiment or study (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="train.max_steps of every job (overrides the scale)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (overrides the scale)")
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data_root = None if a.data_root == "none" else Path(a.data_root).resolve()
     runs_dir = Path(a.runs_dir or ROOT / "runs" / "reproduce" / a.scale).resolve()
-    out = Path(a.out or ROOT / "results" / a.kind)
+    # ci-scale output goes one folder down so that it never overwrites the committed full-scale record.
+    out = Path(a.out or ROOT / "results" / a.kind / ("ci" if a.scale == "ci" else ""))
     experiments = TABLES if a.kind == "tables" else FIGURES
     studies = STUDIES[a.kind]
     if a.only:
