@@ -14,7 +14,6 @@ batch-mean loss, for its own curvature H̃:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import fields
 from enum import Enum
 from typing import Any
@@ -25,6 +24,9 @@ from torch import Tensor
 from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP
+from curvlab.solvers.eacg import EACG
+from curvlab.solvers.exact_inverse import hessian_inverse_product
+from curvlab.solvers.kfi import KFI
 
 __all__ = ["NewtonSolver", "newton_direction"]
 
@@ -49,14 +51,12 @@ def _exact_inverse_direction(net: MLP, x: Tensor, y: Tensor, kind: Kind, loss: L
         raise ValueError(
             f"solver=exact_inverse inverts the full matrix: kind must be 'exact' or 'gn', got {kind.value!r}"
         )
-    # Lazy: the exact inverse is its own module, written independently of the block solvers.
-    hip = importlib.import_module("curvlab.solvers.exact_inverse").hessian_inverse_product
     params = list(net.parameters())
     value = loss(net(x), y)
     g = torch.autograd.grad(value, params)
     g_vec = torch.cat([gi.reshape(-1) for gi in g]).detach()
     # ((1−α) H + α I) d = −g  ⇔  d = −(H + λ I)⁻¹ g / (1 − α),  λ = α / (1 − α).
-    v = hip(net, x, y, g_vec, damping=alpha / (1 - alpha), loss=loss, curvature=kind.value)
+    v = hessian_inverse_product(net, x, y, g_vec, damping=alpha / (1 - alpha), loss=loss, curvature=kind.value)
     d_vec = -v / (1 - alpha)
     out, i = [], 0
     for p in params:
@@ -108,9 +108,6 @@ def newton_direction(
     loss_fn = make_loss(loss, **loss_opts)
     if which is NewtonSolver.EXACT_INVERSE:
         return _exact_inverse_direction(net, x, y, kind_, loss_fn, alpha)
-
-    from curvlab.solvers.eacg import EACG
-    from curvlab.solvers.kfi import KFI
 
     curv = CurvatureOptions(kind=kind_, **{k: v for k, v in options.items() if k in _CURVATURE_FIELDS})
     solver_opts = {k: v for k, v in options.items() if k in _SOLVER_FIELDS[which]}
