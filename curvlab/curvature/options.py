@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, TypeVar
 
-__all__ = ["Kind", "JacobianAverage", "FisherType", "WeightFactor", "CurvatureOptions", "parse_enum"]
+__all__ = ["Kind", "JacobianAverage", "FisherType", "WeightFactor", "CurvatureOptions", "parse_enum", "reject_unknown"]
 
 
 class Kind(str, Enum):
@@ -57,6 +57,13 @@ def parse_enum(enum: type[E], value: Any, field: str) -> E:
         raise ValueError(f"{field}: unknown value {value!r}; allowed: {allowed}") from None
 
 
+def reject_unknown(names: Any, allowed: set[str], where: str) -> None:
+    """Raise if ``names`` holds a key outside ``allowed``, naming the allowed ones."""
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+
 @dataclass(frozen=True)
 class CurvatureOptions:
     """Everything that selects a curvature approximation; solvers take one of these."""
@@ -66,6 +73,10 @@ class CurvatureOptions:
     weight_factor: WeightFactor = WeightFactor.RANK_ONE
     fisher: FisherType = FisherType.MC
     mc_samples: int = 1
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", parse_enum(Kind, self.kind, "curvature.kind"))

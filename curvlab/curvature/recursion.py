@@ -15,7 +15,7 @@ the batch-mean gradients come out of the same pass, so a solver needs no autogra
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from torch import Tensor
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.curvature.kinds import Batching, KindPolicy, policy
 from curvlab.curvature.messages import PerSampleBlocks, Residual
-from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor
+from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP, ForwardCache
 
@@ -97,10 +97,7 @@ def _chunk_size(widths: list[int], weight_blocks: bool) -> int:
 
 
 def _make_options(kind: Any, options: CurvatureOptions | None, overrides: dict[str, Any]) -> CurvatureOptions:
-    allowed = {f.name for f in fields(CurvatureOptions)} - {"kind"}
-    unknown = sorted(set(overrides) - allowed)
-    if unknown:
-        raise ValueError(f"curvature(): unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    reject_unknown(overrides, CurvatureOptions.field_names() - {"kind"}, "curvature()")
     if options is None:
         return CurvatureOptions(kind=Kind.PCH1 if kind is None else kind, **overrides)
     if kind is not None:

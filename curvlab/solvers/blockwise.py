@@ -9,14 +9,14 @@ curvature recursion, and the input second moments E[h hᵀ] that only some layer
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from curvlab.curvature.blocks import LayerCurvature
-from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor
+from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.curvature.recursion import curvature
 from curvlab.losses import Loss
 from curvlab.nets import MLP
@@ -36,10 +36,7 @@ def as_curvature_options(value: CurvatureOptions | dict[str, Any] | str | None) 
     if isinstance(value, str):
         return CurvatureOptions(kind=value)  # type: ignore[arg-type]
     if isinstance(value, dict):
-        allowed = {f.name for f in fields(CurvatureOptions)}
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise ValueError(f"curvature: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        reject_unknown(value, CurvatureOptions.field_names(), "curvature")
         return CurvatureOptions(**value)
     raise ValueError(f"curvature must be CurvatureOptions, a dict or a kind name, got {type(value).__name__}")
 

@@ -14,14 +14,13 @@ batch-mean loss, for its own curvature H̃:
 
 from __future__ import annotations
 
-from dataclasses import fields
 from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum
+from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum, reject_unknown
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP
 from curvlab.solvers.eacg import EACG
@@ -37,7 +36,7 @@ class NewtonSolver(str, Enum):
     EXACT_INVERSE = "exact_inverse"
 
 
-_CURVATURE_FIELDS = {f.name for f in fields(CurvatureOptions)} - {"kind"}
+_CURVATURE_FIELDS = CurvatureOptions.field_names() - {"kind"}
 _LOSS_FIELDS = {"delta", "eps"}  # options of the nonconvex loss, Eq. (14)
 _SOLVER_FIELDS = {
     NewtonSolver.EACG: {"split"},
@@ -99,11 +98,7 @@ def newton_direction(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must satisfy 0 < alpha < 1, got {alpha}")
     allowed = _CURVATURE_FIELDS | _LOSS_FIELDS | _SOLVER_FIELDS[which]
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"newton_direction(solver={which.value}): unknown option(s) {unknown}; allowed: {sorted(allowed)}"
-        )
+    reject_unknown(options, allowed, f"newton_direction(solver={which.value})")
     loss_opts = {k: v for k, v in options.items() if k in _LOSS_FIELDS}
     loss_fn = make_loss(loss, **loss_opts)
     if which is NewtonSolver.EXACT_INVERSE:
