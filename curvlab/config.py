@@ -229,12 +229,17 @@ class LogConfig:
     hessian_every: int = 0  # layer-wise Hessian errors every N steps; 0 = off
     hessian_first: int = 0  # ... and at each of the first N updates (EA-CG Tables 2–5)
     hessian_kinds: list[Kind] = field(default_factory=lambda: [Kind.FISHER, Kind.GN, Kind.PCH1, Kind.PCH2])
+    hessian_batches: list[int] = field(default_factory=list)  # logging batch sizes; []: the training batch
+    hessian_fisher_mc: list[int] = field(default_factory=list)  # MC Fisher sample counts; []: curvature's
 
     def __post_init__(self) -> None:
         _check(int(self.hessian_every) >= 0, f"log.hessian_every must be >= 0, got {self.hessian_every}")
         _check(int(self.hessian_first) >= 0, f"log.hessian_first must be >= 0, got {self.hessian_first}")
         self.hessian_kinds = [parse_enum(Kind, k, "log.hessian_kinds") for k in self.hessian_kinds]
         _check(Kind.EXACT not in self.hessian_kinds, "log.hessian_kinds: 'exact' is the reference; drop it")
+        for name in ("hessian_batches", "hessian_fisher_mc"):
+            values = getattr(self, name)
+            _check(all(int(v) >= 1 for v in values), f"log.{name} must list sizes >= 1, got {values}")
 
 
 @dataclass

@@ -1,28 +1,33 @@
 """Layer-wise Hessian-error logging for the runner (EA-CG Tables 2–5).
 
-At a logging step the true bias blocks are computed on the current batch, and for every
-kind in ``log.hessian_kinds`` the error of that kind's blocks against them
-(:func:`curvlab.metrics.layerwise_errors`), whatever kind the run trains with.
+At a logging step the true bias blocks B_t are computed on a batch, and for every kind in
+``log.hessian_kinds`` the error ‖B̃_t − |B_t|‖_F of that kind's blocks against them
+(:func:`curvlab.metrics.layerwise_errors`), whatever kind the run trains with. Each row
+also carries ``reference`` = ‖B_t‖_F (= ‖|B_t|‖_F), so that the relative error
+error / reference can be read off: near θ⁰ the lower layers' |B_t| nearly vanish and the
+absolute errors alone hide a ~100 % relative error. ``batch`` is the logging batch's size
+(``log.hessian_batches`` may log several) and ``mc_samples`` the Fisher's Monte-Carlo
+sample count (``log.hessian_fisher_mc`` may log several; blank for the other kinds).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 from torch import Tensor
 
 from curvlab.curvature import curvature
-from curvlab.curvature.options import CurvatureOptions, Kind
+from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss
 from curvlab.metrics import layerwise_errors
-from curvlab.nets import MLP
 
 __all__ = ["HessianLogger"]
 
 
 class HessianLogger:
-    """Computes ``step, layer, kind, error`` rows; ``notes`` says what was skipped and why.
+    """Computes ``step, layer, kind, error, reference, batch, mc_samples`` rows.
 
     Args:
         kinds: curvature kinds to compare with the exact blocks.
@@ -30,9 +35,16 @@ class HessianLogger:
         loss: the criterion; GN is skipped when it is not convex (GN is not PSD there).
         every: log when ``step % every == 0`` (0: never) ...
         first: ... and at each of the first ``first`` updates.
+        fisher_mc: Monte-Carlo sample counts to log the MC Fisher with (empty: the run's
+            ``curvature.mc_samples``).
+
+    ``notes`` says what was skipped and why.
     """
 
-    def __init__(self, kinds: list[Kind], options: CurvatureOptions, loss: Loss, every: int, first: int) -> None:
+    def __init__(
+        self, kinds: list[Kind], options: CurvatureOptions, loss: Loss, every: int, first: int,
+        fisher_mc: Sequence[int] = (),
+    ) -> None:
         self.options = options
         self.loss = loss
         self.every = int(every)
@@ -44,6 +56,10 @@ class HessianLogger:
                 self.notes.append(f"hessian_kinds: skipped gn, GN is not PSD for the {loss.kind.value} loss")
             else:
                 self.kinds.append(kind)
+        mc = options.fisher is FisherType.MC
+        self.fisher_mc = [int(k) for k in fisher_mc] if (fisher_mc and mc) else [options.mc_samples]
+        if fisher_mc and not mc:
+            self.notes.append(f"hessian_fisher_mc: ignored, curvature.fisher is {options.fisher.value}, not mc")
 
     def due(self, step: int) -> bool:
         """Whether to log before update ``step + 1`` (``step`` updates done so far)."""
@@ -51,15 +67,28 @@ class HessianLogger:
             return False
         return step < self.first or (self.every > 0 and step % self.every == 0)
 
-    def rows(self, net: MLP, x: Tensor, y: Tensor, step: int) -> list[dict[str, Any]]:
-        """Errors of each kind on the batch ``(x, y)`` at the current parameters."""
-
-        def blocks(kind: Kind) -> Any:
-            return curvature(net, x, y, kind, self.loss, options=replace(self.options, kind=kind))
-
-        exact = blocks(Kind.EXACT)
-        out: list[dict[str, Any]] = []
+    def _variants(self) -> list[tuple[Kind, CurvatureOptions, int | None]]:
+        """(kind, options, mc_samples or None) of every logged approximation."""
+        out: list[tuple[Kind, CurvatureOptions, int | None]] = []
         for kind in self.kinds:
-            for layer, err in enumerate(layerwise_errors(blocks(kind), exact), start=1):
-                out.append({"step": step, "layer": layer, "kind": kind.value, "error": float(err)})
+            if kind is Kind.FISHER:
+                fisher_mc = self.fisher_mc if self.options.fisher is FisherType.MC else [None]
+                out += [(kind, replace(self.options, kind=kind, **({} if k is None else {"mc_samples": k})), k)
+                        for k in fisher_mc]
+            else:
+                out.append((kind, replace(self.options, kind=kind), None))
+        return out
+
+    def rows(self, net: torch.nn.Module, x: Tensor, y: Tensor, step: int) -> list[dict[str, Any]]:
+        """Errors of each kind on the batch ``(x, y)`` at the current parameters."""
+        exact = curvature(net, x, y, Kind.EXACT, self.loss, options=replace(self.options, kind=Kind.EXACT))
+        refs = [float(torch.linalg.matrix_norm(layer.bias)) for layer in exact]
+        out: list[dict[str, Any]] = []
+        for kind, options, mc in self._variants():
+            approx = curvature(net, x, y, kind, self.loss, options=options)
+            for layer, (err, ref) in enumerate(zip(layerwise_errors(approx, exact), refs), start=1):
+                out.append({
+                    "step": step, "layer": layer, "kind": kind.value, "error": float(err), "reference": ref,
+                    "batch": len(y), "mc_samples": mc,
+                })
         return out

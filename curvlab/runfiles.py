@@ -31,7 +31,7 @@ CHECKPOINT = "checkpoint.pt"
 
 # Stable column names: the report reads these. Solver stats are appended after them.
 METRIC_COLUMNS = ["step", "epoch", "wall_time", "batch_loss", "step_size", "lr", "train_loss", "test_loss", "test_acc"]
-HESSIAN_COLUMNS = ["step", "layer", "kind", "error"]
+HESSIAN_COLUMNS = ["step", "layer", "kind", "error", "reference", "batch", "mc_samples"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -103,7 +103,8 @@ class _Run:
         self.loss = make_loss(cfg.loss.name, **cfg.loss.options)
         self.solver = build_solver(cfg, self.net, self.loss)
         self.hessian = HessianLogger(
-            cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every, cfg.log.hessian_first
+            cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every, cfg.log.hessian_first,
+            cfg.log.hessian_fisher_mc,
         )
         self.batches = torch.Generator().manual_seed(cfg.seed)  # batch order, on CPU for every device
         self.steps_per_epoch = math.ceil(n / cfg.train.batch_size)
@@ -173,7 +174,12 @@ class _Run:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.step)
-            self.hessian_rows += self.hessian.rows(self.net, x, y, self.step)
+            if not self.cfg.log.hessian_batches:
+                self.hessian_rows += self.hessian.rows(self.net, x, y, self.step)
+            n = len(self.data.y_train)
+            for size in self.cfg.log.hessian_batches:  # fresh samples of the training set, off the training RNG
+                idx = torch.randperm(n)[: min(int(size), n)].to(self.device)
+                self.hessian_rows += self.hessian.rows(self.net, self.data.x_train[idx], self.data.y_train[idx], self.step)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos == 0:
