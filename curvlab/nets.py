@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Activation", "ActivationFns", "ACTIVATIONS", "Init", "MLP", "ForwardCache"]
+__all__ = ["Activation", "ActivationFns", "ACTIVATIONS", "ACTIVATION_MODULES", "Init", "initialise", "MLP", "ForwardCache"]
 
 
 class Activation(str, Enum):
@@ -61,12 +61,34 @@ ACTIVATIONS: dict[Activation, ActivationFns] = {
 }
 
 
+# The torch module of each activation (what :meth:`MLP.as_sequential` puts between the layers).
+ACTIVATION_MODULES: dict[Activation, type[nn.Module]] = {
+    Activation.SIGMOID: nn.Sigmoid,
+    Activation.TANH: nn.Tanh,
+    Activation.RELU: nn.ReLU,
+}
+
+
 class Init(str, Enum):
     """Initialisations used by the papers."""
 
     DEFAULT = "default"  # PyTorch's nn.Linear default
     XAVIER = "xavier"  # Glorot & Bengio (2010), used by EA-CG; biases zero
     UNIFORM = "uniform"  # U(-a, a) for weights (Bakker et al., Appendix A: a = 0.2, or 0.1 on a plateau)
+
+
+def initialise(layers: Sequence[nn.Linear], init: str | Init, scale: float) -> None:
+    """Initialise linear layers in place (``default`` keeps PyTorch's; ``uniform`` is U(±scale))."""
+    init = Init(init)
+    for layer in layers:
+        if init is Init.XAVIER:
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif init is Init.UNIFORM:
+            nn.init.uniform_(layer.weight, -scale, scale)
+            if layer.bias is not None:
+                nn.init.uniform_(layer.bias, -scale, scale)
 
 
 @dataclass
@@ -123,18 +145,7 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(
             nn.Linear(n_in, n_out, bias=bias) for n_in, n_out in zip(widths[:-1], widths[1:])
         )
-        self._initialise(init_scale)
-
-    def _initialise(self, scale: float) -> None:
-        for layer in self.layers:
-            if self.init is Init.XAVIER:
-                nn.init.xavier_uniform_(layer.weight)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
-            elif self.init is Init.UNIFORM:
-                nn.init.uniform_(layer.weight, -scale, scale)
-                if layer.bias is not None:
-                    nn.init.uniform_(layer.bias, -scale, scale)
+        initialise(self.layers, self.init, init_scale)
 
     @property
     def depth(self) -> int:
@@ -166,6 +177,16 @@ class MLP(nn.Module):
             preacts.append(z)
             h = self.fns.f(z) if t < self.depth - 1 else z
         return ForwardCache(inputs, preacts, h)
+
+    def as_sequential(self) -> nn.Sequential:
+        """The same net as an ``nn.Sequential`` (Flatten, Linear, σ, …, Linear) that shares this
+        net's ``nn.Linear`` modules, hence its parameters."""
+        mods: list[nn.Module] = [nn.Flatten()]
+        for t, layer in enumerate(self.layers):
+            mods.append(layer)
+            if t < self.depth - 1:
+                mods.append(ACTIVATION_MODULES[self.activation]())
+        return nn.Sequential(*mods)
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, activation={self.activation.value}, init={self.init.value}"

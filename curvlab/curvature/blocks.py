@@ -22,6 +22,7 @@ class LayerCurvature:
         grad_weight: (n_t, n_{t-1}) batch-mean gradient with respect to W^t.
         weight: (n_t n_{t-1}, n_t n_{t-1}) exact weight block E_i[(h hᵀ) ⊗ H_i] in
             ``W.flatten()`` (row-major) order, only on request for small nets; else None.
+        has_bias: whether the layer has a bias (without one, ``bias`` and ``grad_bias`` are those of z^t).
     """
 
     bias: Tensor
@@ -30,6 +31,7 @@ class LayerCurvature:
     grad_bias: Tensor
     grad_weight: Tensor
     weight: Tensor | None = None
+    has_bias: bool = True
 
     @property
     def n_out(self) -> int:

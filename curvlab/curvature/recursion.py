@@ -26,7 +26,8 @@ from curvlab.curvature.kinds import Batching, KindPolicy, policy
 from curvlab.curvature.messages import PerSampleBlocks, Residual
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.losses import Loss, make_loss
-from curvlab.nets import MLP, ForwardCache
+from curvlab.modules import Chain, Net, chain
+from curvlab.nets import ForwardCache
 
 __all__ = ["curvature", "backward"]
 
@@ -34,7 +35,7 @@ _CHUNK_ELEMENTS = 2**26  # per-sample work arrays of about 256 MiB (float32) per
 
 
 def backward(
-    net: MLP,
+    net: Net | Chain,
     cache: ForwardCache,
     y: Tensor,
     loss: Loss,
@@ -50,17 +51,20 @@ def backward(
     With ``scale`` = 1/batch (the default takes the samples of ``cache`` as the whole batch)
     these are the samples' shares of the batch means, so that chunks can be added up.
 
+    ``net`` may already be its :class:`~curvlab.modules.Chain` (saves the module walk).
+
     Returns, input side first, dicts with ``block`` (n_t, n_t) Σ_i H_i^t, ``grad_bias``
     (n_t,) Σ_i ∇_{b^t} ξ_i, ``grad_weight`` (n_t, n_{t−1}) Σ_i ∇_{W^t} ξ_i and, with
     ``weight_blocks``, ``weight`` Σ_i H_i^t ⊗ h_i h_iᵀ (row-major ``W.flatten()`` order).
     """
-    fns, k = net.fns, net.depth
+    view = net if isinstance(net, Chain) else chain(net)
+    k = view.depth
     out = cache.output
     scale = 1.0 / out.shape[0] if scale is None else scale
     g = loss.grad(out, y)  # (b, n_k) per-sample ∇_{b^k} ξ_i
     msg = pol.output(loss, out, y, options, generator)  # Eq. (4a) / (8a)
     sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
-    for t in reversed(range(k)):  # net.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
+    for t in reversed(range(k)):  # view.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
         h = cache.inputs[t]  # (b, n_t) its input h^t
         gs = g * scale  # (b, n_{t+1}); scaling g is cheaper than scaling the (n_{t+1}, n_t) product
         sums[t] = {"block": msg.total(scale), "grad_bias": gs.sum(0), "grad_weight": gs.T @ h}
@@ -69,8 +73,9 @@ def backward(
             sums[t]["weight"] = msg.weight_total(h, scale)  # Eq. (4c)
         if t == 0:
             break
-        w = net.layers[t].weight  # (n_{t+1}, n_t)
+        w = view.layers[t].weight  # (n_{t+1}, n_t)
         z = cache.preacts[t - 1]  # (b, n_t) z^t, whose σ gave h^t
+        fns = view.acts[t - 1]  # σ_t between layer t and t+1 (identity for Linear → Linear)
         back = g @ w  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i
         dphi = fns.df(z)  # (b, n_t) h^{t'}
         g = back * dphi  # ∇_{b^t} ξ_i
@@ -107,7 +112,7 @@ def _make_options(kind: Any, options: CurvatureOptions | None, overrides: dict[s
 
 @torch.no_grad()
 def curvature(
-    net: MLP,
+    net: Net,
     x: Tensor,
     y: Tensor,
     kind: str | Kind | None = None,
@@ -124,7 +129,8 @@ def curvature(
     """Batch-mean curvature blocks and gradients of every linear layer, input side first.
 
     Args:
-        net: the network.
+        net: a :class:`~curvlab.MLP` or a feed-forward ``nn.Sequential`` of supported modules
+            (:mod:`curvlab.modules`); its ``nn.Linear`` layers are the layers here.
         x: (B, n_0) inputs (or images, flattened by the net).
         y: (B,) integer class labels.
         kind: ``exact``, ``gn``, ``fisher``, ``pch``/``pch1`` or ``pch2`` (default: ``options.kind``,
@@ -135,7 +141,7 @@ def curvature(
         input_cov: also compute E[h hᵀ] (Eq. 11a); implied by ``weight_factor="full"``.
         weight_blocks: also return the exact weight blocks E_i[H_i ⊗ h hᵀ] (``exact`` only;
             memory grows like (n_t n_{t−1})², so small nets only).
-        cache: a forward pass ``net.forward_cache(x)`` already done by the caller (saves one).
+        cache: a forward pass ``chain(net).forward_cache(x)`` already done by the caller (saves one).
         generator: random generator for the Monte-Carlo Fisher labels.
         chunk_size: samples per chunk for the per-sample kinds (default: from the widths).
 
@@ -150,11 +156,12 @@ def curvature(
             f"weight_blocks=True needs kind='exact' (got {opts.kind.value!r}); for other kinds build "
             "the Kronecker-factored weight block from .bias and .input_cov/.input_mean (Eq. 11)"
         )
+    view = chain(net)
     if cache is None:
-        cache = net.forward_cache(x)
+        cache = view.forward_cache(x)
     elif cache.output.shape[0] != x.shape[0]:
         raise ValueError(
-            f"cache holds {cache.output.shape[0]} samples but x has {x.shape[0]}; pass net.forward_cache(x)"
+            f"cache holds {cache.output.shape[0]} samples but x has {x.shape[0]}; pass chain(net).forward_cache(x)"
         )
     cache = ForwardCache(
         [h.detach() for h in cache.inputs], [z.detach() for z in cache.preacts], cache.output.detach()
@@ -170,13 +177,13 @@ def curvature(
     elif pol.batching is Batching.FACTORS:
         step = chunk_size or batch
     else:
-        step = chunk_size or _chunk_size(net.widths, weight_blocks)
+        step = chunk_size or _chunk_size(view.widths, weight_blocks)
     totals: list[dict[str, Tensor]] | None = None
     for lo in range(0, batch, step):
         part = slice(lo, lo + step)
         sub = ForwardCache([h[part] for h in cache.inputs], [z[part] for z in cache.preacts], cache.output[part])
         sums = backward(
-            net, sub, y[part], loss_fn, pol, opts, scale=1.0 / batch, weight_blocks=weight_blocks, generator=generator
+            view, sub, y[part], loss_fn, pol, opts, scale=1.0 / batch, weight_blocks=weight_blocks, generator=generator
         )
         if totals is None:
             totals = sums
@@ -188,7 +195,7 @@ def curvature(
 
     want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
     layers = []
-    for h, tot in zip(cache.inputs, totals):
+    for h, tot, has_bias in zip(cache.inputs, totals, view.biases):
         block = tot["block"]
         layers.append(
             LayerCurvature(
@@ -198,6 +205,7 @@ def curvature(
                 grad_bias=tot["grad_bias"],
                 grad_weight=tot["grad_weight"],
                 weight=tot.get("weight"),
+                has_bias=has_bias,
             )
         )
     return layers

@@ -4,11 +4,13 @@ Shared by the tests and by anyone who wants to check a block by hand:
 
 * :func:`hessian_blocks` — the true batch-mean Hessian blocks with ``torch.func.hessian``;
 * :func:`ea_blocks` — a loop over samples of Eqs. (6)/(8) of Chen et al. (and Eq. 7 of
-  Dangel & Hennig), with derivatives from autograd rather than the net's closed forms;
+  Dangel & Hennig), with derivatives from autograd rather than the closed forms of the rules;
 * :func:`fisher_blocks` — KFAC's E[g gᵀ] with per-sample gradients from autograd.
 
-Every quantity is taken with respect to an offset δ^t added to the pre-activation z^t, which
-equals the bias block when the net has biases and is the z^t block when it has none.
+Every quantity is taken with respect to an offset δ^t added to the output z^t of the t-th
+``nn.Linear`` module, which equals the bias block when the layer has a bias and is the z^t
+block when it has none. The forward pass runs the net's own modules (an :class:`MLP` through
+:meth:`~curvlab.MLP.as_sequential`), not the recursion's canonical chain.
 """
 
 from __future__ import annotations
@@ -16,57 +18,74 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
-from torch.func import grad, hessian
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import grad, hessian, jvp
 
 from curvlab.curvature.options import FisherType, JacobianAverage
 from curvlab.losses import Loss
+from curvlab.modules import Net, leaves
 from curvlab.nets import MLP
 
 __all__ = ["forward_with_offsets", "hessian_blocks", "ea_blocks", "fisher_blocks", "abs_eig"]
 
 
-def _sigma(net: MLP) -> Callable[[Tensor], Tensor]:
-    return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[net.activation.value]
+def _segments(net: Net) -> tuple[list[nn.Module], list[tuple[nn.Linear, list[nn.Module]]]]:
+    """The modules before the first Linear, and each Linear with the modules after it."""
+    mods = leaves(net.as_sequential() if isinstance(net, MLP) else net)
+    first = next(i for i, m in enumerate(mods) if isinstance(m, nn.Linear))
+    segs: list[tuple[nn.Linear, list[nn.Module]]] = []
+    for m in mods[first:]:
+        if isinstance(m, nn.Linear):
+            segs.append((m, []))
+        else:
+            segs[-1][1].append(m)
+    return mods[:first], segs
 
 
-def forward_with_offsets(net: MLP, params: dict[str, Tensor], x: Tensor, offsets: list[Tensor]) -> Tensor:
-    """The net's output with z^t ← z^t + δ^t, written out independently of ``MLP.forward``."""
-    h = x.reshape(x.shape[0], -1)
-    for t, delta in enumerate(offsets):
-        z = h @ params[f"layers.{t}.weight"].T + delta
-        if f"layers.{t}.bias" in params:
-            z = z + params[f"layers.{t}.bias"]
-        h = _sigma(net)(z) if t < net.depth - 1 else z
+def _run(mods: list[nn.Module], h: Tensor) -> Tensor:
+    for m in mods:
+        h = m(h)
     return h
 
 
-def _zeros(net: MLP, like: Tensor) -> list[Tensor]:
-    return [torch.zeros(n, dtype=like.dtype, device=like.device) for n in net.widths[1:]]
+def forward_with_offsets(
+    net: Net, x: Tensor, offsets: list[Tensor], weights: dict[int, Tensor] | None = None
+) -> Tensor:
+    """The net's output with z^t ← z^t + δ^t after its t-th Linear and, optionally, W^t ← ``weights[t]``."""
+    prep, segs = _segments(net)
+    h = _run(prep, x)
+    for t, (lin, after) in enumerate(segs):
+        w = lin.weight.detach() if weights is None or t not in weights else weights[t]
+        h = F.linear(h, w, None if lin.bias is None else lin.bias.detach()) + offsets[t]
+        h = _run(after, h)
+    return h
 
 
-def hessian_blocks(net: MLP, x: Tensor, y: Tensor, loss: Loss, weights: bool = False) -> list[Tensor]:
+def _zeros(net: Net, like: Tensor) -> list[Tensor]:
+    return [torch.zeros(lin.out_features, dtype=like.dtype, device=like.device) for lin, _ in _segments(net)[1]]
+
+
+def hessian_blocks(net: Net, x: Tensor, y: Tensor, loss: Loss, weights: bool = False) -> list[Tensor]:
     """True blocks of the batch-mean loss: w.r.t. δ^t (bias blocks) or, with ``weights``,
     w.r.t. W^t in row-major ``W.flatten()`` order, input side first."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
     blocks = []
-    for t in range(net.depth):
+    for t, (lin, _) in enumerate(_segments(net)[1]):
         if weights:
-            name = f"layers.{t}.weight"
 
-            def f(w: Tensor, name: str = name) -> Tensor:
-                return loss(forward_with_offsets(net, {**params, name: w}, x, _zeros(net, x)), y)
+            def f(w: Tensor, t: int = t) -> Tensor:
+                return loss(forward_with_offsets(net, x, _zeros(net, x), {t: w}), y)
 
-            w0 = params[name]
+            w0 = lin.weight.detach()
             blocks.append(hessian(f)(w0).reshape(w0.numel(), w0.numel()))
         else:
 
             def f(d: Tensor, t: int = t) -> Tensor:
                 offs = _zeros(net, x)
                 offs[t] = d
-                return loss(forward_with_offsets(net, params, x, offs), y)
+                return loss(forward_with_offsets(net, x, offs), y)
 
-            blocks.append(hessian(f)(torch.zeros(net.widths[t + 1], dtype=x.dtype, device=x.device)))
+            blocks.append(hessian(f)(torch.zeros(lin.out_features, dtype=x.dtype, device=x.device)))
     return blocks
 
 
@@ -76,32 +95,37 @@ def abs_eig(a: Tensor) -> Tensor:
     return q @ torch.diag(lam.abs()) @ q.T
 
 
-def _sample_parts(net: MLP, x_i: Tensor, y_i: Tensor, loss: Loss):
-    """One sample's pre-activations, activation derivatives (autograd) and δ-gradients."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    sig = _sigma(net)
+def _sample_parts(net: Net, x_i: Tensor, y_i: Tensor, loss: Loss):
+    """One sample's output, δ-gradients, and the first and second derivatives (autograd, by
+    nested jvps along ones) of the element-wise map after each Linear, at its z^t."""
+    prep, segs = _segments(net)
     x1 = x_i[None]
-    out = forward_with_offsets(net, params, x1, _zeros(net, x_i))
+    out = forward_with_offsets(net, x1, _zeros(net, x_i))
 
     def loss_of(offs: list[Tensor]) -> Tensor:
-        return loss(forward_with_offsets(net, params, x1, offs), y_i[None])
+        return loss(forward_with_offsets(net, x1, offs), y_i[None])
 
     grads = grad(loss_of)(_zeros(net, x_i))  # ∇_{b^t} ξ_i for every t
-    zs = []
-    h = x1
-    for t in range(net.depth):
-        z = h @ params[f"layers.{t}.weight"].T
-        if f"layers.{t}.bias" in params:
-            z = z + params[f"layers.{t}.bias"]
-        zs.append(z[0])
-        h = sig(z)
-    d1 = [torch.func.vmap(grad(sig))(z) for z in zs]
-    d2 = [torch.func.vmap(grad(grad(sig)))(z) for z in zs]
+    d1, d2 = [], []
+    h = _run(prep, x1)
+    for lin, after in segs:
+        z = lin(h).detach()  # (1, n_t)
+        ones = torch.ones_like(z)
+
+        def sigma(u: Tensor, after: list[nn.Module] = after) -> Tensor:
+            return _run(after, u)
+
+        def dsigma(u: Tensor, sigma: Callable[[Tensor], Tensor] = sigma) -> Tensor:
+            return jvp(sigma, (u,), (ones,))[1]  # σ'(u) ⊙ 1 for an element-wise σ
+
+        d1.append(dsigma(z)[0])
+        d2.append(jvp(dsigma, (z,), (ones,))[1][0])
+        h = sigma(z)
     return out[0], grads, d1, d2
 
 
 def ea_blocks(
-    net: MLP,
+    net: Net,
     x: Tensor,
     y: Tensor,
     loss: Loss,
@@ -121,8 +145,9 @@ def ea_blocks(
     hess = sum(hessian(lambda o: loss(o[None], y[i : i + 1]))(parts[i][0]) for i in range(n)) / n
     block = output(hess)
     blocks = [block]
-    for t in range(net.depth - 1, 0, -1):  # from block of layer t+1 (0-based t) to layer t
-        w = net.layers[t].weight.detach()
+    linears = [lin for lin, _ in _segments(net)[1]]
+    for t in range(len(linears) - 1, 0, -1):  # from block of layer t+1 (0-based t) to layer t
+        w = linears[t].weight.detach()
         a = w.T @ block @ w
         if average is JacobianAverage.PER_SAMPLE:
             block = sum(torch.diag(p[2][t - 1]) @ a @ torch.diag(p[2][t - 1]) for p in parts) / n
@@ -136,13 +161,13 @@ def ea_blocks(
     return blocks
 
 
-def fisher_blocks(net: MLP, x: Tensor, y: Tensor, loss: Loss, fisher: FisherType) -> list[Tensor]:
+def fisher_blocks(net: Net, x: Tensor, y: Tensor, loss: Loss, fisher: FisherType) -> list[Tensor]:
     """E_i[Σ_c p_c g_c g_cᵀ] (exact) or E_i[g_y g_yᵀ] (empirical), g = ∇_{b^t} ξ(· | label),
     by a loop over samples and classes with autograd gradients."""
     if fisher is FisherType.MC:
         raise ValueError("fisher_blocks: the reference is deterministic; use fisher='exact' or 'empirical'")
-    blocks = [torch.zeros(n, n, dtype=x.dtype, device=x.device) for n in net.widths[1:]]
-    n_classes = net.widths[-1]
+    blocks = [torch.zeros(len(z), len(z), dtype=x.dtype, device=x.device) for z in _zeros(net, x)]
+    n_classes = len(_zeros(net, x)[-1])
     for i in range(x.shape[0]):
         out = net(x[i : i + 1])[0].detach()
         p = torch.softmax(out, -1)
