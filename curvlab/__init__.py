@@ -1,8 +1,11 @@
 """curvlab: curvature methods and second-order solvers for fully connected networks.
 
-Public API (imported lazily, apart from ``curvature``)::
+Public API (imported lazily, apart from ``curvature``); ``net`` is a :class:`MLP` or any
+feed-forward ``nn.Sequential`` of the modules in :mod:`curvlab.modules`::
 
     net = curvlab.MLP([64, 32, 16, 10], activation="sigmoid")
+    net = torch.nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10))
+    net = curvlab.sequential(64, [32, "tanh", 16, "relu", 10])          # the runner's net.layers
     blocks = curvlab.curvature(net, x, y, kind="pch1", loss="cross_entropy")
     errs = curvlab.layerwise_errors(blocks, curvlab.curvature(net, x, y, kind="exact"))
     d = curvlab.newton_direction(net, x, y, kind="pch1", solver="eacg")
@@ -23,6 +26,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "MLP": "curvlab.nets",
+    "sequential": "curvlab.modules",
+    "supported_modules": "curvlab.modules",
     "Activation": "curvlab.nets",
     "make_loss": "curvlab.losses",
     "CrossEntropy": "curvlab.losses",

@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp
 
 from curvlab.losses import Loss, make_loss
-from curvlab.nets import MLP
 
 __all__ = [
     "flatten",
@@ -40,7 +39,7 @@ def flatten(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def unflatten(vec: Tensor, net: MLP) -> list[Tensor]:
+def unflatten(vec: Tensor, net: nn.Module) -> list[Tensor]:
     """Split a flat vector into tensors shaped like ``net.parameters()``."""
     n_params = sum(p.numel() for p in net.parameters())
     if vec.dim() != 1 or vec.numel() != n_params:
@@ -55,7 +54,7 @@ def unflatten(vec: Tensor, net: MLP) -> list[Tensor]:
     return out
 
 
-def _as_list(vec: Tensor | Sequence[Tensor], net: MLP) -> list[Tensor]:
+def _as_list(vec: Tensor | Sequence[Tensor], net: nn.Module) -> list[Tensor]:
     if isinstance(vec, Tensor):
         return unflatten(vec, net)
     shapes = [p.shape for p in net.parameters()]
@@ -67,7 +66,7 @@ def _as_list(vec: Tensor | Sequence[Tensor], net: MLP) -> list[Tensor]:
     return list(vec)
 
 
-def loss_function(net: MLP, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy") -> Callable[..., Tensor]:
+def loss_function(net: nn.Module, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy") -> Callable[..., Tensor]:
     """``θ ↦ f(θ)``: the batch-mean loss as a function of a tuple of parameter tensors."""
     crit = make_loss(loss)
     names = [n for n, _ in net.named_parameters()]
@@ -79,7 +78,7 @@ def loss_function(net: MLP, x: Tensor, y: Tensor, loss: str | Loss = "cross_entr
     return f
 
 
-def hvp(net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy") -> list[Tensor]:
+def hvp(net: nn.Module, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy") -> list[Tensor]:
     """``H v`` by double backward: ``∇_θ (∇_θ f · v)`` (Pearlmutter 1994), one forward + two backward passes."""
     v = _as_list(vec, net)
     params = [p.detach().requires_grad_(True) for p in net.parameters()]
@@ -90,7 +89,7 @@ def hvp(net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: st
 
 
 def grad_and_hvp(
-    net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy"
+    net: nn.Module, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy"
 ) -> tuple[list[Tensor], list[Tensor]]:
     """``(∇f, H v)`` in one forward-over-reverse pass: ``torch.func.jvp`` of ``torch.func.grad``."""
     v = tuple(_as_list(vec, net))
@@ -101,7 +100,7 @@ def grad_and_hvp(
 
 
 def directional_derivatives(
-    net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy"
+    net: nn.Module, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(f, vᵀ∇f, vᵀHv)`` by forward-over-forward AD: φ(t) = f(θ + t v), (φ(0), φ'(0), φ''(0)).
 
@@ -120,7 +119,7 @@ def directional_derivatives(
     return f0, d1, d2
 
 
-def gnvp(net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy") -> list[Tensor]:
+def gnvp(net: nn.Module, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: str | Loss = "cross_entropy") -> list[Tensor]:
     """Gauss-Newton-vector product ``Jᵀ (∇²_out f) J v``: one jvp, the output Hessians, one vjp."""
     crit = make_loss(loss)
     v = tuple(_as_list(vec, net))
@@ -136,7 +135,7 @@ def gnvp(net: MLP, x: Tensor, y: Tensor, vec: Tensor | Sequence[Tensor], loss: s
     return list(pullback(torch.einsum("bij,bj->bi", h_out, jv)))
 
 
-def dense_hessian(net: MLP, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy") -> Tensor:
+def dense_hessian(net: nn.Module, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy") -> Tensor:
     """The full Hessian ``∇²_θ f`` (P, P), parameters in ``parameters_to_vector`` order (slow reference)."""
     params = [p.detach() for p in net.parameters()]
     f = loss_function(net, x, y, loss)
@@ -147,7 +146,7 @@ def dense_hessian(net: MLP, x: Tensor, y: Tensor, loss: str | Loss = "cross_entr
     return torch.func.hessian(f_flat)(flatten(params))
 
 
-def dense_gauss_newton(net: MLP, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy") -> Tensor:
+def dense_gauss_newton(net: nn.Module, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy") -> Tensor:
     """The full Gauss-Newton matrix ``Σ_i J_iᵀ (∇²ξ_i / B) J_i`` (P, P) (slow reference)."""
     crit = make_loss(loss)
     params = [p.detach() for p in net.parameters()]

@@ -11,6 +11,10 @@ Printed figures:
   batch-mean gradients, so a solver's step is forward + pass and needs no autograd backward;
   ``extra`` = (forward + pass − gradient step) / gradient step is the cost of the curvature
   itself (target for pch1/gn with the rank-one weight factor: ≤ 0.5);
+* ``nn.Sequential``: the same net built as ``nn.Sequential(Flatten, Linear, Sigmoid, …)``
+  (sharing the MLP's parameters) through the generic module rules (``curvlab.modules``):
+  forward + pch1 pass and forward + exact-Fisher pass, each as a ratio to the MLP's fused path
+  measured in the same round-robin (target: within 10 %, i.e. ratio ≤ 1.10);
 * BackPACK's KFAC, KFRA and KFLR (forward + backward with the extension) on the same net;
 * ``exact``: the exact bias blocks of the whole batch (seconds; target ≤ 10 s on 2 cores),
   with the GEMM work it needs and the GEMM rate of the machine at that moment.
@@ -35,6 +39,7 @@ from curvlab.losses import CrossEntropy
 WIDTHS = [3072, 1024, 512, 256, 128, 64, 32, 16, 10]
 
 
+GENERIC_PASSES = [("pch1", {}), ("fisher", {"fisher": "exact"})]  # MLP vs nn.Sequential, fwd + pass
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (robust to other processes' load)
 
 
@@ -130,6 +135,12 @@ def main() -> None:
     for kind, opts in passes:
         label = kind + "".join(f" {v}" for v in opts.values()) + " pass"
         fns[label] = lambda kind=kind, opts=opts: curvlab.curvature(net, x, y, kind, loss, cache=cache, **opts)
+    seq = net.as_sequential()  # the same parameters, through the generic module rules
+    for kind, opts in GENERIC_PASSES:
+        for label, model in [("MLP", net), ("nn.Sequential", seq)]:
+            fns[f"{kind} fwd+pass {label}"] = (
+                lambda model=model, kind=kind, opts=opts: curvlab.curvature(model, x, y, kind, loss, **opts)
+            )
     if not args.no_backpack:
         try:
             fns.update({f"BackPACK {k} (fwd+bwd)": v for k, v in backpack_steps(net, x, y).items()})
@@ -140,6 +151,10 @@ def main() -> None:
     for name, t in best.items():
         extra = f"   extra {(t + t_fwd - t_grad) / t_grad:+5.2f}x" if name.endswith(" pass") else ""
         print(f"{name:28s} {t * 1e3:8.1f} ms   {t / t_grad:5.2f}x{extra}")
+
+    for kind, _ in GENERIC_PASSES:
+        ratio = best[f"{kind} fwd+pass nn.Sequential"] / best[f"{kind} fwd+pass MLP"]
+        print(f"{kind + ' nn.Sequential / MLP':28s} {ratio:8.3f}    (target <= 1.10)")
 
     if not args.no_exact:
         wall, cpu = time.perf_counter(), time.process_time()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net
 
 __all__ = ["Direction", "StepResult", "Solver", "SOLVERS", "register", "make_solver"]
 
@@ -51,7 +51,7 @@ class Solver(ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, net: MLP, loss: Loss, lr: float) -> None:
+    def __init__(self, net: Net, loss: Loss, lr: float) -> None:
         if not lr > 0:
             raise ValueError(f"solver.lr must be > 0, got {lr}")
         self.net = net
@@ -100,7 +100,7 @@ def register(name: str) -> Callable[[type[Solver]], type[Solver]]:
     return deco
 
 
-def make_solver(name: str, net: MLP, loss: Loss, **options: Any) -> Solver:
+def make_solver(name: str, net: Net, loss: Loss, **options: Any) -> Solver:
     """Build the solver registered as ``name`` with its keyword options."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(sorted(SOLVERS))}")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from curvlab.hvp import directional_derivatives
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net
 from curvlab.solvers.base import SOLVERS, Direction, Solver, StepResult, make_solver, register
 
 __all__ = ["CRStatus", "CRStep", "cr_alpha", "cr_step", "cr_step_size", "CR"]
@@ -81,7 +81,7 @@ def cr_alpha(g_hess_g: float, g_grad: float, g_norm: float, sigma: float) -> tup
 
 
 def cr_step(
-    net: MLP, x: Tensor, y: Tensor, direction: Sequence[Tensor], sigma: float = 100.0, loss: str | Loss = "cross_entropy"
+    net: Net, x: Tensor, y: Tensor, direction: Sequence[Tensor], sigma: float = 100.0, loss: str | Loss = "cross_entropy"
 ) -> CRStep:
     """Eq. (9) for the search direction ``direction`` (list shaped like ``net.parameters()``)."""
     _, g_grad_t, g_hess_g_t = directional_derivatives(net, x, y, direction, loss)
@@ -94,7 +94,7 @@ def cr_step(
 
 
 def cr_step_size(
-    net: MLP, x: Tensor, y: Tensor, direction: Sequence[Tensor], sigma: float = 100.0, loss: str | Loss = "cross_entropy"
+    net: Net, x: Tensor, y: Tensor, direction: Sequence[Tensor], sigma: float = 100.0, loss: str | Loss = "cross_entropy"
 ) -> float:
     """α of Bakker et al. Eq. (9) for the update ``θ ← θ + α · direction``.
 
@@ -128,7 +128,7 @@ class CR(Solver):
 
     def __init__(
         self,
-        net: MLP,
+        net: Net,
         loss: Loss,
         lr: float,
         base: str = "sgd",

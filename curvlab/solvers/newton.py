@@ -22,7 +22,7 @@ from torch import Tensor
 
 from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum, reject_unknown
 from curvlab.losses import Loss, make_loss
-from curvlab.nets import MLP
+from curvlab.modules import Net
 from curvlab.solvers.eacg import EACG
 from curvlab.solvers.exact_inverse import hessian_inverse_product
 from curvlab.solvers.kfi import KFI
@@ -45,7 +45,7 @@ _SOLVER_FIELDS = {
 }
 
 
-def _exact_inverse_direction(net: MLP, x: Tensor, y: Tensor, kind: Kind, loss: Loss, alpha: float) -> list[Tensor]:
+def _exact_inverse_direction(net: Net, x: Tensor, y: Tensor, kind: Kind, loss: Loss, alpha: float) -> list[Tensor]:
     if kind not in (Kind.EXACT, Kind.GN):
         raise ValueError(
             f"solver=exact_inverse inverts the full matrix: kind must be 'exact' or 'gn', got {kind.value!r}"
@@ -65,7 +65,7 @@ def _exact_inverse_direction(net: MLP, x: Tensor, y: Tensor, kind: Kind, loss: L
 
 
 def newton_direction(
-    net: MLP,
+    net: Net,
     x: Tensor,
     y: Tensor,
     kind: str | Kind = "pch1",
@@ -79,7 +79,8 @@ def newton_direction(
     """The direction d of Eq. (9) on the batch ``(x, y)``, shaped like ``net.parameters()``.
 
     Args:
-        net: the network; its parameters are not changed.
+        net: a :class:`~curvlab.MLP` or a supported ``nn.Sequential`` (:mod:`curvlab.modules`);
+            its parameters are not changed.
         x, y: the batch (inputs and integer labels).
         kind: curvature kind (``exact``, ``gn``, ``fisher``, ``pch1``, ``pch2``).
         solver: ``eacg``, ``kfi`` or ``exact_inverse``.
