@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from torch import Tensor
 
-__all__ = ["LayerCurvature"]
+__all__ = ["LayerCurvature", "drop_absent_biases"]
 
 
 @dataclass
@@ -40,3 +41,16 @@ class LayerCurvature:
     @property
     def n_in(self) -> int:
         return self.input_mean.shape[0]
+
+
+def drop_absent_biases(d: list[Tensor], blocks: Sequence[LayerCurvature]) -> list[Tensor]:
+    """A direction ``[d_W1, d_b1, d_W2, d_b2, …]`` with a bias entry for every layer, without the
+    entries of layers that have no bias (so it is in ``net.parameters()`` order again).
+
+    Block solvers solve the bias (z^t) system of every layer when any layer has a bias; their
+    bias and weight systems are separate (EA-CG Eq. 10, KFI Eq. 12), so the weight entries do
+    not depend on it. A direction without bias entries (no layer has one) is returned as is.
+    """
+    if len(d) != 2 * len(blocks) or all(b.has_bias for b in blocks):
+        return d
+    return [e for blk, w, b in zip(blocks, d[0::2], d[1::2]) for e in ((w, b) if blk.has_bias else (w,))]
