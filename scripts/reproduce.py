@@ -12,12 +12,25 @@ interrupted one resumes from its checkpoint. Studies that are not training runs
 into ``results/tables/`` or ``results/figures/`` (``…/ci/`` at ci scale, so that a quick run never
 overwrites the committed record).
 
-Scales: ``full`` keeps the presets (the papers' settings; meant for a GPU); ``ci`` trains a
-few steps on data subsets (minutes on 2 CPU cores). ``--steps/--seeds/--train-subset``
-override a scale's sizes; ``--set KEY=VALUE`` adds Hydra overrides to every job (tests use
-``--set net=tiny``).
+Scales:
+- ``ci`` trains a few steps on data subsets (minutes on 2 CPU cores); its runs and renders go to
+  the untracked ``runs/reproduce/ci/`` and never touch ``results/``.
+- ``cpu`` is the campaign that builds the committed record on a CPU over several sessions:
+  every curve of the figures at ≥ 2,000 updates and ≥ 3 seeds (HBP Fig. 5: 5 seeds), the tables'
+  error logging along ≥ 4,000 updates (:data:`CPU_SIZES`). Runs go to ``results/runs/<experiment>/
+  <job>/`` (config.yaml, summary.json, metrics.csv, hessian_errors.csv are committed; checkpoints
+  are not), finished ones are skipped, interrupted ones resume from their run directory, and the
+  tables and figures are rendered from ``results/runs`` alone.
+- ``full`` keeps the presets (the papers' 200 epochs and seeds; meant for a GPU), also into
+  ``results/runs``.
+
+``--steps/--seeds/--train-subset`` override a scale's sizes; ``--set KEY=VALUE`` adds Hydra
+overrides to every job (tests use ``--set net=tiny``); ``--where solver=eacg,sgd`` keeps only the
+matching sweep points; ``--shard 0/2`` and ``--shard 1/2`` split the jobs between two workers
+(with ``--threads 1`` each, two background workers use both cores of a 2-core machine).
 
     python scripts/reproduce.py tables --scale ci --data-root ../shared/data
+    nice -n 19 python scripts/reproduce.py figures --scale cpu --threads 1 --shard 0/2 --no-render &
 """
 
 from __future__ import annotations
@@ -50,6 +63,16 @@ STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
 # Sizes at ci scale by experiment family: (max_steps, batch_size or None, seeds).
 CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "hbp_fig5": (3, 100, 2),
             "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
+# The CPU campaign by experiment family: (max_steps, seeds, extra overrides). Figures: 2,000
+# updates = 20 epochs of CIFAR-10 at batch 500 (≈ 105 epochs of the 9,469 Imagenette images).
+# Tables: the layer-wise errors along 4,000 updates, every 250 and at each of the first 10,
+# on fresh logging batches of 100, 500 and 1,000 samples, the Fisher with 1 and 10 MC samples.
+CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
+    "eacg_table": (4000, 1, ["log.hessian_first=10", "log.hessian_every=250", "log.hessian_batches=[100,500,1000]",
+                             "log.hessian_fisher_mc=[1,10]", "train.eval_every=250"]),
+    "eacg_fig": (2000, 3, []),
+    "hbp_fig5": (2000, 5, []),
+}
 
 
 @dataclass
@@ -80,6 +103,12 @@ def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
 
 def scale_overrides(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[str], int]:
     """Overrides that size ``exp`` for ``scale``, and the number of seeds (0: the preset's own)."""
+    if scale == "cpu":
+        family = next((k for k in CPU_SIZES if exp.startswith(k)), None)
+        steps, seeds, extra = CPU_SIZES[family] if family else (None, 0, [])
+        steps, seeds = a.steps or steps, a.seeds or seeds
+        out = [*extra, "train.epochs=100000", f"train.max_steps={steps}"] if steps else []  # max_steps decides
+        return [*out, *subset_overrides(a, None)], seeds
     family = next((k for k in CI_SIZES if exp.startswith(k)), None)
     steps, batch, seeds = CI_SIZES[family] if (scale == "ci" and family) else (None, None, 0)
     steps, seeds = a.steps or steps, a.seeds or seeds
@@ -96,12 +125,15 @@ def scale_overrides(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[s
             out += [f"train.eval_every={max(1, steps // 5)}"]
     if batch and not a.keep_batch:
         out += [f"train.batch_size={batch}"]
-    subset = a.train_subset or (2000 if scale == "ci" else None)
+    return [*out, *subset_overrides(a, 2000 if scale == "ci" else None)], seeds
+
+
+def subset_overrides(a: argparse.Namespace, default_train: int | None) -> list[str]:
+    """``--train-subset``/``--test-subset`` (or the scale's default) as dataset overrides."""
+    subset = a.train_subset or default_train
     if subset:
-        out += [f"dataset.train_subset={subset}", f"dataset.test_subset={a.test_subset or max(200, subset // 4)}"]
-    elif a.test_subset:
-        out += [f"dataset.test_subset={a.test_subset}"]
-    return out, seeds
+        return [f"dataset.train_subset={subset}", f"dataset.test_subset={a.test_subset or max(200, subset // 4)}"]
+    return [f"dataset.test_subset={a.test_subset}"] if a.test_subset else []
 
 
 def dataset_of(exp: str, extra: list[str]) -> str:
@@ -149,6 +181,17 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
     return jobs
 
 
+def seed_of(job: Job) -> int:
+    """The seed of a sweep point (0 when the sweep does not set one)."""
+    return int(dict(o.split("=", 1) for o in job.overrides).get("seed", 0))
+
+
+def matches(job: Job, where: dict[str, set[str]]) -> bool:
+    """Whether the job's sweep point has, for every key of ``where``, one of its values."""
+    point = dict(o.split("=", 1) for o in job.overrides)
+    return all(point.get(k) in vs for k, vs in where.items())
+
+
 def run_job(job: Job, run_dir: Path, force: bool) -> str:
     """Train one job unless its run directory already holds a completed run."""
     from curvlab.config import parse_config
@@ -170,6 +213,15 @@ def run_job(job: Job, run_dir: Path, force: bool) -> str:
     return f"{s['status']} in {s['wall_time']:.1f} s, {s['steps']} steps"
 
 
+def job_state(run_dir: Path) -> str:
+    """What ``--list`` prints for a job: completed, running/failed with its steps, or to do."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return "to do"
+    s = json.loads(summary.read_text())
+    return f"{s.get('status')} ({s.get('steps')} steps)"
+
+
 def run_study(name: str, script: str, args: list[str], out: Path, force: bool) -> str:
     if not force and (out / "study.json").is_file():
         return "skipped (exists)"
@@ -183,13 +235,15 @@ def run_study(name: str, script: str, args: list[str], out: Path, force: bool) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=["tables", "figures"])
-    p.add_argument("--scale", choices=["ci", "full"], default="ci")
+    p.add_argument("--scale", choices=["ci", "cpu", "full"], default="ci")
     p.add_argument("--force", action="store_true", help="rerun jobs and studies that already have results")
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"),
                    help="folder with cifar10_jpeg.npz, imagenette_32.npz, MNIST/raw or mnist.npz "
                         "(default ../shared/data); 'none' keeps the presets' dataset settings")
-    p.add_argument("--runs-dir", default=None, help="where runs go (default runs/reproduce/<scale>)")
-    p.add_argument("--out", default=None, help="render into this folder (default results/<kind>, or results/<kind>/ci at ci scale)")
+    p.add_argument("--runs-dir", default=None,
+                   help="where runs go (default results/runs; at ci scale the untracked runs/reproduce/ci)")
+    p.add_argument("--out", default=None,
+                   help="render into this folder (default results/<kind>; at ci scale runs/reproduce/ci/<kind>)")
     p.add_argument("--only", action="append", default=None, help="only this experiment or study (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="train.max_steps of every job (overrides the scale)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (overrides the scale)")
@@ -201,13 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="replace one of the preset's sweep parameters, e.g. --sweep curvature=pch1")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run only the sweep points whose KEY is one of the values, e.g. --where solver=eacg,sgd")
+    p.add_argument("--shard", default="0/1", metavar="K/N", help="run only every N-th job, starting at the K-th")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    p.add_argument("--list", action="store_true", help="print the jobs and their state, run nothing")
     p.add_argument("--no-render", action="store_true", help="run only")
     a = p.parse_args(argv)
 
     data_root = None if a.data_root == "none" else Path(a.data_root).resolve()
-    runs_dir = Path(a.runs_dir or ROOT / "runs" / "reproduce" / a.scale).resolve()
-    # ci-scale output goes one folder down so that it never overwrites the committed full-scale record.
-    out = Path(a.out or ROOT / "results" / a.kind / ("ci" if a.scale == "ci" else ""))
+    # ci scale never writes into results/: its runs and renders stay in the untracked runs/.
+    ci_dir = ROOT / "runs" / "reproduce" / "ci"
+    runs_dir = Path(a.runs_dir or (ci_dir if a.scale == "ci" else ROOT / "results" / "runs")).resolve()
+    out = Path(a.out or (ci_dir / a.kind if a.scale == "ci" else ROOT / "results" / a.kind))
     experiments = TABLES if a.kind == "tables" else FIGURES
     studies = STUDIES[a.kind]
     if a.only:
@@ -215,21 +275,39 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"reproduce {a.kind}: unknown --only {sorted(unknown)}; "
                              f"allowed: {', '.join([*experiments, *studies])}")
-        experiments = [e for e in experiments if e in a.only]
+        experiments = [e for e in a.only if e in experiments]  # in the order given: most valuable first
         studies = {k: v for k, v in studies.items() if k in a.only}
+    try:
+        where = {k: set(v.split(",")) for k, v in (kv.split("=", 1) for kv in a.where)}
+        shard, shards = (int(v) for v in a.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        raise SystemExit(f"reproduce: --where takes KEY=V1,V2 and --shard K/N with 0 <= K < N; "
+                         f"got --where {a.where} --shard {a.shard}") from None
+    if a.threads:
+        import torch
 
-    t0, failed = time.perf_counter(), 0
+        torch.set_num_threads(a.threads)
+
+    t0, failed, index = time.perf_counter(), 0, 0
     for exp in experiments:
         sized, seeds = scale_overrides(exp, a.scale, a)
         data = data_overrides(dataset_of(exp, a.set), data_root)
         jobs = expand(exp, [*data, *sized, *a.set], seeds, dict(kv.split("=", 1) for kv in a.sweep))
+        # Seed-major: every curve's first seed before any curve's second, so a partial campaign is useful.
+        jobs = sorted((j for j in jobs if matches(j, where)), key=lambda j: seed_of(j))
         print(f"== {exp}: {len(jobs)} job(s)", flush=True)
         for job in jobs:
-            status = run_job(job, runs_dir / exp / job.name, a.force)
+            index += 1
+            if (index - 1) % shards != shard:
+                continue
+            status = job_state(runs_dir / exp / job.name) if a.list else run_job(job, runs_dir / exp / job.name, a.force)
             failed += status.startswith("failed")
             print(f"   {job.name}: {status}", flush=True)
+    if a.list:
+        return 0
     for name, (script, args) in studies.items():
-        status = run_study(name, script, args[a.scale], runs_dir / "studies" / name, a.force)
+        status = run_study(name, script, args.get(a.scale, args["full"]), runs_dir / "studies" / name, a.force)
         failed += status.startswith("failed")
         print(f"== study {name}: {status}", flush=True)
     print(f"ran in {time.perf_counter() - t0:.0f} s; {failed} failure(s)", flush=True)
