@@ -12,6 +12,12 @@ system's unknown (a vector when ``c == 1``, a weight matrix otherwise). Inner pr
 reduce over the last two dimensions. Several groups of different shapes are solved in
 one loop (:func:`batched_cg`).
 
+**Per-iteration cost.** The iterates of all groups live in one flat buffer, so that the
+vector updates and the step-size arithmetic of all systems are a fixed handful of tensor
+operations per iteration, whatever the number of groups; only the matrix products and
+the inner products (one batched product each) run per group. With many small systems the
+iteration is otherwise bound by per-operation overhead, not by arithmetic.
+
 Stopping, per system: ``‖r‖ ≤ eps · ‖b‖`` (EA-CG's ε_CG rule), ``max_iter`` iterations,
 or non-positive curvature ``pᵀAp ≤ 0``. In the last case CG cannot continue (the
 quadratic model is unbounded along ``p``); the system stops and keeps its current
@@ -22,6 +28,7 @@ direction. These systems are counted in :attr:`CGResult.neg_curvature`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -31,6 +38,7 @@ from torch import Tensor
 __all__ = ["CGResult", "batched_cg"]
 
 MatVec = Callable[[Tensor], Tensor]
+_SHORT = 4096  # systems with at most this many unknowns count as short (see _FlatCG._dots)
 
 
 @dataclass
@@ -50,61 +58,100 @@ class CGResult:
     neg_curvature: Tensor
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-system inner product over the last two dimensions, (*S,)."""
-    sys_shape, n = a.shape[:-2], a.shape[-2] * a.shape[-1]
-    # A batched (1, n) @ (n, 1) product: no (S, m, c) temporary as (a * b).sum would make.
-    return (a.reshape(-1, 1, n) @ b.reshape(-1, n, 1)).reshape(sys_shape)
+@dataclass(frozen=True)
+class _Group:
+    """Where one group lives in the flat buffers."""
+
+    shape: torch.Size  # (*S, m, c)
+    entries: slice  # its entries in the (N,) iterate buffers
+    systems: slice  # its systems in the (S_total,) per-system buffers
+
+    def view(self, flat: Tensor) -> Tensor:
+        """The group's part of a flat (N,) buffer as (*S, m, c), sharing memory."""
+        return flat[self.entries].view(self.shape)
 
 
-def _bcast(s: Tensor) -> Tensor:
-    """(*S,) → (*S, 1, 1) to scale a group's systems."""
-    return s[..., None, None]
+class _FlatCG:
+    """CG state of all groups: iterates in flat (N,) buffers, scalars in (S_total,) ones."""
 
+    def __init__(self, matvecs: Sequence[MatVec], rhs: Sequence[Tensor], eps: float) -> None:
+        self.matvecs = list(matvecs)
+        self.groups: list[_Group] = []
+        sizes: list[int] = []  # entries per system, one per system
+        n = s = 0
+        for b in rhs:
+            n_sys, size = math.prod(b.shape[:-2]), b.shape[-2] * b.shape[-1]
+            self.groups.append(_Group(b.shape, slice(n, n + n_sys * size), slice(s, s + n_sys)))
+            sizes += [size] * n_sys
+            n, s = n + n_sys * size, s + n_sys
+        dev = rhs[0].device
+        self.b = torch.cat([b.reshape(-1) for b in rhs])  # (N,)
+        # System index of every entry, to spread per-system scalars over the iterates.
+        self.seg = torch.repeat_interleave(torch.arange(s, device=dev), torch.tensor(sizes, device=dev))
+        self.x = torch.zeros_like(self.b)
+        self.r = self.b.clone()
+        self.p = self.b.clone()
+        self.ap = torch.zeros_like(self.b)  # zeros: skipped groups multiply it by a = 0
+        self.n_sys = s
+        # Short systems: one scatter-add for the inner products of all groups; long ones: one
+        # batched product per group (no (N,) temporary, pairwise-accurate sums).
+        self.short = max(sizes) <= _SHORT
+        self.rs = self._dots(self.r, self.r)  # (S,) ‖r‖²
+        self.tol2 = eps**2 * self.rs  # stop when ‖r‖² ≤ ε² ‖b‖²
+        self.active = self.rs > self.tol2  # b = 0 is solved by x = 0
+        self.converged = ~self.active
+        self.iters = torch.zeros(s, dtype=torch.long, device=dev)
+        self.neg = torch.zeros(s, dtype=torch.bool, device=dev)
 
-class _GroupState:
-    """CG iterates of one group; ``step`` performs one iteration on its active systems."""
+    def _dots(self, u: Tensor, v: Tensor) -> Tensor:
+        """Per-system inner products of two flat buffers, (S,)."""
+        if self.short:
+            return u.new_zeros(self.n_sys).index_add_(0, self.seg, u * v)
+        out = u.new_empty(self.n_sys)
+        for g in self.groups:
+            n_sys = g.systems.stop - g.systems.start
+            uu = u[g.entries].view(n_sys, 1, -1)
+            vv = v[g.entries].view(n_sys, -1, 1)
+            # One batched (1, n) @ (n, 1) product per group: no temporary as (u * v).sum would make.
+            torch.bmm(uu, vv, out=out[g.systems].view(n_sys, 1, 1))
+        return out
 
-    def __init__(self, matvec: MatVec, b: Tensor, eps: float) -> None:
-        self.matvec = matvec
-        self.b = b
-        self.x = torch.zeros_like(b)
-        self.r = b.clone()
-        self.p = b.clone()
-        self.rs = _dot(b, b)  # (*S,)
-        self.tol = eps * self.rs.sqrt()
-        sys_shape = b.shape[:-2]
-        self.converged = self.rs.sqrt() <= self.tol  # b = 0 is solved by x = 0
-        self.active = ~self.converged
-        self.iters = torch.zeros(sys_shape, dtype=torch.long, device=b.device)
-        self.neg = torch.zeros(sys_shape, dtype=torch.bool, device=b.device)
-
-    def step(self) -> None:
-        ap = self.matvec(self.p)  # (*S, m, c)
-        pap = _dot(self.p, ap)
-        neg = self.active & (pap <= 0)
-        if neg.any():
-            # Non-positive curvature: stop; at x = 0 fall back to steepest descent b = −g.
-            first = neg & (self.iters == 0)
-            self.x = torch.where(_bcast(first), self.b, self.x)
-            self.neg |= neg
-        upd = self.active & ~neg
-        one = torch.ones_like(pap)
-        # Inactive systems get a = β = 0, so their iterate and residual stay frozen.
-        a = torch.where(upd, self.rs / torch.where(upd, pap, one), torch.zeros_like(pap))
-        self.x.addcmul_(_bcast(a), self.p)  # x += a p, in place: these can be (1024, 3072)
-        self.r.addcmul_(_bcast(a), ap, value=-1)  # r −= a A p
-        rs_new = _dot(self.r, self.r)
-        self.iters += upd.long()
-        done = upd & (rs_new.sqrt() <= self.tol)
-        self.converged |= done
-        self.active = upd & ~done
-        beta = torch.where(self.active, rs_new / torch.where(self.active, self.rs, one), torch.zeros_like(pap))
-        self.p.mul_(_bcast(beta)).add_(self.r)  # p = r + β p
+    def step(self) -> bool:
+        """One iteration of every active system; False when none was active."""
+        active = self.active.tolist()  # the one host sync per iteration
+        live = [(g, mv) for g, mv in zip(self.groups, self.matvecs) if any(active[g.systems])]
+        if not live:
+            return False
+        for g, mv in live:
+            g.view(self.ap).copy_(mv(g.view(self.p)))
+        pap = self._dots(self.p, self.ap)
+        upd = self.active & (pap > 0)
+        self.neg |= self.active ^ upd  # active with pᵀAp ≤ 0: stops, keeping its iterate
+        # Systems that do not update get a = β = 0, so their iterate and residual stay frozen.
+        a = torch.where(upd, self.rs / pap, 0.0).index_select(0, self.seg)  # (N,)
+        self.x.addcmul_(a, self.p)  # x += a p, in place: entries of (1024, 3072) iterates
+        self.r.addcmul_(a, self.ap, value=-1)  # r −= a A p
+        rs_new = self._dots(self.r, self.r)
+        self.iters += upd
+        self.active = upd & (rs_new > self.tol2)
+        self.converged |= upd ^ self.active  # updated and now ‖r‖ ≤ ε ‖b‖
+        beta = torch.where(self.active, rs_new / self.rs, 0.0).index_select(0, self.seg)
+        self.p.mul_(beta).add_(self.r)  # p = r + β p
         self.rs = rs_new
+        return True
 
-    def result(self) -> CGResult:
-        return CGResult(self.x, self.iters, self.converged, self.neg)
+    def results(self) -> list[CGResult]:
+        # Non-positive curvature at x = 0 (no update before it): fall back to steepest descent b = −g.
+        at_start = self.neg & (self.iters == 0)
+        x = torch.where(at_start.index_select(0, self.seg), self.b, self.x)
+        out = []
+        for g in self.groups:
+            sys_shape = g.shape[:-2]
+            out.append(CGResult(
+                g.view(x), self.iters[g.systems].view(sys_shape), self.converged[g.systems].view(sys_shape),
+                self.neg[g.systems].view(sys_shape),
+            ))
+        return out
 
 
 def batched_cg(
@@ -115,7 +162,8 @@ def batched_cg(
     Args:
         matvecs: per group, ``X ↦ A X`` applied to all systems of the group at once;
             maps ``(*S, m, c)`` to the same shape. ``A_s`` must be symmetric.
-        rhs: per group, the right-hand sides ``b``, shape ``(*S, m, c)``.
+        rhs: per group, the right-hand sides ``b``, shape ``(*S, m, c)``, all of one dtype
+            and device.
         max_iter: the most CG iterations of any system (EA-CG's max|CG|), ≥ 1.
         eps: relative residual tolerance ε_CG ≥ 0: a system stops when ``‖r‖ ≤ eps ‖b‖``.
 
@@ -128,11 +176,10 @@ def batched_cg(
         raise ValueError(f"eps_cg must be >= 0, got {eps}")
     if len(matvecs) != len(rhs):
         raise ValueError(f"batched_cg: {len(matvecs)} matvecs for {len(rhs)} right-hand sides")
-    groups = [_GroupState(mv, b, eps) for mv, b in zip(matvecs, rhs)]
+    if not rhs:
+        return []
+    state = _FlatCG(matvecs, rhs, eps)
     for _ in range(max_iter):
-        live = [g for g in groups if bool(g.active.any())]  # one sync per group and iteration
-        if not live:
+        if not state.step():
             break
-        for g in live:
-            g.step()
-    return [g.result() for g in groups]
+    return state.results()

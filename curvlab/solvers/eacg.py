@@ -11,8 +11,32 @@ matrix form is Eq. (11) read through ``(Cᵀ ⊗ A) vec(X) = vec(A X C)``; the w
 itself is never formed. With ``split=k`` every bias and weight system is further cut
 row-wise into ``k`` independent sub-systems (:class:`~curvlab.solvers.split.RowSplit`,
 Dangel & Hennig Figure 5). All systems of all layers run in one batched CG
-(:mod:`curvlab.solvers.cg`); systems of equal shape, including equal-shaped layers, share
-one batched matrix product.
+(:mod:`curvlab.solvers.cg`).
+
+**Rank-one factor: CG in n_t + 1 unknowns.** With M = μμᵀ (μ = E[h], s = μᵀμ,
+μ̂ = μ/√s) the weight operator 𝒜(D) = (1 − α) B D μμᵀ + α D has two invariant
+subspaces: every D with Dμ = 0 is an eigenvector with eigenvalue α, and on
+{y μ̂ᵀ : y ∈ ℝᵐ} it acts as 𝒜(y μ̂ᵀ) = ((1 − α) s B + α I) y μ̂ᵀ. Split the right-hand
+side G = −∇_W accordingly, G = G_⊥ + g μ̂ᵀ with g = G μ̂ and G_⊥ μ̂ = 0. CG started at 0
+only ever forms linear combinations of G and 𝒜-images of its iterates, so every iterate,
+residual and search direction has the form a G_⊥ + y μ̂ᵀ (a scalar, y an m-vector). The
+map (a, y) ↦ a G_⊥ + y μ̂ᵀ, scaled as z = (a ‖G_⊥‖_F, y), is an isometry:
+⟨a G_⊥ + y μ̂ᵀ, a' G_⊥ + y' μ̂ᵀ⟩_F = a a' ‖G_⊥‖² + yᵀy' because G_⊥ μ̂ = 0. In z the
+operator is the (m + 1) × (m + 1) matrix
+
+    Ã = diag(α, (1 − α) s B + α I),        b̃ = (‖G_⊥‖_F, G μ̂),
+
+so CG on (Ã, b̃) produces, step for step, the isometric images of the CG iterates on the
+assembled (m c) × (m c) system: the same step sizes, the same residual norms (hence the
+same ε_CG stop), the same pᵀ𝒜p (hence the same non-positive-curvature stop) and the
+same iteration counts, up to round-off. The direction is D = (z₀ / ‖G_⊥‖) G_⊥ + z_{1:} μ̂ᵀ
+(z₀ = 0 when G_⊥ = 0); the fallback x = b̃ maps back to G. Each iteration costs
+O(m²) instead of O(m c); forming G_⊥, ‖G_⊥‖ and D costs O(m c) once. With ``split=k``
+each row group is its own system (its own ‖G_⊥‖ over its rows, B its diagonal
+sub-block). A layer's bias systems are padded with one leading zero unknown (zero
+right-hand side, Ã entry α: it stays exactly 0) so that bias and weight systems of a
+layer share one batched product. The full factor (Eq. 11a) has no such structure and
+runs CG on the (m, c) iterates.
 
 Non-positive curvature pᵀAp ≤ 0 can only occur for an indefinite kind (``exact``): that
 system stops with its current iterate, or with −g if it happens at the first iteration
@@ -23,7 +47,9 @@ pᵀAp ≤ 0) and ``cg_unconverged`` (systems that hit ``max_cg``).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
@@ -35,10 +61,26 @@ from curvlab.losses import Loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import register
 from curvlab.solvers.blockwise import BlockSolver
-from curvlab.solvers.cg import batched_cg
+from curvlab.solvers.cg import CGResult, MatVec, batched_cg
 from curvlab.solvers.split import RowSplit
 
 __all__ = ["eacg_solve", "EACG"]
+
+# Turns a group's CG solution (*S, m, c) into (slot, tensor) pairs of the direction.
+Unpack = Callable[[Tensor], list[tuple[int, Tensor]]]
+
+
+@dataclass
+class _Group:
+    """Systems of one shape solved as one batch: their operator, right-hand sides, unpacking."""
+
+    matvec: MatVec
+    rhs: Tensor  # (*S, m, c)
+    unpack: list[Unpack] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# Full factor (Eq. 11a), and any system without the rank-one structure: CG on (m, c) iterates.
 
 
 class _System(NamedTuple):
@@ -48,32 +90,27 @@ class _System(NamedTuple):
     split: RowSplit
     blocks: Tensor  # (k, m, m) split bias block
     rhs: Tensor  # (k, m, c) split −gradient
-    factor: Tensor | None  # None (bias), μ (c,) for Eq. (11b) or E[h hᵀ] (c, c) for Eq. (11a)
+    factor: Tensor | None  # None (bias) or E[h hᵀ] (c, c) for Eq. (11a)
 
 
-def _group_matvec(bs: Tensor, factor: Tensor | None, alpha: float, full: bool) -> Callable[[Tensor], Tensor]:
+def _group_matvec(bs: Tensor, factor: Tensor | None, alpha: float) -> MatVec:
     """``X ↦ (1 − α) B X M + α X`` for a stack of systems.
 
     Shapes: ``bs`` (L, k, m, m); ``X`` (L, k, m, c); ``factor`` None for bias systems
-    (``M = 1``), (L, c) for the rank-one ``μ`` of Eq. (11b), or (L, c, c) for Eq. (11a).
+    (``M = 1``) or (L, c, c) for Eq. (11a).
     """
     n_l, k, m, _ = bs.shape
     bs3 = bs.reshape(n_l * k, m, m)
-    if factor is not None and not full:
-        mu_row = factor[:, None, None, :].expand(n_l, k, 1, factor.shape[-1]).reshape(n_l * k, 1, -1)  # (Lk, 1, c)
-        mu_col = mu_row.transpose(1, 2)  # (Lk, c, 1)
 
     def mv(x: Tensor) -> Tensor:
         x3 = x.reshape(n_l * k, m, -1)  # (Lk, m, c)
         if factor is None:  # bias, Eq. (10a): B X
-            left, right = bs3, x3
-        elif not full:  # Eq. (11b): B (D μ) μᵀ, two matrix-vector products and one outer product
-            left, right = bs3 @ (x3 @ mu_col), mu_row
+            right = x3
         else:  # Eq. (11a): B (D M)
             c = x.shape[-1]
-            left, right = bs3, (x.reshape(n_l, k * m, c) @ factor).reshape(n_l * k, m, c)
-        # One fused pass: α X + (1 − α) left @ right.
-        return torch.baddbmm(x3, left, right, beta=alpha, alpha=1 - alpha).reshape(x.shape)
+            right = (x.reshape(n_l, k * m, c) @ factor).reshape(n_l * k, m, c)
+        # One fused pass: α X + (1 − α) B @ right.
+        return torch.baddbmm(x3, bs3, right, beta=alpha, alpha=1 - alpha).reshape(x.shape)
 
     return mv
 
@@ -81,6 +118,165 @@ def _group_matvec(bs: Tensor, factor: Tensor | None, alpha: float, full: bool) -
 def _stack(ts: list[Tensor]) -> Tensor:
     """``torch.stack`` without a copy for the common one-member group."""
     return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
+
+
+def _cat(ts: list[Tensor]) -> Tensor:
+    """``torch.cat`` without a copy for the common one-member group."""
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+
+def _full_factor_groups(blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool) -> list[_Group]:
+    """Eq. (11a) systems; equal shapes (kind, k, m, c) form one group, across layers too."""
+    by_shape: dict[tuple[str, int, int, int], list[_System]] = defaultdict(list)
+    slot = 0
+    for t, blk in enumerate(blocks):
+        rs = RowSplit(blk.n_out, split, device=blk.bias.device)
+        b_split = rs.blocks(blk.bias)  # (k, m, m)
+        if blk.input_cov is None:
+            raise ValueError(f"weight_factor=full needs input_cov for layer {t + 1}; request input_cov=True")
+        by_shape[("w", rs.k, rs.m, blk.n_in)].append(
+            _System(slot, rs, b_split, rs.rows(-blk.grad_weight), blk.input_cov)
+        )
+        slot += 1
+        if bias:
+            by_shape[("b", rs.k, rs.m, 1)].append(_System(slot, rs, b_split, rs.rows(-blk.grad_bias[:, None]), None))
+            slot += 1
+
+    groups = []
+    for (tag, *_), members in by_shape.items():
+        factor = None if tag == "b" else _stack([s.factor for s in members])  # type: ignore[misc]
+        group = _Group(_group_matvec(_stack([s.blocks for s in members]), factor, alpha),
+                       _stack([s.rhs for s in members]))  # (L, k, m, c)
+        for i, s in enumerate(members):
+            def unpack(x: Tensor, i: int = i, s: _System = s, is_bias: bool = tag == "b") -> list[tuple[int, Tensor]]:
+                merged = s.split.merge(x[i])  # (n_out, c)
+                return [(s.slot, merged[:, 0] if is_bias else merged)]
+
+            group.unpack.append(unpack)
+        groups.append(group)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------
+# Rank-one factor (Eq. 11b): CG in the (m + 1)-dimensional reduced coordinates (docstring).
+
+
+class _ReducedLayer(NamedTuple):
+    """One layer's reduced systems, (k, nb, 1, m + 1): per row group a weight and a bias system."""
+
+    blocks: Tensor  # (k, m + 1, m + 1) diag(0, B_j), shared by the weight and bias systems
+    scale: Tensor  # (k, nb, 1) (1 − α) s for the weight system, (1 − α) for the bias system
+    rhs: Tensor  # (k, nb, 1, m + 1) b̃ per system, as a row vector
+    unpack: Unpack  # this layer's systems of the solution → its (slot, tensor) pairs
+
+
+def _reduced_layer(
+    blk: LayerCurvature, alpha: float, rs: RowSplit, slot: int, bias: bool, size: int
+) -> _ReducedLayer:
+    """Ã = α I + scale · diag(0, B_j) and b̃ of one layer's systems, and the map back to d_W, d_b.
+
+    The systems are zero-padded from m + 1 to ``size`` unknowns so that layers of different
+    widths can share a batch; as for :class:`RowSplit`, padded unknowns stay exactly 0.
+    """
+    k, m = rs.k, rs.m
+    mu = blk.input_mean  # (c,)
+    s = float(mu @ mu)
+    mu_hat = mu / math.sqrt(s) if s > 0 else torch.zeros_like(mu)
+    gw = blk.grad_weight  # (n_out, c)
+    g_mu = gw @ mu_hat  # (n_out,) = −G μ̂
+    perp = torch.addr(gw, g_mu, mu_hat, alpha=-1)  # (n_out, c) = −G_⊥, rows orthogonal to μ̂
+    row_sq = torch.linalg.vector_norm(perp, dim=1).square()[:, None]  # (n_out, 1)
+    norms = rs.rows(row_sq).sum((1, 2)).sqrt()  # (k,) ‖G_⊥‖_F over each row group
+
+    b_pad = blk.bias.new_zeros(k, size, size)
+    b_pad[:, 1 : m + 1, 1 : m + 1] = rs.blocks(blk.bias)  # (k, size, size)
+    tail = norms.new_zeros(k, size - m - 1)
+    rhs = [torch.cat([norms[:, None], rs.rows(-g_mu[:, None])[..., 0], tail], dim=1)]  # (k, size) (‖G_⊥‖, G μ̂)
+    scale = [(1 - alpha) * s]
+    if bias:  # a leading zero unknown, then the bias system (1 − α) B_j + α I
+        rhs.append(torch.cat([norms.new_zeros(k, 1), rs.rows(-blk.grad_bias[:, None])[..., 0], tail], dim=1))
+        scale.append(1 - alpha)
+    nb = len(rhs)
+
+    def unpack(z: Tensor) -> list[tuple[int, Tensor]]:
+        """z (k, nb, 1, size) → d_W = (z₀ / ‖G_⊥‖) G_⊥ + z_{1:} μ̂ᵀ (and d_b = z_{1:})."""
+        zw = z[:, 0, 0, : m + 1, None]  # (k, m+1, 1)
+        coef = torch.where(norms > 0, zw[:, 0, 0] / norms, 0.0)  # (k,)
+        coef_rows = rs.merge(coef[:, None, None].expand(k, m, 1))[:, 0]  # (n_out,)
+        d_w = perp.mul_(-coef_rows[:, None]).addr_(rs.merge(zw[:, 1:])[:, 0], mu_hat)  # reuses perp's memory
+        out = [(slot, d_w)]
+        if bias:
+            out.append((slot + 1, rs.merge(z[:, 1, 0, 1 : m + 1, None])[:, 0]))
+        return out
+
+    scale_t = torch.tensor(scale, dtype=b_pad.dtype, device=b_pad.device).expand(k, nb)[..., None]
+    return _ReducedLayer(b_pad, scale_t, torch.stack(rhs, dim=1)[:, :, None, :], unpack)
+
+
+def _reduced_matvec(blocks: Tensor, scale: Tensor, alpha: float) -> MatVec:
+    """``x ↦ α x + scale · x diag(0, B_j)`` on row vectors: ``x`` (S, nb, 1, size), ``blocks``
+    (S, size, size), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ, and the
+    weight and bias systems of a row group share one pass over ``B_j``."""
+
+    def mv(x: Tensor) -> Tensor:
+        x3 = x.reshape(scale.shape[0], scale.shape[1], -1)  # (S, nb, size)
+        return torch.baddbmm(x3, x3 * scale, blocks, beta=alpha).reshape(x.shape)
+
+    return mv
+
+
+_PAD_BUDGET = 65536  # padded matrix entries per batch that cost less than one more batch per iteration
+
+
+def _buckets(splits: list[RowSplit]) -> list[tuple[int, list[int]]]:
+    """Layers whose reduced systems share one batch, and its padded size.
+
+    Greedy from the widest layer down: a layer joins the current batch while the padding
+    adds at most ``_PAD_BUDGET`` matrix entries in all, about what the per-batch overhead
+    of an iteration costs; equal shapes always share a batch.
+    """
+    order = sorted(range(len(splits)), key=lambda t: -splits[t].m)
+    out: list[tuple[int, list[int]]] = []
+    waste = 0
+    for t in order:
+        k, m = splits[t].k, splits[t].m
+        extra = k * (out[-1][0] ** 2 - (m + 1) ** 2) if out else None
+        if extra is not None and waste + extra <= _PAD_BUDGET:
+            out[-1][1].append(t)
+            waste += extra
+        else:
+            out.append((m + 1, [t]))
+            waste = 0
+    return out
+
+
+def _rank_one_groups(blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool) -> list[_Group]:
+    """Eq. (11b) systems in reduced form, batched over layers by :func:`_buckets`."""
+    splits = [RowSplit(blk.n_out, split, device=blk.bias.device) for blk in blocks]
+    per_layer = 2 if bias else 1
+    groups = []
+    for size, members in _buckets(splits):
+        layers = [_reduced_layer(blocks[t], alpha, splits[t], per_layer * t, bias, size) for t in members]
+        mv = _reduced_matvec(_cat([lay.blocks for lay in layers]), _cat([lay.scale for lay in layers]), alpha)
+        group = _Group(mv, _cat([lay.rhs for lay in layers]))  # (Σ k, nb, 1, size)
+        start = 0
+        for lay in layers:
+            n_sys = lay.rhs.shape[0]
+            group.unpack.append(lambda x, lay=lay, lo=start, hi=start + n_sys: lay.unpack(x[lo:hi]))
+            start += n_sys
+        groups.append(group)
+    return groups
+
+
+def _stats(results: list[CGResult]) -> dict[str, float]:
+    iters = torch.cat([r.iters.flatten() for r in results]).double()
+    return {
+        "cg_iters": float(iters.max()),
+        "cg_iters_mean": float(iters.mean()),
+        "cg_systems": float(iters.numel()),
+        "neg_curvature": float(sum(int(r.neg_curvature.sum()) for r in results)),
+        "cg_unconverged": float(sum(int((~r.converged & ~r.neg_curvature).sum()) for r in results)),
+    }
 
 
 def eacg_solve(
@@ -107,43 +303,17 @@ def eacg_solve(
         The direction ``[d_W1, d_b1, d_W2, …]`` in ``net.parameters()`` order (no bias
         entries without biases), and CG statistics.
     """
-    full = WeightFactor(weight_factor) is WeightFactor.FULL
-    # Systems of equal shape (kind, k, m, c) form one batched group, across layers too.
-    groups: dict[tuple[str, int, int, int], list[_System]] = defaultdict(list)
-    slot = 0
-    for t, blk in enumerate(blocks):
-        rs = RowSplit(blk.n_out, split, device=blk.bias.device)
-        b_split = rs.blocks(blk.bias)  # (k, m, m)
-        if full and blk.input_cov is None:
-            raise ValueError(f"weight_factor=full needs input_cov for layer {t + 1}; request input_cov=True")
-        factor = blk.input_cov if full else blk.input_mean
-        groups[("w", rs.k, rs.m, blk.n_in)].append(_System(slot, rs, b_split, rs.rows(-blk.grad_weight), factor))
-        slot += 1
-        if bias:
-            groups[("b", rs.k, rs.m, 1)].append(_System(slot, rs, b_split, rs.rows(-blk.grad_bias[:, None]), None))
-            slot += 1
-
-    matvecs, rhs = [], []
-    for (tag, *_), members in groups.items():
-        factor = None if tag == "b" else _stack([s.factor for s in members])  # type: ignore[misc]
-        matvecs.append(_group_matvec(_stack([s.blocks for s in members]), factor, alpha, full))
-        rhs.append(_stack([s.rhs for s in members]))  # (L, k, m, c)
-    results = batched_cg(matvecs, rhs, max_cg, eps_cg)
-
-    d: list[Tensor] = [torch.empty(0)] * slot
-    for ((tag, *_), members), res in zip(groups.items(), results):
-        for i, s in enumerate(members):
-            x = s.split.merge(res.x[i])  # (n_out, c)
-            d[s.slot] = x[:, 0] if tag == "b" else x
-    iters = torch.cat([r.iters.flatten() for r in results]).double()
-    stats = {
-        "cg_iters": float(iters.max()),
-        "cg_iters_mean": float(iters.mean()),
-        "cg_systems": float(iters.numel()),
-        "neg_curvature": float(sum(int(r.neg_curvature.sum()) for r in results)),
-        "cg_unconverged": float(sum(int((~r.converged & ~r.neg_curvature).sum()) for r in results)),
-    }
-    return d, stats
+    if WeightFactor(weight_factor) is WeightFactor.FULL:
+        groups = _full_factor_groups(blocks, alpha, split, bias)
+    else:
+        groups = _rank_one_groups(blocks, alpha, split, bias)
+    results = batched_cg([g.matvec for g in groups], [g.rhs for g in groups], max_cg, eps_cg)
+    d: list[Tensor] = [torch.empty(0)] * (len(blocks) * (2 if bias else 1))
+    for group, res in zip(groups, results):
+        for unpack in group.unpack:
+            for slot, tensor in unpack(res.x):
+                d[slot] = tensor
+    return d, _stats(results)
 
 
 @register("eacg")
