@@ -109,18 +109,32 @@ def _task(cfg: Any) -> None:
 
 
 def _train(argv: list[str]) -> int:
+    global _CONFIG_ERROR
     import hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    import curvlab.config  # noqa: F401  (registers the resolvers the configs use)
+    from curvlab.config import compose_error_message  # also registers the resolvers the configs use
 
     _FAILURES.clear()
+    _CONFIG_ERROR = False
     entry = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(_task)
-    saved = sys.argv
+    saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [saved[0] if saved else "curvlab", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach us, instead of Hydra exiting 1
     try:
         entry()
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # composing the config failed
+        print(f"curvlab train: config error: {compose_error_message(err)}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+        GlobalHydra.instance().clear()  # a failed composition leaves it set; the next call starts clean
     if _CONFIG_ERROR:
         return 2
     return 1 if _FAILURES else 0

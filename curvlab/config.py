@@ -9,20 +9,24 @@ the fix.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum
 from curvlab.losses import LossKind
 from curvlab.nets import Activation, Init
+from curvlab.typecheck import INT_LIMIT, check_fields, check_value, type_hints
 
 __all__ = [
     "DatasetName", "DataSource", "Schedule", "DType", "DatasetConfig", "NetConfig", "LossConfig",
     "SolverConfig", "LoopConfig", "LogConfig", "RunConfig", "parse_config", "KNOWN_SOLVERS",
-    "CURVATURE_SOLVERS",
+    "CURVATURE_SOLVERS", "solver_option_types", "known_keys", "compose_error_message",
 ]
 
 # Solvers the configs know about; some are registered by modules that may land later.
@@ -40,7 +44,7 @@ if not OmegaConf.has_resolver("if_null"):
 def _prod(xs: tuple[Any, ...]) -> int:
     out = 1
     for x in xs:
-        out *= int(x)
+        out *= check_value(x, int, "${prod:...} argument")
     return out
 
 
@@ -125,6 +129,11 @@ class NetConfig:
             f"net.widths must list at least two positive sizes, got {list(self.widths)}",
         )
         self.widths = [int(w) for w in self.widths]
+        n_params = sum(a * b + b for a, b in zip(self.widths, self.widths[1:]))
+        _check(
+            n_params <= INT_LIMIT,
+            f"net.widths={self.widths} make {n_params:,} parameters, more than the {INT_LIMIT:,} allowed",
+        )
         _check(float(self.init_scale) > 0, f"net.init_scale must be > 0, got {self.init_scale}")
 
 
@@ -169,18 +178,13 @@ class SolverConfig:
             self.name in KNOWN_SOLVERS,
             f"solver.name: unknown solver {self.name!r}; allowed: {', '.join(KNOWN_SOLVERS)}",
         )
-        _check(float(self.lr) > 0, f"solver.lr must be > 0, got {self.lr}; pick e.g. solver.lr=0.1")
+        self.lr = check_value(self.lr, float, "solver.lr")
+        _check(self.lr > 0, f"solver.lr must be > 0, got {self.lr}; pick e.g. solver.lr=0.1")
+        self.options = _check_options(self.name, check_value(self.options, dict[str, Any], "solver"), "solver")
         for key, value in self.options.items():
             if key in _SOLVER_CHECKS and value is not None:
                 ok, allowed = _SOLVER_CHECKS[key]
                 _check(ok(float(value)), f"solver.{key} must be {allowed}, got {value}")
-        if self.name == "cr":
-            base = self.options.get("base", "sgd")
-            _check(
-                base in KNOWN_SOLVERS and base != "cr",
-                f"solver.base: unknown base solver {base!r} for cr; allowed: "
-                f"{', '.join(s for s in KNOWN_SOLVERS if s != 'cr')}",
-            )
         if self.name == "exact_inverse":
             kind = self.options.get("curvature", "exact")
             _check(kind in ("exact", "gn"), f"solver.curvature: exact_inverse takes 'exact' or 'gn', got {kind!r}")
@@ -189,6 +193,52 @@ class SolverConfig:
     def base(self) -> str:
         """The solver whose direction is used (``cr`` wraps ``solver.base``)."""
         return str(self.options.get("base", "sgd")) if self.name == "cr" else self.name
+
+
+def solver_option_types(name: str) -> dict[str, Any]:
+    """The keyword options of the registered solver ``name`` and their annotated types.
+
+    Read from the solver's constructor (for the ``torch.optim`` baselines, from the optimizer's),
+    so an option added there is accepted and type-checked without further code. The runner
+    passes ``net``, ``loss``, ``lr`` and, to curvature solvers, the ``curvature`` group itself.
+    """
+    from curvlab.solvers import SOLVERS
+
+    target = SOLVERS[name]
+    params = inspect.signature(target.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()) and hasattr(target, "optim_cls"):
+        target = target.optim_cls  # TorchOptimSolver passes **options on to torch.optim
+        params = inspect.signature(target.__init__).parameters
+    hints = type_hints(target.__init__)
+    given = {"self", "params", "net", "loss", "lr"} | ({"curvature"} if name in CURVATURE_SOLVERS else set())
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {k: hints.get(k, Any) for k, p in params.items() if k not in given and p.kind in keyword}
+
+
+def _check_options(name: str, options: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Solver ``name``'s options, each checked against its constructor's annotation."""
+    from curvlab.solvers import SOLVERS
+
+    if name not in SOLVERS:  # train.build_solver says that it is not installed
+        return options
+    types_ = solver_option_types(name)
+    for key in options:
+        if key not in types_:
+            hint = "; the curvature is chosen with curvature=NAME" if key == "curvature" else ""
+            raise ValueError(
+                f"{prefix}.{key}: unknown option for solver {name}; allowed: {', '.join(sorted(types_))}{hint}"
+            )
+    out = {k: check_value(v, types_[k], f"{prefix}.{k}") for k, v in options.items()}
+    if name == "cr":
+        base = out.get("base", "sgd")
+        _check(
+            base in KNOWN_SOLVERS and base != "cr",
+            f"{prefix}.base: unknown base solver {base!r} for cr; allowed: "
+            f"{', '.join(s for s in KNOWN_SOLVERS if s != 'cr')}",
+        )
+        if out.get("base_options") is not None:
+            out["base_options"] = _check_options(base, out["base_options"], f"{prefix}.base_options")
+    return out
 
 
 @dataclass
@@ -302,42 +352,77 @@ class RunConfig:
             )
 
 
-_SECTIONS = {
-    "dataset": DatasetConfig, "net": NetConfig, "loss": LossConfig, "curvature": CurvatureOptions,
-    "train": LoopConfig, "log": LogConfig,
-}
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    _check(
-        not unknown,
-        f"{prefix}.{unknown[0] if unknown else ''}: unknown field; allowed: {', '.join(sorted(names))}",
-    )
-    return cls(**data)
+def _resolve(cfg: Any) -> dict[str, Any]:
+    """The plain form of a composed config; an interpolation that fails names its field."""
+    if not OmegaConf.is_config(cfg):
+        return dict(cfg)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        node = OmegaConf.to_container(cfg, resolve=False)
+        for part in str(key).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", str(err).splitlines()[0])
+        raise ValueError(f"{key}: cannot resolve {node!r}: {reason}") from None
 
 
 def parse_config(cfg: Any) -> RunConfig:
     """Validate a composed config (``DictConfig`` or plain dict) into a :class:`RunConfig`.
 
+    Every field is first checked against its annotation (:mod:`curvlab.typecheck`), then by
+    the dataclasses' own range and consistency checks.
+
     Raises:
-        ValueError: naming the first bad field, its allowed values and the fix.
+        ValueError: naming the first bad field, its value, the allowed values and the fix.
     """
-    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    data = {k: v for k, v in data.items() if k != "hydra"}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], dict(value or {}), key)
-        elif key == "solver":
-            value = dict(value or {})
-            _check("name" in value, "solver.name is missing; pick one with solver=NAME")
-            name, lr = value.pop("name"), value.pop("lr", 0.1)
-            kwargs[key] = SolverConfig(name=name, lr=lr, options=value)
-        else:
-            kwargs[key] = value
-    return _build(RunConfig, kwargs, "config")
+    data = {k: v for k, v in _resolve(cfg).items() if k != "hydra"}
+    solver = data.get("solver")
+    if isinstance(solver, dict):
+        solver = dict(solver)
+        _check("name" in solver, "solver.name is missing; pick one with solver=NAME")
+        name = check_value(solver.pop("name"), str, "solver.name")
+        data["solver"] = SolverConfig(name=name, lr=solver.pop("lr", 0.1), options=solver)
+    return RunConfig(**check_fields(RunConfig, data, ""))
+
+
+def known_keys(section: str) -> list[str] | None:
+    """The keys a config may hold at ``section`` ("" for the top level), or None when open-ended."""
+    if not section:
+        return sorted([f.name for f in dataclasses.fields(RunConfig)] + ["hydra"])
+    cls = type_hints(RunConfig).get(section)
+    if cls is SolverConfig or not dataclasses.is_dataclass(cls):
+        return None  # a solver's keys depend on the solver (solver_option_types)
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+def compose_error_message(err: Exception) -> str:
+    """One line for an error that Hydra raised while composing the config.
+
+    Covers an unknown group option (``solver=foo``: lists the options), an unknown key
+    (``foo=1``: lists the keys there), a malformed override and OmegaConf's own errors.
+    """
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option; allowed: {', '.join(sorted(err.options))}"
+    if isinstance(err, OverrideParseException):
+        detail = [ln for ln in str(err).splitlines() if ln and not ln.startswith(("Error parsing override", "See "))]
+        return (
+            f"cannot parse the override {err.override!r}: {'; '.join(detail)} "
+            "(forms: key=value, group=option, +key=value, key=[a,b], -m key=a,b)"
+        )
+    cause = err.__cause__
+    key = str(getattr(cause, "full_key", "") or "")
+    if key and "not in struct" in str(cause):
+        section = key.rpartition(".")[0]
+        allowed = known_keys(section)
+        if allowed is None:
+            return f"{key}: not a key of the chosen {section}'s config; to pass another option, write +{key}=VALUE"
+        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
+    lines = [str(err).strip().splitlines()[0].rstrip(".")] + ([str(cause).strip().splitlines()[0]] if cause else [])
+    return "; ".join(lines)
 
 
 def to_dict(run: RunConfig) -> dict[str, Any]:

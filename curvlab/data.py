@@ -9,6 +9,8 @@ whichever source they come from, so a torchvision and an npz copy give the same 
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from torch import Tensor
 
 from curvlab.config import DatasetConfig, DatasetName, DataSource
 
-__all__ = ["Dataset", "DatasetError", "load_dataset", "load_npz"]
+__all__ = ["Dataset", "DatasetError", "load_dataset", "load_npz", "read_idx", "as_images", "check_labels"]
 
 _SUBSET_SEED = 0  # subsets do not depend on the run's seed, so runs compare on the same data
 
@@ -56,18 +58,15 @@ class Dataset:
 def _how_to_get(cfg: DatasetConfig) -> str:
     name = cfg.name.value
     return (
-        f"get it with dataset.download=true (needs internet; files go under dataset.root={cfg.root}), "
-        f"point dataset.root at a folder that already holds torchvision's {name} files, "
-        f"or use dataset.source=npz dataset.path=FILE.npz (uint8 x_train, y_train, x_test, y_test)"
+        f"offline, point dataset.root at a folder that already holds torchvision's {name} files "
+        f"(e.g. dataset.root=../shared/data) or use dataset.source=npz dataset.path=FILE.npz (uint8 "
+        f"x_train, y_train, x_test, y_test); online, dataset.download=true fetches it into dataset.root={cfg.root}"
     )
 
 
-def _images_to_float(x: np.ndarray, channels_last: bool) -> Tensor:
-    """uint8 images (N, H, W[, C]) → float32 (N, C, H, W) in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
-    if t.ndim == 3:  # greyscale
-        return t[:, None]
-    return t.permute(0, 3, 1, 2) if channels_last else t
+def _images_to_float(x: np.ndarray) -> Tensor:
+    """uint8 images (N, C, H, W) → float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
 
 
 def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,26 +76,159 @@ def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
     return (train - mean) / std, (test - mean) / std
 
 
-def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read uint8 ``x_train, y_train, x_test, y_test`` from an ``.npz`` file."""
+_CHANNELS = (1, 3)  # greyscale or RGB
+
+
+def as_images(x: np.ndarray, where: str, cfg: DatasetConfig) -> np.ndarray:
+    """Images in any unambiguous layout → (N, C, H, W).
+
+    Accepts (N, H, W, C) and (N, C, H, W) with C in {1, 3} (when both readings fit, the one
+    whose image is ``dataset.image_size`` square), greyscale (N, H, W), and flat (N, D) rows
+    in (C, H, W) order with D = ``dataset.input_dim`` = C · image_size².
+
+    Raises:
+        DatasetError: naming ``where`` (file and key), the shape and the layouts accepted.
+    """
+    size = cfg.image_size
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 2:
+        channels, rest = divmod(x.shape[1], size * size)
+        if x.shape[1] != cfg.input_dim or rest or channels not in _CHANNELS:
+            raise DatasetError(
+                f"{where}: flat images of {x.shape[1]} values; expected dataset.input_dim={cfg.input_dim} "
+                f"= C·{size}·{size} with C = 1 or 3 (or store (N, H, W, C) images)"
+            )
+        return x.reshape(len(x), channels, size, size)
+    if x.ndim == 4:
+        readings = [r for r in (x.transpose(0, 3, 1, 2), x) if r.shape[1] in _CHANNELS]  # last, first
+        if len(readings) == 2:  # e.g. (N, 3, 32, 3): decide by the configured image size
+            readings = [r for r in readings if r.shape[2:] == (size, size)]
+            if len(readings) != 1:
+                raise DatasetError(
+                    f"{where}: images of shape {x.shape} are ambiguous (channels first or last?) with "
+                    f"dataset.image_size={size}; store them as (N, H, W, C)"
+                )
+        if readings:
+            return readings[0]
+    raise DatasetError(
+        f"{where}: images of shape {x.shape}; expected (N, H, W, C) or (N, C, H, W) with C = 1 or 3, "
+        f"(N, H, W) or flat (N, {cfg.input_dim})"
+    )
+
+
+def check_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Class indices (N,) as int64; integral floats are accepted, (N, 1) is flattened.
+
+    Raises:
+        DatasetError: for one-hot or other shapes, NaN, non-integral, negative or no labels.
+    """
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        hint = " (one-hot? store y.argmax(1))" if y.ndim == 2 else ""
+        raise DatasetError(f"{where}: labels of shape {y.shape}; expected class indices of shape (N,){hint}")
+    if len(y) == 0:
+        raise DatasetError(f"{where}: no labels; expected class indices 0..num_classes-1")
+    if y.dtype.kind == "f":
+        if np.isnan(y).any():
+            raise DatasetError(f"{where}: {int(np.isnan(y).sum())} NaN label(s); expected class indices")
+        bad = y[y != np.round(y)]
+        if len(bad):
+            raise DatasetError(f"{where}: non-integer labels such as {bad[0]}; expected class indices 0, 1, ...")
+    elif y.dtype.kind not in "iu":
+        raise DatasetError(f"{where}: labels of dtype {y.dtype}; expected integer class indices")
+    if y.min() < 0:
+        raise DatasetError(f"{where}: negative label {y.min()}; expected class indices 0..num_classes-1")
+    return y.astype(np.int64)
+
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``x_train, y_train, x_test, y_test`` from an ``.npz``: uint8 images, class indices.
+
+    Raises:
+        DatasetError: naming the file, the key and what was expected.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset.path: no file at {path}")
-    keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path) as f:
-            missing = [k for k in keys if k not in f.files]
-            arrays = tuple(np.asarray(f[k]) for k in keys) if not missing else ()
+            missing = [k for k in _NPZ_KEYS if k not in f.files]
+            arrays = {k: np.asarray(f[k]) for k in _NPZ_KEYS} if not missing else {}
     except Exception as err:  # zip or pickle errors from a truncated file
         raise DatasetError(f"dataset.path: cannot read {path} as .npz ({err}); re-create or re-download it")
     if missing:
-        raise DatasetError(f"dataset.path: {path} lacks array(s) {', '.join(missing)}; it needs {', '.join(keys)}")
-    x_tr, y_tr, x_te, y_te = arrays
-    if x_tr.dtype != np.uint8 or x_te.dtype != np.uint8:
-        raise DatasetError(f"dataset.path: {path} must hold uint8 images, got {x_tr.dtype}")
-    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
-        raise DatasetError(f"dataset.path: {path} has mismatched image and label counts")
-    return x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)
+        raise DatasetError(f"dataset.path: {path} lacks array(s) {', '.join(missing)}; it needs {', '.join(_NPZ_KEYS)}")
+    for split in ("train", "test"):
+        x, key = arrays[f"x_{split}"], f"{path} (x_{split})"
+        if x.dtype != np.uint8:
+            raise DatasetError(f"dataset.path={key}: images of dtype {x.dtype}; expected uint8 pixels 0..255")
+        if x.size == 0:
+            raise DatasetError(f"dataset.path={key}: no images (shape {x.shape})")
+        arrays[f"y_{split}"] = check_labels(arrays[f"y_{split}"], f"dataset.path={path} (y_{split})")
+        if len(x) != len(arrays[f"y_{split}"]):
+            raise DatasetError(
+                f"dataset.path={path}: x_{split} has {len(x)} images but y_{split} {len(arrays[f'y_{split}'])} labels"
+            )
+    return arrays
+
+
+# torchvision's MNIST layout: root/MNIST/raw/<file>; IDX magic numbers (LeCun et al.): 0x08 = uint8.
+_MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """A uint8 IDX file with ``ndim`` dimensions (magic 0x0000080N), e.g. MNIST's images (3) or labels (1).
+
+    Raises:
+        DatasetError: naming the file, the magic number or size found and the one expected.
+    """
+    data = path.read_bytes()
+    magic, head = 0x0800 + ndim, 4 + 4 * ndim
+    fix = "replace the file (a good copy under dataset.root, or dataset.download=true when online)"
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        got = f"{len(data)} bytes, too short for a header" if found is None else f"magic number {found:#010x}"
+        raise DatasetError(f"{path}: not an IDX file of {ndim}-D uint8 data ({got}, expected {magic:#010x}); {fix}")
+    if len(data) < head:
+        raise DatasetError(f"{path}: the IDX header ends after {len(data)} of {head} bytes; {fix}")
+    dims = struct.unpack(f">{ndim}I", data[4:head])
+    if len(data) != head + math.prod(dims):
+        raise DatasetError(
+            f"{path}: {len(data)} bytes, but its header announces {'×'.join(map(str, dims))} values "
+            f"({head + math.prod(dims)} bytes): truncated or corrupt; {fix}"
+        )
+    return np.frombuffer(bytearray(data), np.uint8, offset=head).reshape(dims)  # bytearray: writable
+
+
+def _mnist(cfg: DatasetConfig, root: str) -> dict[str, np.ndarray]:
+    """MNIST from torchvision's raw IDX files (fetched by torchvision when ``download``)."""
+    raw = Path(root) / "MNIST" / "raw"
+    if cfg.download:
+        import torchvision.datasets as tvd
+
+        for train in (True, False):
+            tvd.MNIST(root, train=train, download=True)
+    missing = [f for f in _MNIST_FILES.values() if not (raw / f).is_file()]
+    if missing:
+        raise DatasetError(f"dataset mnist: no file {raw / missing[0]}; {_how_to_get(cfg)}")
+    arrays = {key: read_idx(raw / name, 3 if key[0] == "x" else 1) for key, name in _MNIST_FILES.items()}
+    for key, name in _MNIST_FILES.items():
+        if key[0] == "y":
+            arrays[key] = check_labels(arrays[key], str(raw / name))
+            x_key = "x" + key[1:]
+            if len(arrays[key]) != len(arrays[x_key]):
+                raise DatasetError(
+                    f"{raw / name}: {len(arrays[key])} labels but {_MNIST_FILES[x_key]} has {len(arrays[x_key])} images"
+                )
+    return arrays
 
 
 def _digits(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -111,17 +243,16 @@ def _digits(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return x_tr, y_tr, x_te, y_te
 
 
-def _torchvision(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Raw uint8 arrays from torchvision; the flag says whether images are channels-last."""
-    import torchvision.datasets as tvd
-
+def _torchvision(cfg: DatasetConfig) -> dict[str, np.ndarray]:
+    """Raw uint8 images and labels through torchvision (MNIST: its IDX files, read here)."""
     root = str(Path(cfg.root).expanduser())
     if cfg.name is DatasetName.MNIST:
-        tr, te = (tvd.MNIST(root, train=t, download=cfg.download) for t in (True, False))
-        return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy(), False
+        return _mnist(cfg, root)
+    import torchvision.datasets as tvd  # slow to import: only when needed
+
     if cfg.name is DatasetName.CIFAR10:
         tr, te = (tvd.CIFAR10(root, train=t, download=cfg.download) for t in (True, False))
-        return tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets), True
+        return {"x_train": tr.data, "y_train": np.asarray(tr.targets), "x_test": te.data, "y_test": np.asarray(te.targets)}
     return _imagenette(tvd, root, cfg)
 
 
@@ -137,7 +268,7 @@ def _imagenette(tvd, root: str, cfg: DatasetConfig):  # type: ignore[no-untyped-
         pairs = [ds[i] for i in range(len(ds))]
         out += [np.stack([np.asarray(img.convert("RGB"), dtype=np.uint8) for img, _ in pairs])]
         out += [np.asarray([label for _, label in pairs])]
-    return out[0], out[1], out[2], out[3], True
+    return dict(zip(("x_train", "y_train", "x_test", "y_test"), out))
 
 
 def _subset_index(n: int, size: int | None) -> np.ndarray | None:
@@ -152,11 +283,36 @@ def _take(size: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return arrays if idx is None else tuple(a[idx] for a in arrays)
 
 
+def _load_images(cfg: DatasetConfig) -> tuple[dict[str, np.ndarray], str]:
+    """The raw arrays of an image dataset and where they came from (for messages)."""
+    if cfg.source is DataSource.NPZ:
+        return load_npz(cfg.path or ""), f"dataset.path={cfg.path}"
+    try:
+        arrays = _torchvision(cfg)
+    except DatasetError:
+        raise
+    except Exception as err:  # torchvision raises RuntimeError, OSError, AssertionError…
+        raise DatasetError(f"dataset {cfg.name.value}: cannot load ({err}); {_how_to_get(cfg)}") from None
+    where = f"dataset.root={cfg.root}"
+    for key in ("y_train", "y_test"):
+        arrays[key] = check_labels(arrays[key], f"{where} ({key})")
+    return arrays, where
+
+
+def _check_classes(y: np.ndarray, where: str, cfg: DatasetConfig) -> None:
+    if y.max() >= cfg.num_classes:
+        raise DatasetError(
+            f"{where}: labels go up to {y.max()} but dataset.num_classes={cfg.num_classes}; "
+            f"set dataset.num_classes={y.max() + 1} or fix the labels"
+        )
+
+
 def load_dataset(cfg: DatasetConfig) -> Dataset:
     """Load, normalise, flatten and subset the dataset that ``cfg`` names (float32, CPU).
 
     Raises:
-        DatasetError: when the files are missing or corrupt, with how to get them.
+        DatasetError: when the files are missing, corrupt or not as expected (naming the file,
+            the array and what was expected), with how to get them.
     """
     if cfg.name is DatasetName.DIGITS:
         a_tr, l_tr, a_te, l_te = _digits(cfg)
@@ -164,20 +320,19 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         a_te, l_te = _take(cfg.test_subset, a_te, l_te)
         x_tr, x_te = (torch.from_numpy(a).float().div_(16.0) for a in (a_tr, a_te))
     else:
-        if cfg.source is DataSource.NPZ:
-            a_tr, l_tr, a_te, l_te = load_npz(cfg.path or "")
-            channels_last = True
-        else:
-            try:
-                a_tr, l_tr, a_te, l_te, channels_last = _torchvision(cfg)
-            except DatasetError:
-                raise
-            except Exception as err:  # torchvision raises RuntimeError, OSError, AssertionError…
-                raise DatasetError(f"dataset {cfg.name.value}: cannot load ({err}); {_how_to_get(cfg)}") from None
+        arrays, where = _load_images(cfg)
+        for key in ("y_train", "y_test"):
+            _check_classes(arrays[key], f"{where} ({key})", cfg)
+        imgs = {k: as_images(arrays[k], f"{where} ({k})", cfg) for k in ("x_train", "x_test")}
+        if imgs["x_test"].shape[1:] != imgs["x_train"].shape[1:]:
+            raise DatasetError(
+                f"{where} (x_test): images of shape (C, H, W) = {imgs['x_test'].shape[1:]} but x_train's are "
+                f"{imgs['x_train'].shape[1:]}; both splits need the same image shape"
+            )
         # Subset the uint8 arrays first: a float copy of all of CIFAR-10 is 600 MB.
-        a_tr, l_tr = _take(cfg.train_subset, a_tr, l_tr)
-        a_te, l_te = _take(cfg.test_subset, a_te, l_te)
-        img_tr, img_te = _images_to_float(a_tr, channels_last), _images_to_float(a_te, channels_last)
+        a_tr, l_tr = _take(cfg.train_subset, imgs["x_train"], arrays["y_train"])
+        a_te, l_te = _take(cfg.test_subset, imgs["x_test"], arrays["y_test"])
+        img_tr, img_te = _images_to_float(a_tr), _images_to_float(a_te)
         if cfg.name is not DatasetName.MNIST:
             img_tr, img_te = _standardise(img_tr, img_te)
         x_tr, x_te = img_tr.flatten(1), img_te.flatten(1)
@@ -188,6 +343,4 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
             f"dataset.input_dim={cfg.input_dim} but the {cfg.name.value} data have {data.input_dim} features; "
             "set dataset.image_size (and dataset.input_dim) to match the files"
         )
-    if data.num_classes > cfg.num_classes:
-        raise DatasetError(f"dataset.num_classes={cfg.num_classes} but labels go up to {data.num_classes - 1}")
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from curvlab.config import KNOWN_SOLVERS, RunConfig, parse_config, to_dict
 from curvlab.curvature.options import Kind
 from curvlab.losses import LossKind
+from curvlab.typecheck import check_fields
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -117,3 +119,113 @@ def test_gn_is_fine_for_cross_entropy_and_pch_for_nonconvex():
     assert parsed("curvature=gn", "solver=kfi").curvature.kind is Kind.GN
     run = parsed("loss=nonconvex", "curvature=pch2", "solver=kfi")
     assert run.loss.name is LossKind.NONCONVEX and run.loss.options == {"delta": 5.0, "eps": 0.2}
+
+
+# Item 9 of issue 11: every value is checked against its declared type before any data loads.
+# (overrides, the message); each message names the field, the bad value and what is allowed.
+BAD_TYPES = [
+    (["net.widths=[64,2.5,10]"], "net.widths[1] must be an integer, got 2.5"),
+    (["train.epochs=1.5"], "train.epochs must be an integer, got 1.5"),
+    (["train.max_steps=1.5"], "train.max_steps must be an integer or null, got 1.5"),
+    (["train.checkpoint_every=2.5"], "train.checkpoint_every must be an integer, got 2.5"),
+    (["net.bias=maybe"], "net.bias must be true or false, got 'maybe'"),
+    (["log.progress=maybe"], "log.progress must be true or false, got 'maybe'"),
+    (["train.batch_size=12.5"], "train.batch_size must be an integer, got 12.5"),
+    (["train.batch_size=1e12"], "train.batch_size must be an integer of at most 2147483647 in size, got 1e+12"),
+    (["dataset.train_subset=100.5"], "dataset.train_subset must be an integer or null, got 100.5"),
+    (["curvature.mc_samples=1.5"], "curvature.mc_samples must be an integer, got 1.5"),
+    (["seed=1.5"], "seed must be an integer, got 1.5"),
+    (["seed=abc"], "seed must be an integer, got 'abc'"),
+    (["seed=1e30"], "seed must be an integer of at most 2147483647 in size, got 1e+30"),
+    (["net.widths=[64,1e12,10]"], "net.widths[1] must be an integer of at most 2147483647 in size, got 1e+12"),
+    (["net.widths=[64,100000,100000,10]"], "make 10,007,600,010 parameters, more than the 2,147,483,647 allowed"),
+    (["net.widths=64"], "net.widths must be a list of integers, got 64"),
+    (["solver.lr=abc"], "solver.lr must be a number, got 'abc'"),
+    (["solver.lr=1e400"], "solver.lr must be a finite number, got inf"),
+    (["loss=nonconvex", "loss.eps=nan"], "loss.eps must be a finite number, got nan"),
+    (["loss=nonconvex", "loss.delta=true"], "loss.delta must be a number, got True"),
+    (["+solver.foo=1"], "solver.foo: unknown option for solver eacg; allowed: alpha, eps_cg, max_cg, split"),
+    (["+solver.curvature=gn"], "the curvature is chosen with curvature=NAME"),
+    (["solver=eacg", "solver.max_cg=2.5"], "solver.max_cg must be an integer, got 2.5"),
+    (["solver=kfi", "solver.rank_one_first_layer=maybe"], "solver.rank_one_first_layer must be true or false"),
+    (["solver=sgd", "solver.momentum=abc"], "solver.momentum must be a number, got 'abc'"),
+    (["solver=sgd", "+solver.nesterov=2"], "solver.nesterov must be true or false, got 2"),
+    (["solver=adam", "+solver.betas=[0.9]"], "solver.betas must be a list of 2 values (a number, a number), got [0.9]"),
+    (["solver=cr", "solver.base_options=5"], "solver.base_options must be a mapping (key: value) or null, got 5"),
+    (["solver=cr", "+solver.base_options.foo=1"], "solver.base_options.foo: unknown option for solver sgd; allowed:"),
+    (["solver=cr", "solver.base=eacg", "+solver.base_options.split=0.5"], "solver.base_options.split must be an integer"),
+    (["solver=cr", "solver.sigma=[1]"], "solver.sigma must be a number, got [1]"),
+    (["+foo=1"], "foo: unknown field; allowed: curvature, dataset, device"),
+    (["dataset.test_fraction=abc"], "dataset.test_fraction must be a number, got 'abc'"),
+    (["dataset.download=maybe"], "dataset.download must be true or false, got 'maybe'"),
+    (["dataset.name=[mnist]"], "dataset.name must be one of digits, mnist, cifar10, imagenet10, got ['mnist']"),
+    (["log.hessian_kinds=[gn,foo]"], "log.hessian_kinds[1]: unknown value 'foo'; allowed: exact, gn"),
+    (["log.hessian_kinds=gn"], "log.hessian_kinds must be a list of items that are one of exact, gn"),
+    (["log.hessian_every=-0.5"], "log.hessian_every must be an integer, got -0.5"),
+    (["dataset=cifar10", "dataset.image_size=abc"], "dataset.input_dim: cannot resolve '${prod:3,${dataset.image_size}"),
+    (["train.eval_every=true"], "train.eval_every must be an integer or null, got True"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_TYPES, ids=[" ".join(o) for o, _ in BAD_TYPES])
+def test_bad_types_name_the_field_value_and_allowed(overrides, message):
+    with pytest.raises(ValueError) as err:
+        parsed(*overrides)
+    assert message in str(err.value)
+
+
+def test_integral_floats_and_names_are_accepted():
+    run = parsed("train.epochs=12.0", "train.batch_size=1e3", "experiment_name=2024", "solver=adam",
+                 "+solver.betas=[0.8,0.9]", "solver.lr=1")
+    assert run.train.epochs == 12 and isinstance(run.train.epochs, int) and run.train.batch_size == 1000
+    assert run.experiment_name == "2024" and run.solver.options["betas"] == (0.8, 0.9)
+    assert isinstance(run.solver.lr, float)
+    assert parse_config(to_dict(run)).solver.options == run.solver.options  # round trip keeps the types
+
+
+def test_a_new_solver_option_is_type_checked_without_further_code(monkeypatch):
+    """Option types come from the solver's constructor, so e.g. a new ``update_every: int`` is checked."""
+    from curvlab.solvers import SOLVERS
+    from curvlab.solvers.kfi import KFI
+
+    class KFIEvery(KFI):
+        def __init__(self, net, loss, lr: float, curvature=None, alpha: float = 0.02,
+                     rank_one_first_layer: bool = False, max_input_width: int = 4096, update_every: int = 1) -> None:
+            super().__init__(net, loss, lr, curvature, alpha, rank_one_first_layer, max_input_width)
+
+    monkeypatch.setitem(SOLVERS, "kfi", KFIEvery)
+    assert parsed("solver=kfi", "+solver.update_every=3").solver.options["update_every"] == 3
+    with pytest.raises(ValueError, match=r"solver.update_every must be an integer, got 2.5"):
+        parsed("solver=kfi", "+solver.update_every=2.5")
+    with pytest.raises(ValueError, match=r"solver.foo: unknown option for solver kfi; allowed: "
+                                         r"alpha, max_input_width, rank_one_first_layer, update_every"):
+        parsed("solver=kfi", "+solver.foo=1")
+
+
+@dataclass
+class Layer:
+    """A stand-in for a new config field: a net given as a list of layers."""
+
+    width: int
+    activation: Kind = Kind.PCH1
+
+
+@dataclass
+class Section:
+    layers: list[Layer] = field(default_factory=list)
+    scale: float | None = None
+
+
+def test_a_new_config_field_is_type_checked_without_further_code():
+    ok = Section(**check_fields(Section, {"layers": [{"width": 3.0, "activation": "gn"}]}, "net"))
+    assert ok.layers == [Layer(3, Kind.GN)]
+    for data, message in [
+        ({"layers": [{"width": 2.5}]}, "net.layers[0].width must be an integer, got 2.5"),
+        ({"layers": [{"width": 2, "foo": 1}]}, "net.layers[0].foo: unknown field; allowed: activation, width"),
+        ({"layers": [{"width": 2, "activation": "x"}]}, "net.layers[0].activation: unknown value 'x'"),
+        ({"layers": 3}, "net.layers must be a list of items that are a mapping with keys width, activation"),
+        ({"scale": "big"}, "net.scale must be a number or null, got 'big'"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            check_fields(Section, data, "net")
+        assert message in str(err.value)
