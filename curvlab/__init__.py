@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "MLP": "curvlab.nets",
-    "sequential": "curvlab.modules",
+    "sequential": "curvlab.nets",
     "supported_modules": "curvlab.modules",
     "Activation": "curvlab.nets",
     "make_loss": "curvlab.losses",

@@ -23,17 +23,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Sequence, Union
+from typing import Callable, Union
 
 import torch
 from torch import Tensor, nn
 
-from curvlab.nets import ACTIVATIONS, MLP, Activation, ActivationFns, ForwardCache, initialise
+from curvlab.nets import ACTIVATIONS, MLP, Activation, ActivationFns, ForwardCache
 
-__all__ = [
-    "Role", "ModuleRule", "RULES", "ELEMENTWISE", "LAYER_NAMES", "Chain", "chain", "Net", "supported_modules",
-    "sequential", "parse_layers", "leaves",
-]
+__all__ = ["Role", "ModuleRule", "RULES", "ELEMENTWISE", "Chain", "chain", "leaves", "Net", "supported_modules"]
 
 Net = Union[MLP, nn.Sequential]  # what every entry point takes
 
@@ -294,72 +291,3 @@ def chain(net: Net) -> Chain:
             "net must end with nn.Linear (only Identity, Flatten or eval-mode Dropout may follow it)"
         )
     return Chain(tuple(layers), tuple(acts), tuple(prep))
-
-
-def sequential(
-    in_features: int,
-    layers: Sequence[int | str],
-    bias: bool = True,
-    init: str = "default",
-    init_scale: float = 0.2,
-) -> nn.Sequential:
-    """Build an ``nn.Sequential`` from a layer list: an int is an ``nn.Linear`` of that width,
-    a name (see :data:`LAYER_NAMES`) an activation or identity-like module."""
-    spec = parse_layers(layers)
-    mods: list[nn.Module] = []
-    n = int(in_features)
-    for item in spec:
-        if isinstance(item, int):
-            mods.append(nn.Linear(n, item, bias=bias))
-            n = item
-        else:
-            mods.append(LAYER_NAMES[item]())
-    net = nn.Sequential(*mods)
-    initialise([m for m in mods if isinstance(m, nn.Linear)], init, init_scale)
-    return net
-
-
-LAYER_NAMES: dict[str, Callable[[], nn.Module]] = {
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "identity": nn.Identity,
-    "flatten": nn.Flatten,
-}
-
-
-def parse_layers(layers: Sequence[int | str], field: str = "net.layers") -> list[int | str]:
-    """Validate a layer list: positive ints (Linear widths) and names of :data:`LAYER_NAMES`;
-    at least one Linear, and the last module must be a Linear."""
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise ValueError(f"{field} must be a list such as [64, tanh, 32, relu, 10], got {layers!r}")
-    out: list[int | str] = []
-    for i, item in enumerate(layers):
-        if isinstance(item, bool):
-            raise ValueError(f"{field}[{i}]: {item!r} is neither a width nor a module name")
-        if isinstance(item, int) or (isinstance(item, str) and item.strip().isdigit()):
-            width = int(item)
-            if width < 1:
-                raise ValueError(f"{field}[{i}]: a Linear width must be >= 1, got {width}")
-            out.append(width)
-        elif isinstance(item, str) and item.strip().lower() in LAYER_NAMES:
-            out.append(item.strip().lower())
-        else:
-            raise ValueError(
-                f"{field}[{i}]: unknown entry {item!r}; use a positive int (nn.Linear width) or one of "
-                f"{', '.join(LAYER_NAMES)}"
-            )
-    linear_at = [i for i, item in enumerate(out) if isinstance(item, int)]
-    if not linear_at:
-        raise ValueError(f"{field} has no Linear width; e.g. [64, tanh, 10]")
-    if any(item in ELEMENTWISE_NAMES for item in out[linear_at[-1] + 1 :]):
-        raise ValueError(f"{field} must end with a Linear width (the losses take the logits), got {list(layers)}")
-    return out
-
-
-ELEMENTWISE_NAMES = {name for name, cls in LAYER_NAMES.items() if cls in ELEMENTWISE}

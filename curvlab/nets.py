@@ -2,7 +2,9 @@
 
 The notation follows Chen et al. (EA-CG, AAAI 2019), Section "Fully-Connected Neural
 Networks": ``h^0 = x``, ``z^t = W^t h^{t-1} + b^t``, ``h^t = σ(z^t)`` for ``t < k`` and a
-linear output layer ``h^k = z^k``.
+linear output layer ``h^k = z^k``. Two ways to build one: :class:`MLP` (one activation, a
+fused forward pass) and :func:`sequential` (an ``nn.Sequential`` from a list of widths and
+module names, the runner's ``net.layers``); :mod:`curvlab.modules` reads any such net.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Activation", "ActivationFns", "ACTIVATIONS", "ACTIVATION_MODULES", "Init", "initialise", "MLP", "ForwardCache"]
+__all__ = [
+    "Activation", "ActivationFns", "ACTIVATIONS", "ACTIVATION_MODULES", "Init", "initialise", "MLP", "ForwardCache",
+    "LAYER_NAMES", "parse_layers", "sequential", "make_net",
+]
 
 
 class Activation(str, Enum):
@@ -190,3 +195,87 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, activation={self.activation.value}, init={self.init.value}"
+
+
+# The module names of a layer list (the runner's ``net.layers``); curvlab.modules has their rules.
+LAYER_NAMES: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+    "flatten": nn.Flatten,
+}
+ELEMENTWISE_NAMES = set(LAYER_NAMES) - {"identity", "flatten"}  # what may not follow the last Linear
+
+
+def parse_layers(layers: Sequence[int | str], field: str = "net.layers") -> list[int | str]:
+    """Validate a layer list: positive ints (Linear widths) and names of :data:`LAYER_NAMES`;
+    at least one Linear, and the last module must be a Linear."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise ValueError(f"{field} must be a list such as [64, tanh, 32, relu, 10], got {layers!r}")
+    out: list[int | str] = []
+    for i, item in enumerate(layers):
+        if isinstance(item, bool):
+            raise ValueError(f"{field}[{i}]: {item!r} is neither a width nor a module name")
+        if isinstance(item, int) or (isinstance(item, str) and item.strip().isdigit()):
+            width = int(item)
+            if width < 1:
+                raise ValueError(f"{field}[{i}]: a Linear width must be >= 1, got {width}")
+            out.append(width)
+        elif isinstance(item, str) and item.strip().lower() in LAYER_NAMES:
+            out.append(item.strip().lower())
+        else:
+            raise ValueError(
+                f"{field}[{i}]: unknown entry {item!r}; use a positive int (nn.Linear width) or one of "
+                f"{', '.join(LAYER_NAMES)}"
+            )
+    linear_at = [i for i, item in enumerate(out) if isinstance(item, int)]
+    if not linear_at:
+        raise ValueError(f"{field} has no Linear width; e.g. [64, tanh, 10]")
+    if any(item in ELEMENTWISE_NAMES for item in out[linear_at[-1] + 1 :]):
+        raise ValueError(f"{field} must end with a Linear width (the losses take the logits), got {list(layers)}")
+    return out
+
+
+def sequential(
+    in_features: int,
+    layers: Sequence[int | str],
+    bias: bool = True,
+    init: str | Init = Init.DEFAULT,
+    init_scale: float = 0.2,
+) -> nn.Sequential:
+    """Build an ``nn.Sequential`` from a layer list: an int is an ``nn.Linear`` of that width,
+    a name (see :data:`LAYER_NAMES`) an activation or identity-like module; the Linear layers
+    are initialised as :class:`MLP` does (``init``, ``init_scale``)."""
+    spec = parse_layers(layers)
+    mods: list[nn.Module] = []
+    n = int(in_features)
+    for item in spec:
+        if isinstance(item, int):
+            mods.append(nn.Linear(n, item, bias=bias))
+            n = item
+        else:
+            mods.append(LAYER_NAMES[item]())
+    net = nn.Sequential(*mods)
+    initialise([m for m in mods if isinstance(m, nn.Linear)], init, init_scale)
+    return net
+
+
+def make_net(
+    widths: Sequence[int],
+    activation: str | Activation = Activation.SIGMOID,
+    init: str | Init = Init.DEFAULT,
+    init_scale: float = 0.2,
+    bias: bool = True,
+    layers: Sequence[int | str] | None = None,
+) -> MLP | nn.Sequential:
+    """The runner's net: an :class:`MLP` of ``widths``, or with ``layers`` the ``nn.Sequential``
+    of :func:`sequential` on ``widths[0]`` inputs (``activation`` is then not used)."""
+    if layers is None:
+        return MLP(widths, activation, init, init_scale, bias)
+    return sequential(widths[0], layers, bias, init, init_scale)

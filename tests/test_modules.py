@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import curvlab
-from curvlab.modules import ELEMENTWISE, chain, parse_layers
+from curvlab.modules import ELEMENTWISE, chain
+from curvlab.nets import ELEMENTWISE_NAMES, LAYER_NAMES, parse_layers
 
 
 def _jvp_derivatives(fn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -126,6 +127,12 @@ def test_sequential_builder() -> None:
 def test_parse_layers_names_the_field_and_the_fix(layers: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_layers(layers)  # type: ignore[arg-type]
+
+
+def test_every_layer_name_has_a_rule() -> None:
+    for name, cls in LAYER_NAMES.items():
+        assert (cls in ELEMENTWISE) == (name in ELEMENTWISE_NAMES), name
+        chain(nn.Sequential(nn.Linear(2, 2), cls(), nn.Linear(2, 2)))  # supported
 
 
 def test_parse_layers_normalises() -> None:
