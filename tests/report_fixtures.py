@@ -16,8 +16,12 @@ import yaml
 
 def write_run(root: Path, name: str, *, experiment: str, curvature: str | None, solver: str, seed: int,
               steps: int = 6, layers: int = 3, kinds: tuple[str, ...] = (), cfg_extra: dict | None = None,
-              cr: bool = False, rng: np.random.Generator | None = None) -> Path:
-    """One completed run: config.yaml, metrics.csv, hessian_errors.csv (if ``kinds``), summary.json."""
+              cr: bool = False, reference: bool = False, rng: np.random.Generator | None = None) -> Path:
+    """One completed run: config.yaml, metrics.csv, hessian_errors.csv (if ``kinds``), summary.json.
+
+    ``cfg_extra`` replaces top-level config sections; ``reference`` adds the newer
+    ``reference, batch, mc_samples`` columns (two logging batches, MC 1 for the Fisher).
+    """
     rng = rng or np.random.default_rng(seed)
     d = root / name
     d.mkdir(parents=True)
@@ -35,9 +39,14 @@ def write_run(root: Path, name: str, *, experiment: str, curvature: str | None, 
     })
     rows.loc[1::2, ["train_loss", "test_loss", "test_acc"]] = np.nan  # evaluated every other step
     rows.to_csv(d / "metrics.csv", index=False)
-    if kinds:
+    if kinds and not reference:
         err = pd.DataFrame([(s, l, k, float(rng.random())) for s in step for l in range(1, layers + 1) for k in kinds],
                            columns=["step", "layer", "kind", "error"])
+        err.to_csv(d / "hessian_errors.csv", index=False)
+    elif kinds:
+        err = pd.DataFrame([(s, l, k, float(rng.random()), 1 + float(rng.random()), b, 1 if k == "fisher" else None)
+                            for s in step for b in (10, 20) for l in range(1, layers + 1) for k in kinds],
+                           columns=["step", "layer", "kind", "error", "reference", "batch", "mc_samples"])
         err.to_csv(d / "hessian_errors.csv", index=False)
     (d / "summary.json").write_text(json.dumps({
         "status": "completed", "failure": None, "steps": steps, "epochs": steps / 2,

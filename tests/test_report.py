@@ -6,16 +6,19 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
 from curvlab.report import load_runs, main, report
-from curvlab.report.figures import fit_loglog_slope, mean_std
-from curvlab.report.load import run_label
+from curvlab.report.figures import curve_stats, fit_loglog_slope, hessian_error_figure, mean_std, training_figure
+from curvlab.report.groups import group_runs, method_label
 from curvlab.report.paper import EACG_TABLES
-from curvlab.report.render import variant_labels
-from curvlab.report.tables import cr_rate_table, hessian_error_table, side_by_side, to_latex, to_markdown
+from curvlab.report.render import seed_phrase
+from curvlab.report.tables import (
+    cr_rate_table, error_totals, hessian_error_table, relative_error_table, side_by_side, to_latex, to_markdown,
+)
 from report_fixtures import write_run
 
 KINDS = ("fisher", "gn", "pch1", "pch2")
@@ -24,20 +27,20 @@ KINDS = ("fisher", "gn", "pch1", "pch2")
 @pytest.fixture()
 def table_runs(tmp_path: Path) -> Path:
     for seed in (0, 1, 2):
-        write_run(tmp_path, f"t2_{seed}", experiment="eacg_table2", curvature="pch1", solver="eacg", seed=seed,
+        write_run(tmp_path / "runs", f"t2_{seed}", experiment="eacg_table2", curvature="pch1", solver="eacg", seed=seed,
                   kinds=KINDS)
-    return tmp_path
+    return tmp_path / "runs"
 
 
 @pytest.fixture()
 def curve_runs(tmp_path: Path) -> Path:
     for seed in (0, 1):
-        write_run(tmp_path, f"sgd_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed)
-        write_run(tmp_path, f"eacg_{seed}", experiment="fig", curvature="pch1", solver="eacg", seed=seed)
-        write_run(tmp_path, f"cr_{seed}", experiment="fig", curvature=None, solver="cr", seed=seed, cr=True)
-        write_run(tmp_path, f"sgdm_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed,
+        write_run(tmp_path / "runs", f"sgd_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed)
+        write_run(tmp_path / "runs", f"eacg_{seed}", experiment="fig", curvature="pch1", solver="eacg", seed=seed)
+        write_run(tmp_path / "runs", f"cr_{seed}", experiment="fig", curvature=None, solver="cr", seed=seed, cr=True)
+        write_run(tmp_path / "runs", f"sgdm_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed,
                   cfg_extra={"solver": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
-    return tmp_path
+    return tmp_path / "runs"
 
 
 def test_load_runs_reads_every_file(table_runs: Path) -> None:
@@ -102,23 +105,13 @@ def test_markdown_and_latex_are_well_formed(table_runs: Path) -> None:
 def test_mean_std_aligns_seeds_on_step(curve_runs: Path) -> None:
     r = load_runs([curve_runs])
     st = mean_std(r.metrics, "wall_time", "test_acc")
-    sgd = r.metrics[(r.metrics.label == "sgd") & r.metrics.test_acc.notna()]
+    sgd = r.metrics[(r.metrics.label == "SGD") & r.metrics.test_acc.notna()]
     ref = sgd.groupby("step").agg(x=("wall_time", "mean"), y=("test_acc", "mean"), s=("test_acc", "std"))
-    got = st[st.group == "sgd"].set_index("step")
+    got = st[st.group == "SGD"].set_index("step")
     assert list(got.index) == [0, 2, 4]  # only evaluated steps
     np.testing.assert_allclose(got["y"], ref["y"])
     np.testing.assert_allclose(got["y_std"], ref["s"])
     np.testing.assert_allclose(got["x"], ref["x"])
-
-
-def test_labels_separate_variants(curve_runs: Path) -> None:
-    r = load_runs([curve_runs])
-    assert run_label({"solver": "sgd", "curvature": "pch1"}) == "sgd"
-    assert run_label({"solver": "kfi", "curvature": "fisher"}) == "fisher/kfi"
-    assert run_label({"solver": "cr", "cfg.solver.base": "adagrad"}) == "adagrad+cr"
-    assert run_label({"solver": "exact_inverse", "cfg.solver.curvature": "gn"}) == "exact_inverse(gn)"
-    # Runs that share a label but differ in a config value get it appended; seeds do not count.
-    assert set(variant_labels(r.runs)) == {"sgd", "sgd momentum=0.9", "pch1/eacg", "sgd+cr"}
 
 
 def test_report_writes_tables_and_figures(curve_runs: Path, table_runs: Path, tmp_path: Path) -> None:
@@ -137,23 +130,25 @@ def test_report_writes_tables_and_figures(curve_runs: Path, table_runs: Path, tm
 
 def test_cr_rate_table_is_alpha_over_lr(curve_runs: Path) -> None:
     r = load_runs([curve_runs])
-    m = r.metrics.assign(label=r.metrics["run_dir"].map(dict(zip(r.runs["run_dir"], variant_labels(r.runs)))))
-    tab = cr_rate_table(m, ["sgd+cr"], window=3, period=2)
-    ref = [np.median((g.sort_values("step")["step_size"] / 0.1).to_numpy()[:3]) for _, g in m[m.label == "sgd+cr"].groupby("run_dir")]
-    assert tab.loc["sgd+cr", "alpha/lr, first updates"] == pytest.approx(np.median(ref))
-    assert tab.loc["sgd+cr", "seeds"] == 2 and 1 <= tab.loc["sgd+cr", "max moving-average alpha/lr"] <= 2
+    g = group_runs(r.runs).runs
+    m = r.metrics.assign(label=r.metrics["run_dir"].map(dict(zip(g["run_dir"], g["label"]))))
+    tab = cr_rate_table(m, ["SGD + CR"], window=3, period=2)
+    ref = [np.median((g.sort_values("step")["step_size"] / 0.1).to_numpy()[:3])
+           for _, g in m[m.label == "SGD + CR"].groupby("run_dir")]
+    assert tab.loc["SGD + CR", "alpha/lr, first updates"] == pytest.approx(np.median(ref))
+    assert tab.loc["SGD + CR", "seeds"] == 2 and 1 <= tab.loc["SGD + CR", "max moving-average alpha/lr"] <= 2
 
 
 def test_repeated_first_order_runs_count_once(tmp_path: Path) -> None:
     """`curvlab train -m solver=eacg,sgd curvature=fisher,pch1` trains SGD twice per seed."""
     for kind in ("fisher", "pch1"):
-        write_run(tmp_path, f"sgd_{kind}", experiment="e", curvature=kind, solver="sgd", seed=0,
+        write_run(tmp_path / "runs", f"sgd_{kind}", experiment="e", curvature=kind, solver="sgd", seed=0,
                   cfg_extra={"curvature": {"kind": kind}})
-        write_run(tmp_path, f"eacg_{kind}", experiment="e", curvature=kind, solver="eacg", seed=0,
+        write_run(tmp_path / "runs", f"eacg_{kind}", experiment="e", curvature=kind, solver="eacg", seed=0,
                   cfg_extra={"curvature": {"kind": kind}})
-    report([tmp_path], tmp_path / "o")
+    report([tmp_path / "runs"], tmp_path / "o", want={"tables"})
     final = pd.read_csv(tmp_path / "o" / "e_final.csv").set_index("label")
-    assert set(final.index) == {"sgd", "fisher/eacg", "pch1/eacg"} and final.loc["sgd", "seeds"] == 1
+    assert set(final.index) == {"SGD", "EA-CG · Fisher", "EA-CG · PCH-1"} and final.loc["SGD", "seeds"] == 1
 
 
 def test_report_only_tables(table_runs: Path, tmp_path: Path) -> None:
@@ -162,7 +157,11 @@ def test_report_only_tables(table_runs: Path, tmp_path: Path) -> None:
 
 
 def test_main_exit_codes(table_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(table_runs), "--out", str(tmp_path / "o"), "--steps", "2"]) == 0
+    assert main([str(table_runs), "--out", str(tmp_path / "o"), "--steps", "2", "--only", "tables"]) == 0
+    assert main([str(table_runs), "--out", str(table_runs / "o")]) == 2  # never into an input folder
+    with pytest.raises(SystemExit):
+        main([str(table_runs), "--out", str(tmp_path / "o"), "--error-steps", "4:2"])
+    assert "FIRST must not exceed LAST" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().out
     empty = tmp_path / "empty"
@@ -199,3 +198,261 @@ def test_fit_loglog_slope_recovers_power() -> None:
     c = np.logspace(-3, 0, 10)
     assert fit_loglog_slope(c, 5 * c**3) == pytest.approx(3.0)
     assert math.isnan(fit_loglog_slope(c[:1], c[:1]))
+
+
+# --- grouping and labels (issue 11, item 12) ----------------------------------------------
+
+
+@pytest.mark.parametrize("row, label", [
+    ({"cfg.solver.name": "exact_inverse", "cfg.solver.curvature": "exact"}, "Newton (H)"),
+    ({"cfg.solver.name": "exact_inverse", "cfg.solver.curvature": "gn"}, "Newton (GN)"),
+    ({"cfg.solver.name": "eacg", "cfg.curvature.kind": "pch1", "cfg.solver.split": 1}, "EA-CG · PCH-1"),
+    ({"cfg.solver.name": "eacg", "cfg.curvature.kind": "pch1", "cfg.solver.split": 4}, "EA-CG · PCH-1 · split 4"),
+    ({"cfg.solver.name": "kfi", "cfg.curvature.kind": "fisher"}, "KFI · Fisher (KFAC)"),
+    ({"cfg.solver.name": "kfi", "cfg.curvature.kind": "gn"}, "KFI · GN (KFRA)"),
+    ({"cfg.solver.name": "kfi", "cfg.curvature.kind": "fisher", "cfg.solver.rank_one_first_layer": True},
+     "KFI · Fisher (KFAC) · Eq. 13"),
+    ({"cfg.solver.name": "sgd", "cfg.solver.momentum": 0.9, "cfg.curvature.kind": "pch1"}, "SGD (momentum 0.9)"),
+    ({"cfg.solver.name": "sgd", "cfg.solver.momentum": 0.0}, "SGD"),
+    ({"cfg.solver.name": "cr", "cfg.solver.base": "adagrad"}, "Adagrad + CR"),
+    ({"cfg.solver.name": "cr", "cfg.solver.base": "eacg", "cfg.curvature.kind": "pch2"}, "EA-CG · PCH-2 + CR"),
+])
+def test_method_labels(row: dict, label: str) -> None:
+    assert method_label(row) == label
+
+
+def test_two_nets_are_not_pooled(tmp_path: Path) -> None:
+    """Issue 11: the layer-wise errors of a 2-layer and a 3-layer net were averaged in one table."""
+    for seed in (0, 1):
+        for layers, widths in ((2, [4, 3, 2]), (3, [4, 3, 3, 2])):
+            write_run(tmp_path / "runs", f"n{layers}_{seed}", experiment="demo", curvature="pch1", solver="eacg",
+                      seed=seed,
+                      kinds=KINDS, layers=layers, cfg_extra={"net": {"widths": widths, "activation": "sigmoid"}})
+    g = group_runs(load_runs([tmp_path / "runs"]).runs)
+    assert g.runs.groupby("setting").size().to_dict() == {"tiny · net 4-3-2 sigmoid · ?": 2,
+                                                           "tiny · net 4-3-3-2 sigmoid · ?": 2}
+    assert g.dropped.empty
+    files = {f.name for f in report([tmp_path / "runs"], tmp_path / "o", want={"tables"})}
+    two = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-2_sigmoid.csv", index_col=0)
+    three = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-3-2_sigmoid.csv", index_col=0)
+    assert list(two.index) == ["Layer-1", "Layer-2", "Total"] and list(three.index)[-2:] == ["Layer-3", "Total"]
+    assert "demo.csv" not in files
+
+
+def test_same_seed_is_kept_once_the_longer(tmp_path: Path) -> None:
+    """Issue 11: a 30-step and a 60-step run of one seed were counted as two seeds."""
+    short = write_run(tmp_path / "runs", "short", experiment="e", curvature="pch1", solver="eacg", seed=0, steps=4)
+    long = write_run(tmp_path / "runs", "long", experiment="e", curvature="pch1", solver="eacg", seed=0, steps=8)
+    write_run(tmp_path / "runs", "other", experiment="e", curvature="pch1", solver="eacg", seed=1, steps=4)
+    g = group_runs(load_runs([tmp_path / "runs"]).runs)
+    assert g.runs["group"].nunique() == 1 and sorted(g.runs["seed"]) == [0, 1]
+    assert set(g.runs["run_dir"]) == {str(long.resolve()), str((tmp_path / "runs" / "other").resolve())}
+    assert list(g.dropped["run_dir"]) == [str(short.resolve())] and list(g.dropped["kept"]) == [str(long.resolve())]
+    report([tmp_path / "runs"], tmp_path / "o", want={"tables"})
+    assert pd.read_csv(tmp_path / "o" / "e_final.csv", index_col=0)["seeds"].tolist() == [2]
+    runs = pd.read_csv(tmp_path / "o" / "e_runs.csv", index_col=0)
+    assert runs.loc["runs/short", "used"].startswith("no: the longer run runs/long")
+
+
+def test_labels_say_what_differs(tmp_path: Path) -> None:
+    for lr in (0.05, 0.1):
+        write_run(tmp_path / "runs", f"eacg_{lr}", experiment="e", curvature="pch1", solver="eacg", seed=0,
+                  cfg_extra={"solver": {"name": "eacg", "lr": lr, "alpha": 0.02}})
+    write_run(tmp_path / "runs", "kfi", experiment="e", curvature="fisher", solver="kfi", seed=0,
+              cfg_extra={"solver": {"name": "kfi", "lr": 0.3, "alpha": 0.02}})
+    # Bookkeeping (paths, length, logging, device) and what a solver ignores do not make a new curve.
+    for seed, kind in ((0, "gn"), (1, "pch1")):
+        write_run(tmp_path / "runs", f"sgd_{seed}", experiment="e", curvature=kind, solver="sgd", seed=seed,
+                  cfg_extra={"curvature": {"kind": kind}, "run_dir": f"/x/{seed}", "device": "cpu",
+                             "log": {"hessian_every": seed}, "train": {"max_steps": 5 + seed}})
+    labels = group_runs(load_runs([tmp_path / "runs"]).runs).runs.groupby("label")["seed"].apply(sorted).to_dict()
+    assert labels == {"EA-CG · PCH-1 · lr=0.05": [0], "EA-CG · PCH-1 · lr=0.1": [0], "KFI · Fisher (KFAC)": [0],
+                      "SGD": [0, 1]}
+
+
+@pytest.mark.parametrize("counts, phrase", [([1], "1 run"), ([3], "3 seeds"), ([1, 1], "1 seed per curve"),
+                                            ([3, 3], "3 seeds per curve"), ([1, 3], "1–3 seeds per curve")])
+def test_seed_phrase(counts: list[int], phrase: str) -> None:
+    assert seed_phrase(pd.Series(counts)) == phrase
+
+
+# --- figures (item 14) ----------------------------------------------------------------------
+
+
+def _overlaps(fig: plt.Figure, artist: object) -> bool:
+    fig.canvas.draw()
+    box = artist.get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+    return any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+def _metrics(losses: dict[int, list[float]], label: str = "A") -> pd.DataFrame:
+    """Two evaluated steps per seed: step 0 and 10, train_loss as given, test_acc as a fraction."""
+    rows = [{"label": label, "run_dir": f"r{seed}", "step": step, "epoch": step / 10, "wall_time": 90.0 * step,
+             "train_loss": v, "test_acc": 0.5 + 0.01 * seed} for seed, vals in losses.items()
+            for step, v in zip((0, 10), vals)]
+    return pd.DataFrame(rows)
+
+
+def test_log_spread_is_geometric_and_positive() -> None:
+    """A ±std band of 0.01 and 1.0 dives below zero; the log-space band is exp(mean ± std of log)."""
+    m = _metrics({0: [2.0, 0.01], 1: [2.2, 1.0]})
+    st = curve_stats(m, "step", "train_loss", log=True).set_index("step")
+    logs = np.log([0.01, 1.0])
+    assert st.loc[10, "y"] == pytest.approx(math.exp(logs.mean()))
+    assert st.loc[10, "lo"] == pytest.approx(math.exp(logs.mean() - logs.std(ddof=1)))
+    assert st.loc[10, "hi"] == pytest.approx(math.exp(logs.mean() + logs.std(ddof=1)))
+    assert mean_std(m, "step", "train_loss").set_index("step").eval("y - y_std").loc[10] < 0  # what linear would draw
+    fig = training_figure(m, "t")
+    loss_ax = fig.axes[0]
+    assert loss_ax.get_yscale() == "log"
+    band = np.concatenate([p.vertices for c in loss_ax.collections for p in c.get_paths()])
+    assert band[:, 1].min() == pytest.approx(st["lo"].min()) and band[:, 1].min() > 0
+    plt.close(fig)
+
+
+def test_training_figure_units_legend_and_note() -> None:
+    m = pd.concat([_metrics({0: [2.0, 1.0], 1: [2.1, 0.9]}, "A"), _metrics({0: [2.0, 1.5]}, "B")])
+    fig = training_figure(m, "t", wall_note="shared machine", legend_labels={"B": "B (1 run)"})
+    time_ax, acc_ax = fig.axes[0], fig.axes[1]
+    assert time_ax.get_xlabel() == "solver wall-clock time (min)"  # 900 s → minutes
+    assert max(line.get_xdata().max() for line in time_ax.lines) == pytest.approx(15.0)
+    assert acc_ax.get_ylabel() == "test accuracy (%)"
+    assert max(line.get_ydata().max() for line in acc_ax.lines) == pytest.approx(50.5)  # mean of 0.5, 0.51 in %
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["A", "B (1 run)"]
+    assert not _overlaps(fig, fig.legends[0])
+    assert "shared machine" in fig._supxlabel.get_text()  # the wall-clock footnote
+    plt.close(fig)
+
+
+def test_hessian_error_figure_and_tables_match_numpy(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", f"r{seed}", experiment="e", curvature="pch1", solver="eacg", seed=seed,
+                  kinds=KINDS,
+                  reference=True)
+    errors = load_runs([tmp_path / "runs"]).errors
+    tot = error_totals(errors)
+    one = errors[(errors.run_dir == errors.run_dir.iloc[0]) & (errors.batch == 20) & (errors.kind == "gn")
+                 & (errors.step == 3)]
+    got = tot[(tot.run_dir == one.run_dir.iloc[0]) & (tot.batch == 20) & (tot.column == "gn") & (tot.step == 3)]
+    assert got["total"].item() == pytest.approx(math.sqrt((one.error**2).sum()))
+    assert got["relative"].item() == pytest.approx(math.sqrt((one.error**2).sum() / (one.reference**2).sum()))
+    rel = relative_error_table(errors[errors.batch == 10])
+    part = errors[(errors.batch == 10) & (errors.kind == "pch2") & (errors.layer == 2)]
+    per_run = (part.error / part.reference).groupby(part.run_dir).mean()
+    assert rel.loc["Layer-2", "pch2"] == pytest.approx(100 * per_run.mean())
+    fig = hessian_error_figure(errors, "t")
+    assert len(fig.axes) == 4  # batches 10, 20 × (Total, relative)
+    assert all(ax.get_yscale() == "log" for ax in fig.axes) and not _overlaps(fig, fig.legends[0])
+    plt.close(fig)
+    files = {f.name for f in report([tmp_path / "runs"], tmp_path / "o", want={"tables"})}
+    assert {"e_b10.md", "e_b20_relative.csv"} <= files
+    assert not any("vs_paper" in f for f in files)  # neither named after a paper table nor on its data
+
+
+
+def test_fisher_mc_variants_get_their_own_columns(table_runs: Path) -> None:
+    errors = load_runs([table_runs]).errors
+    fisher = errors[errors.kind == "fisher"]
+    both = pd.concat([errors.assign(mc_samples=np.where(errors.kind == "fisher", 1, np.nan)),
+                      fisher.assign(mc_samples=8, error=fisher.error * 2)])
+    tab = hessian_error_table(both)
+    assert list(tab.columns) == ["fisher (MC 1)", "fisher (MC 8)", "gn", "pch1", "pch2"]
+    assert tab["fisher (MC 8)"].to_numpy() == pytest.approx(2 * tab["fisher (MC 1)"].to_numpy())
+    paper = side_by_side(tab, "table2")
+    ratio = paper.loc["Layer-3", "Fisher (MC 8) ours/paper"]
+    assert ratio == pytest.approx(tab.loc["Layer-3", "fisher (MC 8)"] / 0.1140)
+
+
+def test_side_by_side_ratio_is_ours_over_paper(table_runs: Path) -> None:
+    tab = hessian_error_table(load_runs([table_runs]).errors)
+    both = side_by_side(tab, "table2")
+    assert both.loc["Total", "GN ours/paper"] == pytest.approx(tab.loc["Total", "gn"] / 0.0446)
+    assert math.isnan(both.loc["Layer-8", "PCH-1 ours/paper"])  # the paper's 0.0000, and no layer 8 of ours
+
+
+# --- the report as a whole ------------------------------------------------------------------
+
+
+def test_report_never_writes_into_its_inputs(table_runs: Path) -> None:
+    with pytest.raises(ValueError, match="inside the input folder"):
+        report([table_runs], table_runs / "report")
+    with pytest.raises(ValueError, match="inside the input folder"):
+        report([table_runs], table_runs)
+
+
+def test_report_is_deterministic(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", f"sgd_{seed}", experiment="fig", curvature=None, solver="sgd", seed=seed)
+    a = report([tmp_path / "runs"], tmp_path / "a")
+    b = report([tmp_path / "runs"], tmp_path / "b")
+    assert {f.suffix for f in a} == {".png", ".pdf", ".md", ".csv", ".tex"}
+    assert [f.name for f in a] == [f.name for f in b]
+    for fa, fb in zip(a, b):
+        assert fa.read_bytes() == fb.read_bytes(), fa.name
+
+
+SAMPLE = Path(__file__).parent / "fixtures" / "report_sample"
+SMALL, TINY = "sample__digits_net_64-32-16-10_sigmoid_cross-entropy", "sample__digits_net_64-8-10_sigmoid_cross-entropy"
+
+
+def test_report_renders_the_committed_sample(tmp_path: Path) -> None:
+    """Real runs (tests/fixtures/make_report_sample.py): each file appears and its numbers follow from the CSVs."""
+    out = tmp_path / "out"
+    assert main([str(SAMPLE), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    for stem in (SMALL, TINY):
+        assert {f"{stem}.png", f"{stem}.pdf", f"{stem}_final.md", f"{stem}_runs.tex"} <= names
+    for batch in (32, 128):
+        assert {f"{TINY}_b{batch}.md", f"{TINY}_b{batch}_relative.csv"} <= names
+    assert f"{TINY}_hessian_errors.png" in names and not any(n.startswith(f"{SMALL}_b") for n in names)
+
+    final = pd.read_csv(out / f"{TINY}_final.csv", index_col=0)
+    assert final["seeds"].to_dict() == {"EA-CG · PCH-1": 2, "KFI · Fisher (KFAC)": 2, "Newton (GN)": 1,
+                                        "SGD (momentum 0.9)": 2}
+    runs = pd.read_csv(out / f"{TINY}_runs.csv", index_col=0)
+    assert runs.loc["report_sample/sample/sgd_s0_short", "used"].startswith("no: the longer run")
+    raw = pd.read_csv(SAMPLE / "sample" / "eacg_pch1_s1" / "metrics.csv")
+    assert runs.loc["report_sample/sample/eacg_pch1_s1", "CG iters (max)"] == pytest.approx(raw["cg_iters"].mean())
+
+    tab = pd.read_csv(out / f"{TINY}_b128.csv", index_col=0)
+    assert list(tab.columns) == ["fisher (MC 1)", "fisher (MC 4)", "gn", "pch1", "pch2"]
+    errs = pd.concat(pd.read_csv(SAMPLE / "sample" / f"eacg_pch1_s{s}" / "hessian_errors.csv").assign(seed=s)
+                     for s in (0, 1))
+    gn = errs[(errs.kind == "gn") & (errs.batch == 128)].groupby(["layer", "seed"])["error"].mean()
+    gn = gn.groupby("layer").mean()  # mean over the logged updates, then over the seeds
+    assert tab.loc["Total", "gn"] == pytest.approx(math.sqrt((gn**2).sum()), rel=1e-6)
+
+
+def test_error_window_averages_only_those_updates(table_runs: Path) -> None:
+    errors = load_runs([table_runs]).errors
+    tab = hessian_error_table(errors, window=(3, 4))
+    part = errors[errors.step.between(3, 4) & (errors.kind == "gn") & (errors.layer == 1)]
+    assert tab.loc["Layer-1", "gn"] == pytest.approx(part.groupby("run_dir")["error"].mean().mean())
+    assert hessian_error_table(errors, steps=1, window=(3, 4)).equals(hessian_error_table(errors, window=(3, 3)))
+    with pytest.raises(ValueError, match="no hessian_errors.csv rows in the step window"):
+        hessian_error_table(errors, window=(50, 60))
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (["net=tiny", "seed=3", "dataset.root=../x", "log.progress=false", "device=cpu"], "net=tiny,seed=3"),
+    ([], None),
+])
+def test_adhoc_runs_are_named_by_their_overrides(overrides: list[str], name: str | None) -> None:
+    """Issue 11: every ad-hoc run was `runs/demo/<time>`; paths and bookkeeping stay out of the name."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import curvlab.config  # noqa: F401  (registers the if_null resolver)
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        parts = Path(cfg.hydra.run.dir).parts
+    finally:
+        HydraConfig.instance().cfg = None
+    assert parts[:2] == ("runs", "demo") and len(parts) == (4 if name else 3)
+    if name:
+        assert parts[2] == name

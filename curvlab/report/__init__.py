@@ -1,12 +1,13 @@
 """``curvlab report RUNS_DIR...``: aggregate run and study directories into tables and figures.
 
 Reads only the files runs wrote (``docs/run_files.md``) and the studies' ``study.json`` +
-CSV, so rerunning is cheap. Tables go out as Markdown, CSV and LaTeX; figures as PNG and
-PDF with mean ± 1 std shaded over seeds.
+CSV, so rerunning is cheap and gives identical files. Runs are grouped by their config (all
+but the seed) into curves; tables go out as Markdown, CSV and LaTeX; figures as PNG and
+PDF with the mean and spread over seeds shaded. The output folder never lies inside an input.
 
 Example::
 
-    curvlab report runs/eacg_table2 runs/eacg_fig1_3 --out results/report --steps 20
+    curvlab report results/runs/eacg_table2 results/runs/eacg_fig1_3 --out /tmp/report --steps 20
 """
 
 from __future__ import annotations
@@ -14,40 +15,66 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from curvlab.report.figures import WALL_NOTE
 from curvlab.report.load import Runs, Study, find_studies, load_runs, load_study
 from curvlab.report.render import render_experiment, render_study
 
-__all__ = ["main", "report", "Runs", "Study", "load_runs", "load_study"]
+__all__ = ["main", "report", "Runs", "Study", "load_runs", "load_study", "WALL_NOTE"]
 
 
 def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
-           want: set[str] = frozenset({"tables", "figures"}), experiments: list[str] | None = None) -> list[Path]:
+           want: set[str] = frozenset({"tables", "figures"}), experiments: list[str] | None = None,
+           window: tuple[int, int] | None = None, wall_note: str | None = WALL_NOTE) -> list[Path]:
     """Render every experiment (and study) found under ``roots`` into ``out``.
 
     Args:
         roots: folders holding run directories and/or study directories (any depth).
-        out: output folder (created).
+        out: output folder (created); never one of ``roots`` or inside one.
         steps: s, the number of first updates the layer-wise errors average over (all if None).
         want: ``{"tables"}``, ``{"figures"}`` or both.
         experiments: restrict to these experiment names (default: all found).
+        window: average the layer-wise errors over updates ``window[0] ≤ step ≤ window[1]`` only.
+        wall_note: footnote of the wall-clock panels (None: no footnote).
 
     Returns:
-        The files written.
+        The files written, in a fixed order.
     """
     bad = set(want) - {"tables", "figures"}
     if bad:
         raise ValueError(f"report: unknown output kind(s) {sorted(bad)}; allowed: tables, figures")
     out = Path(out)
+    _check_out(roots, out)
     runs = load_runs(roots)
     written: list[Path] = []
     for exp in runs.experiments():
         if experiments is None or exp in experiments:
-            written += render_experiment(runs.select(exp), exp, out, steps, set(want))
+            written += render_experiment(runs.select(exp), exp, out, steps, set(want), window, wall_note)
     for path in find_studies(roots):
         st = load_study(path)
         if experiments is None or st.meta.get("name", st.name) in experiments:
             written += render_study(st, out, set(want))
     return written
+
+
+def _check_out(roots: list[str | Path], out: Path) -> None:
+    """The report only reads its inputs: refuse an output folder that is, or lies inside, an input folder."""
+    o = out.resolve()
+    for root in map(Path, roots):
+        r = root.resolve()
+        if o == r or r in o.parents:
+            raise ValueError(f"--out {str(out)!r} lies inside the input folder {str(root)!r}; the report never "
+                             "writes into its inputs: choose an output folder outside it (e.g. /tmp/report)")
+
+
+def _window(text: str) -> tuple[int, int]:
+    """``2000:4000`` → (2000, 4000) for ``--error-steps``."""
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST:LAST update numbers like 2000:4000, got {text!r}") from None
+    if a > b:
+        raise argparse.ArgumentTypeError(f"FIRST must not exceed LAST, got {text!r}")
+    return a, b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,14 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run or study directories, or folders that contain them")
     p.add_argument("--out", default="results/report", help="output folder (default: results/report)")
     p.add_argument("--steps", type=int, default=None,
-                   help="average layer-wise errors over the first S updates (default: all logged)")
+                   help="average layer-wise errors over the first S logged updates (default: all logged)")
+    p.add_argument("--error-steps", type=_window, default=None, metavar="FIRST:LAST",
+                   help="average layer-wise errors over updates FIRST..LAST only, e.g. 3900:4000")
     p.add_argument("--only", choices=["tables", "figures"], default=None, help="render only tables or figures")
     p.add_argument("--experiment", action="append", default=None,
                    help="render only this experiment (repeatable); default: every one found")
+    p.add_argument("--no-wall-note", action="store_true",
+                   help="leave out the footnote that the wall-clock runs shared the machine")
     a = p.parse_args(argv)
     want = {a.only} if a.only else {"tables", "figures"}
     try:
-        files = report(a.runs, a.out, a.steps, want, a.experiment)
+        files = report(a.runs, a.out, a.steps, want, a.experiment, a.error_steps,
+                       None if a.no_wall_note else WALL_NOTE)
     except ValueError as e:
         print(f"curvlab report: error: {e}")
         return 2

@@ -1,4 +1,4 @@
-"""Figures from tidy frames: PNG + PDF with matplotlib (Agg), mean ± 1 std shaded over seeds.
+"""Figures from tidy frames: PNG + PDF with matplotlib (Agg), mean and spread over seeds shaded.
 
 Builders return a matplotlib ``Figure``; :func:`save` writes it. The training curves
 follow EA-CG Figures 1–12 (loss and test accuracy against wall-clock time and epochs)
@@ -17,14 +17,29 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["mean_std", "plot_mean_std", "training_figure", "cr_figure", "loglog_slope_figure",
-           "appendix_figure", "scaling_figure", "save", "fit_loglog_slope"]
+from curvlab.report.tables import error_totals, time_unit  # noqa: E402
+
+__all__ = ["mean_std", "curve_stats", "plot_curves", "legend_outside", "legend_right", "colors_for",
+           "training_figure", "hessian_error_figure", "cr_figure", "loglog_slope_figure", "appendix_figure",
+           "scaling_figure", "save", "fit_loglog_slope", "WALL_NOTE"]
 
 _AXIS_NAMES = {
-    "wall_time": "wall-clock time (s)", "epoch": "epoch", "step": "iteration",
-    "train_loss": "training loss", "test_acc": "test accuracy", "batch_loss": "mini-batch loss",
+    "wall_time": "solver wall-clock time", "epoch": "epoch", "step": "iteration",
+    "train_loss": "training loss", "test_acc": "test accuracy (%)", "batch_loss": "mini-batch loss",
     "step_size": "learning rate", "test_loss": "test loss",
 }
+# The footnote of every wall-clock figure (issue 10: the campaign runs two jobs on a 2-core machine).
+WALL_NOTE = ("Wall-clock: solver time of each update (evaluation and Hessian-error logging excluded); "
+             "runs shared the machine with other jobs, so times include contention. "
+             "Per-update costs on a quiet machine: the Table 1 study.")
+
+
+def _aligned(metrics: pd.DataFrame, x: str, y: str, group: str) -> pd.DataFrame:
+    """Rows ``group, run_dir, step, _x, y`` with a value of ``y`` (runs aligned on ``step``)."""
+    df = metrics[list(dict.fromkeys([group, "run_dir", "step", x, y]))].copy()
+    df[y] = pd.to_numeric(df[y], errors="coerce")
+    df["_x"] = pd.to_numeric(df[x], errors="coerce")
+    return df.dropna(subset=[y])
 
 
 def mean_std(metrics: pd.DataFrame, x: str, y: str, group: str = "label") -> pd.DataFrame:
@@ -36,85 +51,200 @@ def mean_std(metrics: pd.DataFrame, x: str, y: str, group: str = "label") -> pd.
     Returns:
         Columns ``group, step, x, y, y_std, n`` (``y_std`` is 0 for a single run).
     """
-    df = metrics[[group, "run_dir", "step", x, y]].copy() if x != "step" else metrics[[group, "run_dir", "step", y]].copy()
-    df[y] = pd.to_numeric(df[y], errors="coerce")
-    df = df.dropna(subset=[y])
-    if x == "step":
-        df = df.assign(_x=df["step"])
-    else:
-        df = df.assign(_x=pd.to_numeric(df[x], errors="coerce"))
-    g = df.groupby([group, "step"])
+    g = _aligned(metrics, x, y, group).groupby([group, "step"])
     out = pd.DataFrame({"x": g["_x"].mean(), "y": g[y].mean(), "y_std": g[y].std(ddof=1).fillna(0.0), "n": g[y].size()})
     return out.reset_index().rename(columns={group: "group"})
 
 
-def plot_mean_std(ax: plt.Axes, metrics: pd.DataFrame, x: str, y: str, group: str = "label",
-                  smooth: int = 1, logy: bool = False) -> None:
-    """One line per group with a shaded ±1 std band; ``smooth`` > 1 applies a moving average."""
-    stats = mean_std(metrics, x, y, group)
-    for i, (name, s) in enumerate(stats.groupby("group", sort=True)):
+def curve_stats(metrics: pd.DataFrame, x: str, y: str, group: str = "label", log: bool = False) -> pd.DataFrame:
+    """Centre and spread over runs at each step, per group: ``group, step, x, y, lo, hi, n``.
+
+    Linear: mean and mean ± std. ``log=True`` (for a log axis): geometric mean and
+    exp(mean ± std) of log y, so that the band stays positive and symmetric on the axis.
+    ``x`` is the mean over runs (wall-clock time differs between seeds).
+    """
+    df = _aligned(metrics, x, y, group)
+    if log:
+        df = df[df[y] > 0].assign(**{y: np.log(df.loc[df[y] > 0, y])})
+    g = df.groupby([group, "step"])
+    mid, sd = g[y].mean(), g[y].std(ddof=1).fillna(0.0)
+    out = pd.DataFrame({"x": g["_x"].mean(), "y": mid, "lo": mid - sd, "hi": mid + sd, "n": g[y].size()})
+    if log:
+        out[["y", "lo", "hi"]] = np.exp(out[["y", "lo", "hi"]])
+    return out.reset_index().rename(columns={group: "group"})
+
+
+def _wants_log(values: pd.Series) -> bool:
+    """Log scale when every value is positive and they span more than a decade."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return bool(len(v)) and bool((v > 0).all()) and float(v.max()) > 10 * float(v.min())
+
+
+def plot_curves(ax: plt.Axes, stats: pd.DataFrame, colors: dict[str, str], x_scale: float = 1.0,
+                y_scale: float = 1.0, smooth: int = 1, lower: float | None = None,
+                upper: float | None = None) -> None:
+    """Draw :func:`curve_stats` output: one line per group, its spread shaded.
+
+    Where fewer of a group's runs reach a step than at its start (a seed trained longer),
+    the line goes on thin and dashed. ``smooth`` > 1 applies a moving average; the band is
+    clipped to [``lower``, ``upper``] (accuracy stays within 0–100 %).
+    """
+    for name, s in stats.groupby("group", sort=True):
         s = s.sort_values("step")
-        m, sd = s["y"], s["y_std"]
-        if smooth > 1:
-            m = m.rolling(smooth, min_periods=1).mean()
-            sd = sd.rolling(smooth, min_periods=1).mean()
-        color = f"C{i % 10}"
-        n = int(s["n"].max())
-        ax.plot(s["x"], m, color=color, lw=1.4, label=f"{name} (n={n})")
-        if n > 1:
-            ax.fill_between(s["x"], m - sd, m + sd, color=color, alpha=0.2, lw=0)
-    ax.set_xlabel(_AXIS_NAMES.get(x, x))
+        x = s["x"] / x_scale
+        y, lo, hi = (s[c].rolling(smooth, min_periods=1).mean() * y_scale for c in ("y", "lo", "hi"))
+        lo, hi = lo.clip(lower, upper), hi.clip(lower, upper)
+        full = (s["n"] == s["n"].max()).to_numpy()
+        last = int(np.flatnonzero(full)[-1]) + 1  # the steps every run of the group reached
+        color = colors[str(name)]
+        ax.plot(x[:last], y[:last], color=color, lw=1.4, label=str(name))
+        if last < len(s):
+            ax.plot(x[last - 1:], y[last - 1:], "--", color=color, lw=0.8)
+        if s["n"].max() > 1:
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def _axis(ax: plt.Axes, x: str, y: str, x_unit: str = "", log: bool = False) -> None:
+    ax.set_xlabel(_AXIS_NAMES.get(x, x) + (f" ({x_unit})" if x_unit else ""))
     ax.set_ylabel(_AXIS_NAMES.get(y, y))
-    if logy and len(stats) and (stats["y"] > 0).all() and stats["y"].max() > 10 * stats["y"].min():
-        ax.set_yscale("log")  # only when the curves span more than a decade
+    if log:
+        ax.set_yscale("log")
     else:
         ax.ticklabel_format(axis="y", useOffset=False)  # plain values, not "1e-5 + 2.3025"
     ax.grid(alpha=0.3)
 
 
-def training_figure(metrics: pd.DataFrame, title: str, group: str = "label") -> Figure:
-    """Training loss and test accuracy against wall-clock time (top) and epochs (bottom).
+def legend_outside(fig: Figure, labels: list[str] | None = None) -> None:
+    """One legend for the whole figure, right of the axes (never over data); entries of all axes, once each."""
+    handles: dict[str, object] = {}
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    names = [n for n in (labels or sorted(handles)) if n in handles]
+    if names:
+        fig.legend([handles[n] for n in names], names, loc="outside right center", fontsize=8, frameon=False)
 
-    EA-CG Figures 1–8 show the time panels and the epoch panels of the same runs.
+
+def legend_right(ax: plt.Axes) -> None:
+    """The axes' own legend, outside on its right (for panels whose entries differ, e.g. fitted slopes)."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def colors_for(names: list[str]) -> dict[str, str]:
+    """A fixed colour per curve label (sorted), the same in every panel of a figure."""
+    return {n: f"C{i % 10}" for i, n in enumerate(sorted(map(str, names)))}
+
+
+def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wall_note: str | None = WALL_NOTE,
+                    legend_labels: dict[str, str] | None = None) -> Figure:
+    """Training loss and test accuracy (%) against solver wall-clock time (top) and epochs (bottom).
+
+    EA-CG Figures 1–12 and HBP Figure 5 show the time and epoch panels of the same runs,
+    mean and spread over seeds (linear: ± 1 std; the log loss axis: geometric mean ×/÷ the
+    geometric std). ``legend_labels`` renames curves in the legend (e.g. to add seed counts).
     """
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    colors = colors_for(list(metrics[group].dropna().unique()))
+    log = _wants_log(metrics.get("train_loss", pd.Series(dtype=float)))
+    div, unit = time_unit(float(pd.to_numeric(metrics["wall_time"], errors="coerce").max() or 0.0))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
     for row, x in enumerate(("wall_time", "epoch")):
-        plot_mean_std(axes[row, 0], metrics, x, "train_loss", group, logy=True)
-        plot_mean_std(axes[row, 1], metrics, x, "test_acc", group)
-    axes[0, 1].legend(fontsize=8, loc="lower right")
+        loss = curve_stats(metrics, x, "train_loss", group, log=log)
+        acc = curve_stats(metrics, x, "test_acc", group)
+        pct = 100.0 if acc["y"].max() <= 1.0 else 1.0  # fractions → %
+        scale = div if x == "wall_time" else 1.0
+        plot_curves(axes[row, 0], loss, colors, x_scale=scale, lower=None if log else 0.0)
+        plot_curves(axes[row, 1], acc, colors, x_scale=scale, y_scale=pct, lower=0.0, upper=100.0)
+        _axis(axes[row, 0], x, "train_loss", unit if x == "wall_time" else "", log=log)
+        _axis(axes[row, 1], x, "test_acc", unit if x == "wall_time" else "")
+    if wall_note:
+        axes[0, 0].set_title("by wall-clock time†", fontsize=9, loc="left")
+        fig.supxlabel(f"† {wall_note}", fontsize=7, wrap=True)
+    axes[1, 0].set_title("by epoch", fontsize=9, loc="left")
+    _legend_with_names(fig, legend_labels)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _legend_with_names(fig: Figure, names: dict[str, str] | None) -> None:
+    legend_outside(fig)
+    if names and fig.legends:
+        for text in fig.legends[0].get_texts():
+            text.set_text(names.get(text.get_text(), text.get_text()))
+
+
+def hessian_error_figure(errors: pd.DataFrame, title: str) -> Figure:
+    """Each kind's Total error √Σ_t ‖B̃_t − |B_t|‖_F² (left) and its relative error (right) along training.
+
+    One row per logging batch size (``batch``, when logged); one line per kind (Fisher per
+    MC sample count, when several); geometric mean ×/÷ geometric std over the runs (seeds) on
+    log axes. The relative panel needs the ``reference`` column (‖B_t‖_F) and is left out for
+    runs written before it existed. Issue 10 §3: near θ⁰ the relative error shows what the
+    absolute numbers hide.
+    """
+    tot = error_totals(errors)
+    batches = sorted(tot["batch"].dropna().unique()) if "batch" in tot else [None]
+    has_rel = tot["relative"].notna().any()
+    colors = colors_for(list(tot["column"].unique()))
+    ncols = 2 if has_rel else 1
+    fig, axes = plt.subplots(len(batches), ncols, figsize=(5.5 * ncols, 3.4 * len(batches) + 1.2),
+                             layout="constrained", squeeze=False)
+    for row, batch in enumerate(batches):
+        part = tot if batch is None else tot[tot["batch"] == batch]
+        for col, (y, scale, name) in enumerate([("total", 1.0, r"Total $\Vert\tilde{B} - |B|\Vert_F$"),
+                                                ("relative", 100.0, r"relative $\Vert\tilde{B} - |B|\Vert_F"
+                                                 r" / \Vert B\Vert_F$ (%)")][:ncols]):
+            ax = axes[row, col]
+            v = part[y].dropna()
+            log = bool(len(v)) and bool((v > 0).all())  # errors span decades along training
+            stats = curve_stats(part.rename(columns={"column": "kind"}), "step", y, "kind", log=log)
+            plot_curves(ax, stats.assign(group=stats["group"].map(_kind_name)),
+                        {_kind_name(k): c for k, c in colors.items()}, y_scale=scale)
+            _axis(ax, "step", y, log=log)
+            ax.set_ylabel(name)
+            ax.set_xlabel(r"update $t$ (errors at $\theta^t$)")
+            if batch is not None:
+                ax.set_title(f"logging batch {int(batch)}", fontsize=9, loc="left")
+    legend_outside(fig)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _kind_name(column: str) -> str:
+    """``fisher (MC 4)`` → ``Fisher (MC 4)``, ``pch1`` → ``PCH-1``."""
+    names = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch2": "PCH-2", "pch": "PCH-1", "exact": "exact"}
+    base, _, rest = column.partition(" ")
+    return f"{names.get(base, base)} {rest}".strip()
 
 
 def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups: list[str] | None = None,
               period: int = 100) -> Figure:
     """Bakker et al. Figures 1–5: (a) the loss with and without CR, (b) the CR learning rate.
 
-    Panel (a) shows the mini-batch loss as a period-``period`` moving average (mean ± std
-    over seeds); panel (b) the step size CR chose at every iteration and its period-
-    ``period`` moving average, for the groups in ``cr_groups`` (default: all groups whose
-    name contains ``cr``).
+    Panel (a) shows the mini-batch loss as a period-``period`` moving average (geometric mean
+    ×/÷ geometric std over seeds on the log axis); panel (b) the step size CR chose at every
+    iteration and its period-``period`` moving average, for the groups in ``cr_groups``
+    (default: all groups whose name contains ``CR``).
     """
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    plot_mean_std(a, metrics, "step", "batch_loss", group, smooth=period, logy=True)
-    a.set_ylabel(f"mini-batch loss (moving average, period {period})")
-    a.legend(fontsize=8)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
     names = sorted(metrics[group].dropna().unique())
-    cr = cr_groups if cr_groups is not None else [n for n in names if "cr" in str(n)]
+    log = _wants_log(metrics["batch_loss"])
+    plot_curves(a, curve_stats(metrics, "step", "batch_loss", group, log=log), colors_for(names), smooth=period)
+    _axis(a, "step", "batch_loss", log=log)
+    a.set_ylabel(f"mini-batch loss (moving average, period {period})")
+    cr = cr_groups if cr_groups is not None else [n for n in names if "CR" in str(n)]
     for i, name in enumerate(cr):
         s = mean_std(metrics[metrics[group] == name], "step", "step_size", group).sort_values("step")
         b.plot(s["x"], s["y"], color=f"C{(2 * i + 3) % 10}", lw=0.6, alpha=0.6, label=f"{name}: CR rate")
         b.plot(s["x"], s["y"].rolling(period, min_periods=1).mean(), color=f"C{(2 * i + 2) % 10}", lw=1.8,
                label=f"{name}: moving average ({period})")
-    for i, name in enumerate(n for n in names if n not in cr):  # the schedule CR replaces
+    for name in (n for n in names if n not in cr):  # the schedule CR replaces
         s = mean_std(metrics[metrics[group] == name], "step", "step_size", group).sort_values("step")
         b.plot(s["x"], s["y"], "--", color="0.3", lw=1.2, label=f"{name}: learning rate (schedule)")
     b.set_yscale("log")
     b.set_xlabel("iteration")
     b.set_ylabel("learning rate")
     b.grid(alpha=0.3)
-    if cr:
-        b.legend(fontsize=8)
+    legend_outside(fig)
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -122,7 +252,7 @@ def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups
 def loglog_slope_figure(data: pd.DataFrame, x: str, y: str, group: str, title: str,
                         slopes: dict[object, float] | None = None) -> Figure:
     """``y`` against ``x`` on log-log axes, one line per ``group``, slope in the legend."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     for i, (name, s) in enumerate(data.groupby(group, sort=True)):
         s = s.sort_values(x)
         lab = f"{group} {name}" + (f" (slope {slopes[name]:.2f})" if slopes and name in slopes else "")
@@ -130,7 +260,7 @@ def loglog_slope_figure(data: pd.DataFrame, x: str, y: str, group: str, title: s
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    legend_right(ax)
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -142,7 +272,7 @@ def appendix_figure(data: pd.DataFrame, slopes: pd.DataFrame, fit_max: float) ->
     gives the fitted slopes shown in the legend; the grey band marks the fit range.
     """
     blocks = sorted(data["block"].unique())
-    fig, axes = plt.subplots(1, len(blocks), figsize=(6 * len(blocks), 4.5), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6 * len(blocks), 4.5), layout="constrained", squeeze=False)
     for ax, block in zip(axes[0], blocks):
         for i, (layer, s) in enumerate(data[data["block"] == block].groupby("layer")):
             s = s.sort_values("c")
@@ -156,7 +286,7 @@ def appendix_figure(data: pd.DataFrame, slopes: pd.DataFrame, fit_max: float) ->
         ax.set_ylabel("||H - GN||_F / ||H||_F  (dashed: ||H - GN||_F)")
         ax.set_title(f"{block} blocks", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        legend_right(ax)
     fig.suptitle("Appendix: second-order module term against input scale (tanh, zero biases)", fontsize=11)
     return fig
 
@@ -167,7 +297,7 @@ def scaling_figure(data: pd.DataFrame, title: str) -> Figure:
     ``data`` columns: ``sweep`` (``depth``/``width``), ``value``, ``method``, ``seconds``.
     """
     sweeps = [s for s in ("depth", "width") if s in set(data["sweep"])]
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), layout="constrained", squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
         d = data[data["sweep"] == sweep]
         for i, (method, s) in enumerate(d.groupby("method", sort=True)):
@@ -181,7 +311,7 @@ def scaling_figure(data: pd.DataFrame, title: str) -> Figure:
         ax.set_xlabel(sweep)
         ax.set_ylabel("seconds per call")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+    legend_outside(fig)
     fig.suptitle(title, fontsize=11)
     return fig
 

@@ -15,12 +15,12 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-__all__ = ["IDENTITY", "Runs", "Study", "find_runs", "find_studies", "load_runs", "load_study", "run_label"]
+__all__ = ["IDENTITY", "Runs", "Study", "find_runs", "find_studies", "load_runs", "load_study"]
+
+from curvlab.report.groups import method_label
 
 # The run's identity, as summary.json states it (docs/run_files.md).
 IDENTITY = ["experiment", "dataset", "loss", "curvature", "solver", "seed"]
-# First-order solvers: their curve label does not depend on the curvature setting.
-FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
 
 
 @dataclass
@@ -28,8 +28,9 @@ class Runs:
     """All runs found under some roots.
 
     Attributes:
-        runs: one row per run: ``run_dir``, ``label``, identity, summary fields and the
-            flattened config (``cfg.<dotted key>``).
+        runs: one row per run: ``run_dir`` (absolute), ``run`` (its path from the folder above
+            the root it was found under: the same on every machine), ``label`` (the method),
+            identity, summary fields and the flattened config (``cfg.<dotted key>``).
         metrics: ``metrics.csv`` rows of every run, with ``run_dir``, ``label`` and identity.
         errors: ``hessian_errors.csv`` rows of every run, with ``run_dir`` and identity.
     """
@@ -62,14 +63,19 @@ class Study:
 
 def find_runs(roots: Iterable[str | Path]) -> list[Path]:
     """Every directory under ``roots`` (recursively, roots included) that holds a ``summary.json``."""
-    found: set[Path] = set()
+    return sorted(_named_runs(roots))
+
+
+def _named_runs(roots: Iterable[str | Path]) -> dict[Path, str]:
+    """Run directory → its path relative to the parent of the first root it lies under."""
+    found: dict[Path, str] = {}
     for root in map(Path, roots):
         if not root.exists():
             raise ValueError(f"runs directory {str(root)!r} does not exist; pass folders that hold run directories")
-        if (root / "summary.json").is_file():
-            found.add(root.resolve())
-        found.update(p.parent.resolve() for p in root.rglob("summary.json"))
-    return sorted(found)
+        base = root.resolve().parent
+        for p in sorted(root.resolve().rglob("summary.json")):
+            found.setdefault(p.parent, p.parent.relative_to(base).as_posix())
+    return found
 
 
 def find_studies(roots: Iterable[str | Path]) -> list[Path]:
@@ -91,26 +97,6 @@ def _flatten(d: Any, prefix: str = "cfg") -> dict[str, Any]:
     return {prefix: str(d) if isinstance(d, list) else d}
 
 
-def run_label(row: pd.Series | dict[str, Any]) -> str:
-    """The curve label of a run.
-
-    ``pch1/eacg`` for curvature solvers, ``sgd`` for first-order ones (they ignore the
-    curvature), ``adagrad+cr`` for CR on a base solver, ``exact_inverse(gn)`` for the exact
-    Newton step on H or GN.
-    """
-    get = lambda k: None if k not in row or pd.isna(row[k]) else row[k]  # noqa: E731
-    solver = str(get("solver") or "?")
-    if solver == "cr":
-        base = str(get("cfg.solver.base") or "sgd")
-        return f"{base}+cr" if base in FIRST_ORDER or base == "exact_inverse" else f"{get('curvature')}/{base}+cr"
-    if solver == "exact_inverse":
-        return f"exact_inverse({get('cfg.solver.curvature') or 'exact'})"
-    curvature = get("curvature")
-    if solver in FIRST_ORDER or curvature in (None, "", "none"):
-        return solver
-    return f"{curvature}/{solver}"
-
-
 def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file() or path.stat().st_size == 0:
         return None
@@ -128,23 +114,26 @@ def load_runs(roots: Iterable[str | Path], completed_only: bool = False) -> Runs
         completed_only: drop runs whose ``summary.json`` status is not ``completed``.
     """
     rows, metrics, errors = [], [], []
-    for run_dir in find_runs(roots):
-        summary = json.loads((run_dir / "summary.json").read_text())
+    for run_dir, name in sorted(_named_runs(roots).items()):
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{run_dir / 'summary.json'}: not valid JSON ({e}); move the run away or rerun it") from e
         if completed_only and summary.get("status") != "completed":
             continue
         cfg_path = run_dir / "config.yaml"
         cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
-        row = {"run_dir": str(run_dir), **{k: summary.get(k) for k in IDENTITY}}
+        row = {"run_dir": str(run_dir), "run": name, **{k: summary.get(k) for k in IDENTITY}}
         row.update({k: v for k, v in summary.items() if k not in row})
         row.update(_flatten(cfg or {}))
-        row["label"] = run_label(row)
+        row["label"] = method_label(row)
         rows.append(row)
         ident = {k: row[k] for k in ["run_dir", "label", *IDENTITY]}
-        for name, sink in (("metrics.csv", metrics), ("hessian_errors.csv", errors)):
-            df = _read_csv(run_dir / name)
+        for file, sink in (("metrics.csv", metrics), ("hessian_errors.csv", errors)):
+            df = _read_csv(run_dir / file)
             if df is not None and len(df):
                 sink.append(df.assign(**ident))
-    runs = pd.DataFrame(rows, columns=None if rows else ["run_dir", "label", *IDENTITY])
+    runs = pd.DataFrame(rows, columns=None if rows else ["run_dir", "run", "label", *IDENTITY])
     cat = lambda parts, cols: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)  # noqa: E731
     return Runs(
         runs,

@@ -1,14 +1,20 @@
 """Decide what each experiment and study renders, and write it (tables and figures).
 
 Rules follow from what the runs wrote, not from a list of names, so a new preset
-renders without code changes:
+renders without code changes. Runs are first grouped by their config (one curve per
+group, labelled by what differs; :mod:`curvlab.report.groups`), and each setting
+(dataset × net × loss) renders on its own:
 
-- runs with ``hessian_errors.csv`` rows → the layer-wise error table (Tables 2–5 of
-  Chen et al.); experiments named ``…table2…`` – ``…table5…`` also get the paper's
-  numbers side by side;
-- runs with evaluated ``test_acc`` → the training-curve figure and a final-metrics table;
-- experiments with CR runs (``solver: cr``) → the Bakker et al. figure (loss with and
-  without CR, the CR learning rate and its moving average);
+- every run → a per-run table (``_runs``: final metrics, times, CG iterations, and which
+  runs a longer run of the same seed replaced) and, with evaluated ``test_acc``, the
+  training-curve figure (by wall-clock and by epoch) and a per-curve table (``_final``);
+- runs with ``hessian_errors.csv`` rows → per curve and logging batch, the layer-wise error
+  table (Tables 2–5 of Chen et al.), its relative version (when ``reference`` was logged),
+  the paper's numbers beside ours with their ratio (experiments named ``…table2…`` –
+  ``…table5…``, or the paper's dataset and loss), and the figure of each kind's Total
+  and relative error along training;
+- runs of CR (``solver: cr``) → the Bakker et al. figure (loss with and without CR, the CR
+  learning rate and its moving average) and the table of α/lr;
 - studies (``study.json``) → the renderer registered under the study's name.
 """
 
@@ -21,87 +27,138 @@ from typing import Callable
 import pandas as pd
 
 from curvlab.report import figures as F
-from curvlab.report.load import FIRST_ORDER, Runs, Study
-from curvlab.report.tables import cr_rate_table, final_metrics_table, hessian_error_table, side_by_side, write_table
+from curvlab.report.groups import group_runs
+from curvlab.report.load import Runs, Study
+from curvlab.report.paper import EACG_TABLES
+from curvlab.report.tables import (
+    cr_rate_table, final_metrics_table, hessian_error_table, relative_error_table, runs_table, select_steps,
+    side_by_side, write_table,
+)
 
-__all__ = ["variant_labels", "render_experiment", "render_study", "STUDY_RENDERERS"]
-
-# Config keys that differ between runs without making them different methods.
-_IGNORE = re.compile(r"(seed|run_dir|^cfg\.hydra|path|root|resume|experiment|device|name$|eval|^cfg\.log\.|"
-                     r"progress|checkpoint|stop_after|max_steps|epochs)")
+__all__ = ["render_experiment", "render_study", "seed_phrase", "STUDY_RENDERERS"]
 
 
-def variant_labels(runs: pd.DataFrame) -> pd.Series:
-    """``label`` plus ``key=value`` for every config value that varies across runs (not seeds).
+def slug(text: str) -> str:
+    """A file-name part: ``EA-CG · PCH-1`` → ``ea-cg_pch-1``."""
+    return re.sub(r"[^a-z0-9.=+-]+", "_", text.lower()).strip("_")
 
-    Makes curves of one experiment distinguishable when they share curvature and solver
-    (CR on/off, block splitting, grid-search points).
+
+def seed_phrase(counts: pd.Series) -> str:
+    """``1 run``, ``3 seeds``, ``1 seed per curve``, ``3 seeds per curve`` or ``1–3 seeds per curve``.
+
+    Args:
+        counts: runs per curve (one entry per curve).
     """
-    cfg_cols = [c for c in runs.columns if c.startswith("cfg.") and not _IGNORE.search(c)]
-    as_str = lambda c: runs[c].map(str)  # noqa: E731  (astype(str) keeps NaN in pandas 3)
-    # Per label, the columns that vary among its runs: only those distinguish its curves.
-    varying = {lab: [c for c in cfg_cols if as_str(c)[idx].nunique() > 1
-                     and not (c.startswith("cfg.curvature.") and lab in FIRST_ORDER)]  # they ignore it
-               for lab, idx in runs.groupby("label").groups.items()}
-
-    def short(v: object) -> str:  # 4.0 → 4: columns with gaps are float in pandas
-        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-
-    def lab(row: pd.Series) -> str:
-        extra = " ".join(f"{c.rsplit('.', 1)[-1]}={short(row[c])}" for c in varying[row["label"]] if not pd.isna(row[c]))
-        return f"{row['label']} {extra}".strip()
-
-    return runs.apply(lab, axis=1) if len(runs) else pd.Series(dtype=str)
+    lo, hi = int(counts.min()), int(counts.max())
+    seeds = lambda n: f"{n} seed" + ("s" if n != 1 else "")  # noqa: E731
+    if len(counts) == 1:
+        return "1 run" if hi == 1 else seeds(hi)
+    return f"{seeds(hi)} per curve" if lo == hi else f"{lo}–{hi} seeds per curve"
 
 
-def _relabel(r: Runs) -> Runs:
-    """Variant labels; runs that repeat a (label, seed) pair are dropped.
+def _paper_table(exp: str, runs: pd.DataFrame) -> str | None:
+    """The Chen et al. table to compare with: named by the experiment, else by its dataset and loss."""
+    m = re.search(r"table([2-5])", exp)
+    if m:
+        return f"table{m.group(1)}"
+    datasets, losses = set(runs["dataset"].dropna()), set(runs["loss"].dropna())
+    for name, meta in sorted(EACG_TABLES.items()):
+        if datasets == {meta["dataset"]} and losses == {meta["loss"]}:
+            return name
+    return None
 
-    A Hydra sweep over ``curvature × solver`` trains first-order solvers once per curvature
-    kind although they ignore it; those repeats are the same run, not extra seeds.
-    """
-    runs = r.runs.assign(label=variant_labels(r.runs)).drop_duplicates(["label", "seed"])
+
+def _only(r: Runs, runs: pd.DataFrame) -> Runs:
+    """The metrics and errors of ``runs`` (kept runs of one setting), relabelled with their group labels."""
     labels = dict(zip(runs["run_dir"], runs["label"]))
-    fix = lambda df: df[df["run_dir"].isin(labels)].assign(label=df["run_dir"].map(labels)) if len(df) else df  # noqa: E731
+    fix = lambda df: df[df["run_dir"].isin(labels)].assign(label=lambda d: d["run_dir"].map(labels))  # noqa: E731
     return Runs(runs.reset_index(drop=True), fix(r.metrics), fix(r.errors))
 
 
-def _title(r: Runs, exp: str) -> str:
-    first = r.runs.iloc[0]
-    return f"{exp}: {first.get('dataset')}, loss {first.get('loss')} ({len(r.runs)} runs)"
-
-
 def render_experiment(r: Runs, exp: str, out: Path, steps: int | None = None,
-                      want: set[str] = frozenset({"tables", "figures"})) -> list[Path]:
-    """Render one experiment's runs into ``out``; returns the files written."""
-    r = _relabel(r)
+                      want: set[str] = frozenset({"tables", "figures"}), window: tuple[int, int] | None = None,
+                      wall_note: str | None = F.WALL_NOTE) -> list[Path]:
+    """Render one experiment's runs into ``out``; returns the files written.
+
+    Runs are grouped by config (:func:`curvlab.report.groups.group_runs`); each setting
+    (dataset × net × loss) gets its own files, named ``<exp>`` when the experiment has one
+    setting and ``<exp>__<setting>`` otherwise.
+    """
+    grouping = group_runs(r.runs)
+    settings = sorted(grouping.runs["setting"].unique())
     written: list[Path] = []
-    if "tables" in want and not r.errors.empty:
-        tab = hessian_error_table(r.errors, steps)
-        logged = sorted(r.errors["step"].unique())[: steps or None]
-        cap = (f"{exp}: layer-wise errors ||B~ - |H|||_F, mean over {len(logged)} logged updates "
-               f"(theta^{logged[0]} ... theta^{logged[-1]}) and {len(r.runs)} run(s)")
-        written += write_table(tab, out, exp, cap, floatfmt=".3g")
-        m = re.search(r"table([2-5])", exp)
-        if m:
-            written += write_table(side_by_side(tab, f"table{m.group(1)}"), out, f"{exp}_vs_paper",
-                                   f"{exp}: ours beside Chen et al. Table {m.group(1)}", floatfmt=".3g")
-    has_acc = not r.metrics.empty and pd.to_numeric(r.metrics.get("test_acc"), errors="coerce").notna().any()
+    for setting in settings:
+        runs = grouping.runs[grouping.runs["setting"] == setting]
+        dropped = grouping.dropped[grouping.dropped["setting"] == setting]
+        name = exp if len(settings) == 1 else f"{exp}__{slug(setting)}"
+        written += _render_setting(_only(r, runs), dropped, exp, setting, name, Path(out), steps, set(want),
+                                   window, wall_note)
+    return written
+
+
+def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name: str, out: Path,
+                    steps: int | None, want: set[str], window: tuple[int, int] | None,
+                    wall_note: str | None) -> list[Path]:
+    counts = r.runs.groupby("label").size()
+    title = f"{exp} · {setting} · {seed_phrase(counts)}"
+    written = write_table(runs_table(r.runs, r.metrics, dropped), out, f"{name}_runs",
+                          f"{title}: every run (used = averaged into its curve)", floatfmt=".4g")
+    has_acc = "test_acc" in r.metrics and pd.to_numeric(r.metrics["test_acc"], errors="coerce").notna().any()
     if has_acc:
-        written += write_table(final_metrics_table(r.runs), out, f"{exp}_final",
-                               f"{exp}: final metrics, mean ± std over seeds", floatfmt=".4g")
+        written += write_table(final_metrics_table(r.runs, r.metrics), out, f"{name}_final",
+                               f"{title}: final metrics, mean ± std over seeds", floatfmt=".4g")
     if "figures" in want and has_acc:
-        written += F.save(F.training_figure(r.metrics, _title(r, exp)), out, exp)
-    cr_runs = set(r.runs.loc[r.runs["solver"] == "cr", "run_dir"])
-    if "figures" in want and cr_runs and "step_size" in r.metrics:
-        # Only CR picks the step size at every step; its curves go next to those without CR.
-        cr_labels = sorted(r.metrics.loc[r.metrics["run_dir"].isin(cr_runs), "label"].unique())
-        written += F.save(F.cr_figure(r.metrics, _title(r, exp), cr_groups=cr_labels), out, f"{exp}_cr")
-    if cr_runs and "lr" in r.metrics:
-        tab = cr_rate_table(r.metrics, sorted(r.metrics.loc[r.metrics["run_dir"].isin(cr_runs), "label"].unique()))
+        legend = None if counts.nunique() == 1 else {k: f"{k} ({seed_phrase(counts[[k]])})" for k in counts.index}
+        written += F.save(F.training_figure(r.metrics, title, wall_note=wall_note, legend_labels=legend), out, name)
+    if not r.errors.empty:
+        written += _render_errors(r, exp, setting, name, out, steps, want, window)
+    cr_labels = sorted(r.runs.loc[r.runs["solver"] == "cr", "label"].unique())
+    if "figures" in want and cr_labels and "step_size" in r.metrics:
+        written += F.save(F.cr_figure(r.metrics, title, cr_groups=cr_labels), out, f"{name}_cr")
+    if cr_labels and "lr" in r.metrics:
+        tab = cr_rate_table(r.metrics, cr_labels)
         if not tab.empty:
-            written += write_table(tab, out, f"{exp}_cr_rate", f"{exp}: CR step alpha over the scheduled learning "
-                                   "rate lr (median over seeds)", floatfmt=".3g")
+            written += write_table(tab, out, f"{name}_cr_rate", f"{title}: CR step alpha over the scheduled "
+                                   "learning rate lr (median over seeds)", floatfmt=".3g")
+    return written
+
+
+def _render_errors(r: Runs, exp: str, setting: str, name: str, out: Path, steps: int | None, want: set[str],
+                   window: tuple[int, int] | None) -> list[Path]:
+    """Tables 2–5 (absolute, relative, beside the paper) per group and logging batch; the errors along training."""
+    written: list[Path] = []
+    labels = sorted(r.errors["label"].unique())
+    paper = _paper_table(exp, r.runs)
+    for label in labels:
+        errs = r.errors[r.errors["label"] == label]
+        n = errs["run_dir"].nunique()
+        stem = name if len(labels) == 1 else f"{name}_{slug(label)}"
+        head = f"{exp} · {setting} · {label} · {seed_phrase(pd.Series([n]))}"
+        if "figures" in want and errs["step"].nunique() > 1:
+            written += F.save(F.hessian_error_figure(errs, f"{head}: curvature errors along training"), out,
+                              f"{stem}_hessian_errors")
+        if "tables" not in want:
+            continue
+        has_batch = "batch" in errs and errs["batch"].notna().any()
+        batches = sorted(errs["batch"].dropna().unique()) if has_batch else [None]
+        for batch in batches:
+            part = errs if batch is None else errs[errs["batch"] == batch]
+            tag = "" if len(batches) == 1 else f"_b{int(batch)}"
+            logged = sorted(select_steps(part, steps, window)["step"].unique())
+            cap = (f"{head}: layer-wise errors ||B~_t - |B_t|||_F, mean over {len(logged)} logged updates "
+                   f"(theta^{logged[0]} ... theta^{logged[-1]})"
+                   + ("" if batch is None else f", logging batch {int(batch)}"))
+            tab = hessian_error_table(part, steps, window)
+            written += write_table(tab, out, f"{stem}{tag}", cap, floatfmt=".3g")
+            if "reference" in part and part["reference"].notna().any():
+                written += write_table(relative_error_table(part, steps, window), out, f"{stem}{tag}_relative",
+                                       cap.replace("layer-wise errors", "relative layer-wise errors (%)")
+                                       .replace("||B~_t - |B_t|||_F", "||B~_t - |B_t|||_F / ||B_t||_F"),
+                                       floatfmt=".3g")
+            if paper:
+                written += write_table(side_by_side(tab, paper), out, f"{stem}{tag}_vs_paper",
+                                       f"{cap}; beside Chen et al. Table {paper[-1]} (ours/paper = ratio)",
+                                       floatfmt=".3g")
     return written
 
 
@@ -125,7 +182,8 @@ def _appendix(st: Study, out: Path, want: set[str]) -> list[Path]:
     name = st.meta.get("name", "appendix_chain_rule")
     w: list[Path] = []
     if "tables" in want:
-        w += write_table(tab, out, name, f"Appendix sweep: log-log slopes against the input scale c (fit on c <= {fit_max:g}), "
+        w += write_table(tab, out, name, "Appendix sweep: log-log slopes against the input scale c "
+                         f"(fit on c <= {fit_max:g}), "
                          f"mean over {st.meta.get('seeds', '?')} seed(s)", floatfmt=".3g")
     if "figures" in want:
         w += F.save(F.appendix_figure(d, tab, fit_max), out, name)

@@ -15,38 +15,89 @@ import pandas as pd
 from curvlab.report.paper import EACG_TABLES, KINDS
 
 __all__ = [
-    "hessian_error_table", "side_by_side", "final_metrics_table", "cr_rate_table",
+    "hessian_error_table", "relative_error_table", "error_totals", "kind_column", "select_steps", "side_by_side",
+    "per_run_stats", "final_metrics_table", "runs_table", "cr_rate_table", "time_unit",
     "to_markdown", "to_latex", "write_table",
 ]
 
 _KIND_NAMES = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch2": "PCH-2", "pch": "PCH-1", "exact": "exact"}
+_TIME_UNITS = ((3600.0 * 5, 3600.0, "h"), (600.0, 60.0, "min"), (0.0, 1.0, "s"))
 
 
-def hessian_error_table(errors: pd.DataFrame, steps: int | None = None) -> pd.DataFrame:
+def time_unit(seconds: float) -> tuple[float, str]:
+    """(divisor, unit) that shows durations up to ``seconds`` readably: s, min above 10 min, h above 5 h."""
+    for above, div, unit in _TIME_UNITS:
+        if seconds > above:
+            return div, unit
+    return 1.0, "s"
+
+
+def kind_column(errors: pd.DataFrame) -> pd.Series:
+    """The column each error row goes to: its kind, or ``fisher (MC m)`` when the Fisher was logged
+    with several Monte-Carlo sample counts (``mc_samples``; blank for the other kinds)."""
+    kind = errors["kind"].astype(str)
+    if "mc_samples" not in errors:
+        return kind
+    mc = pd.to_numeric(errors["mc_samples"], errors="coerce")
+    if mc[kind == "fisher"].dropna().nunique() <= 1:
+        return kind
+    return kind.where(mc.isna(), kind + " (MC " + mc.map(lambda v: f"{v:g}") + ")")
+
+
+def _base_kind(column: str) -> str:
+    return column.split(" (", 1)[0]
+
+
+def _kind_order(columns: list[str]) -> list[str]:
+    """Paper order (Fisher, GN, PCH-1, PCH-2), MC variants by sample count, then any other kind."""
+    def key(c: str) -> tuple[int, str, float]:
+        base = _base_kind(c)
+        mc = float(c.rsplit("MC ", 1)[1].rstrip(")")) if "(MC " in c else 0.0
+        return (KINDS.index(base) if base in KINDS else len(KINDS), base, mc)
+    return sorted(columns, key=key)
+
+
+def select_steps(errors: pd.DataFrame, steps: int | None = None,
+                 window: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Rows of each run's first ``steps`` logged updates and/or of updates ``window[0] ≤ step ≤ window[1]``."""
+    df = errors
+    if window is not None:
+        df = df[(df["step"] >= window[0]) & (df["step"] <= window[1])]
+    if steps is not None and len(df):
+        first = df.groupby("run_dir")["step"].rank(method="dense")
+        df = df[first <= steps]
+    if df.empty:
+        raise ValueError(f"no hessian_errors.csv rows in the step window {window}; logged steps: "
+                         f"{sorted(errors['step'].unique())[:10]}...")
+    return df
+
+
+def hessian_error_table(errors: pd.DataFrame, steps: int | None = None,
+                        window: tuple[int, int] | None = None) -> pd.DataFrame:
     """Layer-wise errors per curvature kind, as in Tables 2–5 of Chen et al.
 
     Each run's error is averaged over its first ``steps`` logged updates (θ⁰ … θ^{s−1};
-    all of them when ``None``), then over runs (seeds). The ``Total`` row is √Σ_t err_t²
-    over layers, as in the paper (0.1535 = √Σ of the Fisher column of Table 2).
+    all of them when ``None``) within ``window`` (inclusive step range), then over runs
+    (seeds). The ``Total`` row is √Σ_t err_t² over layers, as in the paper (0.1535 = √Σ of
+    the Fisher column of Table 2). Rows of one logging batch size only (the caller splits).
 
     Args:
-        errors: rows ``run_dir, step, layer, kind, error`` (``Runs.errors``).
+        errors: rows ``run_dir, step, layer, kind, error`` (``Runs.errors``), optionally ``mc_samples``.
         steps: s, the number of first updates to average over.
+        window: (first, last) update to average over.
 
     Returns:
         Index ``Layer-1 … Layer-k, Total``; one column per kind (``fisher, gn, pch1, pch2``
-        first, in that order); NaN where a kind was not computed (GN for a non-convex loss).
+        first, in that order; ``fisher (MC m)`` per sample count when several); NaN where a
+        kind was not computed (GN for a non-convex loss).
     """
     if errors.empty:
         raise ValueError("hessian_error_table: no hessian_errors.csv rows; run an experiment with curvature errors")
-    df = errors.copy()
-    if steps is not None:
-        first = df.groupby("run_dir")["step"].transform(lambda s: s.rank(method="dense"))
-        df = df[first <= steps]
-    per_run = df.groupby(["run_dir", "kind", "layer"])["error"].mean()  # mean over the first s steps
-    mean = per_run.groupby(["kind", "layer"]).mean().unstack("kind")  # mean over seeds; (layers, kinds)
-    order = [k for k in KINDS if k in mean.columns] + sorted(c for c in mean.columns if c not in KINDS)
-    mean = mean[order]
+    df = select_steps(errors, steps, window)
+    df = df.assign(column=kind_column(df))
+    per_run = df.groupby(["run_dir", "column", "layer"])["error"].mean()  # mean over the first s steps
+    mean = per_run.groupby(["column", "layer"]).mean().unstack("column")  # mean over seeds; (layers, kinds)
+    mean = mean[_kind_order(list(mean.columns))]
     mean.index = [f"Layer-{int(i)}" for i in mean.index]
     total = np.sqrt((mean**2).sum(axis=0, min_count=1))
     out = pd.concat([mean, total.to_frame("Total").T])
@@ -54,11 +105,56 @@ def hessian_error_table(errors: pd.DataFrame, steps: int | None = None) -> pd.Da
     return out
 
 
-def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Our layer-wise errors next to the paper's Table ``table`` (e.g. ``"table2"``).
+def error_totals(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per run, logged update and kind column: ``total`` = √Σ_t err_t² and ``relative`` = total / √Σ_t ‖B_t‖_F².
 
-    Columns alternate ``<Kind> ours`` / ``<Kind> paper``. Layers present in only one side
-    (a net of another depth) show NaN on the other side.
+    ``relative`` is ‖B̃ − |B|‖_F / ‖B‖_F of the whole block-diagonal matrix (‖|B|‖_F = ‖B‖_F);
+    NaN when the run did not log ``reference``. Grouped by ``batch`` too when it was logged.
+    """
+    df = errors.assign(column=kind_column(errors), err2=errors["error"] ** 2)
+    has_ref = "reference" in df and df["reference"].notna().any()
+    df["ref2"] = pd.to_numeric(df["reference"], errors="coerce") ** 2 if has_ref else np.nan
+    keys = ["run_dir", *(["batch"] if _logged(df, "batch") else []), "column", "step"]
+    out = df.groupby(keys, as_index=False)[["err2", "ref2"]].sum(min_count=1)
+    out["total"] = np.sqrt(out["err2"])
+    out["relative"] = out["total"] / np.sqrt(out["ref2"])
+    return out.drop(columns=["err2", "ref2"])
+
+
+def _logged(df: pd.DataFrame, col: str) -> bool:
+    return col in df and pd.to_numeric(df[col], errors="coerce").notna().any()
+
+
+def relative_error_table(errors: pd.DataFrame, steps: int | None = None,
+                         window: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Relative layer-wise errors ‖B̃_t − |B_t|‖_F / ‖B_t‖_F in %, same layout as :func:`hessian_error_table`.
+
+    Per run, the ratio at each logged update is averaged over the updates, then over runs;
+    ``Total`` is the relative error of the whole block-diagonal matrix (:func:`error_totals`).
+    Near θ⁰ the lower-layer GN/Fisher errors equal ‖B_t‖ (100 %), which absolute errors hide.
+    Requires the ``reference`` column (runs logged before it existed have none).
+    """
+    if not _logged(errors, "reference"):
+        raise ValueError("relative_error_table: the runs logged no `reference` column (‖B_t‖_F); rerun them")
+    df = select_steps(errors, steps, window)
+    df = df.assign(column=kind_column(df), rel=100 * df["error"] / pd.to_numeric(df["reference"], errors="coerce"))
+    layers = df.groupby(["run_dir", "column", "layer"])["rel"].mean().groupby(["column", "layer"]).mean()
+    tab = layers.unstack("column")
+    tab.index = [f"Layer-{int(i)}" for i in tab.index]
+    totals = error_totals(df).groupby(["run_dir", "column"])["relative"].mean().groupby("column").mean()
+    out = pd.concat([tab, (100 * totals).to_frame("Total").T])
+    out = out[_kind_order(list(out.columns))]
+    out.columns.name = None
+    return out
+
+
+def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Our layer-wise errors next to the paper's Table ``table`` (e.g. ``"table2"``), with their ratio.
+
+    Per kind: ``<Kind> ours``, ``<Kind> paper`` and ``<Kind> ours/paper`` (ours ÷ paper; NaN where
+    the paper has 0 or nothing). Fisher logged with several MC sample counts gives one ``ours``
+    and one ratio column per count. Layers present in only one side (a net of another depth)
+    show NaN on the other side.
     """
     if table not in EACG_TABLES:
         raise ValueError(f"side_by_side: unknown table {table!r}; allowed: {', '.join(EACG_TABLES)}")
@@ -69,23 +165,90 @@ def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
     cols: dict[str, pd.Series] = {}
     for kind in KINDS:
         name = _KIND_NAMES[kind]
-        cols[f"{name} ours"] = ours[kind].reindex(index) if kind in ours else pd.Series(np.nan, index=index)
-        cols[f"{name} paper"] = paper[kind].reindex(index)
+        p = paper[kind].reindex(index)
+        mine = [c for c in ours.columns if _base_kind(c) == kind] or [kind]
+        for c in mine:
+            suffix = c[len(kind):]  # "" or " (MC m)"
+            cols[f"{name}{suffix} ours"] = ours[c].reindex(index) if c in ours else pd.Series(np.nan, index=index)
+        cols[f"{name} paper"] = p
+        for c in mine:
+            suffix = c[len(kind):]
+            cols[f"{name}{suffix} ours/paper"] = cols[f"{name}{suffix} ours"] / p.where(p > 0)
     return pd.DataFrame(cols, index=index)
 
 
-def final_metrics_table(runs: pd.DataFrame, by: str = "label") -> pd.DataFrame:
-    """Final ``train_loss``, ``test_acc`` and ``wall_time`` per group: mean ± std over seeds."""
+def _numeric(df: pd.DataFrame | pd.Series, col: str) -> pd.Series:
+    return pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, index=df.index)
+
+
+def per_run_stats(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run (index ``run_dir``): final metrics, times in seconds and mean CG iterations.
+
+    Columns ``steps, train_loss, test_acc`` (in %), ``wall_time`` (solver time), ``elapsed`` and
+    ``log_time`` (Hessian-error logging; NaN for runs written before they existed),
+    ``cg_iters`` / ``cg_iters_mean`` (mean over updates of the most / mean CG iterations of a
+    system; NaN where the solver logs none).
+    """
+    out = pd.DataFrame(index=runs["run_dir"])
+    for col in ("steps", "train_loss", "test_acc", "wall_time", "elapsed", "log_time"):
+        out[col] = _numeric(runs, col).to_numpy()
+    out["test_acc"] *= 100
+    for col in ("cg_iters", "cg_iters_mean"):
+        if metrics is not None and col in metrics:
+            out[col] = metrics.assign(v=_numeric(metrics, col)).groupby("run_dir")["v"].mean()
+        else:
+            out[col] = np.nan
+    return out
+
+
+_STAT_NAMES = {"steps": "steps", "train_loss": "train loss", "test_acc": "test acc (%)",
+               "wall_time": "solver time", "elapsed": "elapsed", "log_time": "Hessian-log time",
+               "cg_iters": "CG iters (max)", "cg_iters_mean": "CG iters (mean)"}
+_TIMES = ("wall_time", "elapsed", "log_time")
+
+
+def _present(stats: pd.DataFrame) -> tuple[list[str], float, str]:
+    """The stats columns with any value, and the time unit of the longest time among them."""
+    cols = [c for c in _STAT_NAMES if stats[c].notna().any()]
+    longest = float(np.nanmax(stats[[c for c in _TIMES if c in cols]].to_numpy(float), initial=0.0))
+    return cols, *time_unit(longest)
+
+
+def _stat_name(col: str, unit: str) -> str:
+    return f"{_STAT_NAMES[col]} ({unit})" if col in _TIMES else _STAT_NAMES[col]
+
+
+def final_metrics_table(runs: pd.DataFrame, metrics: pd.DataFrame | None = None, by: str = "label") -> pd.DataFrame:
+    """Per group: seeds, completed runs, then the final metrics, times and CG iterations, mean ± std over seeds."""
     if runs.empty:
         raise ValueError("final_metrics_table: no runs")
+    stats = per_run_stats(runs, metrics)
+    cols, div, unit = _present(stats)
     rows = []
     for key, g in runs.groupby(by, sort=True):
         row: dict[str, object] = {by: key, "seeds": len(g), "completed": int((g["status"] == "completed").sum())}
-        for col in ("train_loss", "test_acc", "wall_time", "steps"):
-            vals = pd.to_numeric(g.get(col), errors="coerce").dropna() if col in g else pd.Series(dtype=float)
-            row[col] = _pm(vals)
+        s = stats.loc[g["run_dir"]]
+        for col in cols:
+            row[_stat_name(col, unit)] = _pm(s[col].dropna() / (div if col in _TIMES else 1))
         rows.append(row)
     return pd.DataFrame(rows).set_index(by)
+
+
+def runs_table(runs: pd.DataFrame, metrics: pd.DataFrame | None = None,
+               dropped: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run (index ``run``): group label, seed, status, final metrics, times, CG iterations,
+    and ``used``: whether it is averaged, or which longer run of the same seed replaced it."""
+    both = pd.concat([runs.assign(used="yes"), *([] if dropped is None or dropped.empty else [
+        dropped.assign(used="no: the longer run " + dropped["kept"].map(dict(zip(runs["run_dir"], runs["run"])))
+                       + " of this seed is used")])])
+    stats = per_run_stats(both, metrics)
+    cols, div, unit = _present(stats)
+    out = pd.DataFrame({"label": both["label"].to_numpy(), "seed": both["seed"].to_numpy(),
+                        "status": both["status"].to_numpy()}, index=pd.Index(both["run"], name="run"))
+    for col in cols:
+        out[_stat_name(col, unit)] = (stats[col] / (div if col in _TIMES else 1)).to_numpy()
+    out["used"] = both["used"].to_numpy()
+    return out.sort_values(["label", "seed"], kind="stable")
 
 
 def cr_rate_table(metrics: pd.DataFrame, cr_labels: list[str], window: int = 200, period: int = 100) -> pd.DataFrame:

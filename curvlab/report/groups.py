@@ -1,0 +1,202 @@
+"""Group runs into curves: one group per resolved config (all but the seed), labelled by what differs.
+
+Two runs belong to one curve when their ``config.yaml`` agree on every field that changes
+what a run computes. Seeds, paths, run length and logging are bookkeeping; settings a
+solver ignores (the curvature of SGD) do not count either. Dataset, net and loss make the
+*setting*: runs of different settings never share a figure or table. Within a group, two
+runs of one seed are the same run twice (a resumed-longer copy, or SGD repeated in a
+``curvature × solver`` sweep): the longer one is kept and the other reported, never averaged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["Grouping", "group_runs", "method_label", "FIRST_ORDER", "CURVATURE_SOLVERS"]
+
+FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
+CURVATURE_SOLVERS = {"eacg", "kfi"}  # the solvers that read the `curvature` group (curvlab.train.build_solver)
+
+# Fields that do not change what a run computes: identity, paths, length, logging, hardware.
+_BOOKKEEPING = re.compile(
+    r"^cfg\.(seed|run_dir|resume|device|experiment_name|log\..*"
+    r"|train\.(epochs|max_steps|stop_after|checkpoint_every|eval_every|eval_batch_size)"
+    r"|dataset\.(root|path|download))$"
+)
+_SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")
+_KIND_NAMES = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch": "PCH-1", "pch2": "PCH-2", "exact": "H"}
+_SOLVER_NAMES = {"sgd": "SGD", "adagrad": "Adagrad", "adadelta": "Adadelta", "adam": "Adam",
+                 "eacg": "EA-CG", "kfi": "KFI"}
+# Curvature × KFI pairs that the literature names (Chen et al. Table 1).
+_KFI_NAMES = {"fisher": "KFAC", "gn": "KFRA"}
+# Fields a method label already shows; they are not repeated as ``key=value``.
+_IN_LABEL = {"cfg.solver.name", "cfg.curvature.kind", "cfg.solver.momentum", "cfg.solver.split",
+             "cfg.solver.rank_one_first_layer", "cfg.solver.curvature", "cfg.solver.base"}
+
+
+def _get(row: pd.Series | dict[str, Any], key: str) -> Any:
+    v = row.get(key) if isinstance(row, dict) else (row[key] if key in row.index else None)
+    return None if v is None or (isinstance(v, float) and pd.isna(v)) else v
+
+
+def _num(v: Any) -> str:
+    """4.0 → ``4``, 0.10000 → ``0.1``: columns with gaps are float in pandas."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _uses_curvature(row: pd.Series | dict[str, Any]) -> bool:
+    solver = _get(row, "cfg.solver.name") or _get(row, "solver")
+    return solver in CURVATURE_SOLVERS or (solver == "cr" and _get(row, "cfg.solver.base") in CURVATURE_SOLVERS)
+
+
+def method_label(row: pd.Series | dict[str, Any]) -> str:
+    """A readable method name: ``Newton (H)``, ``EA-CG · PCH-1``, ``KFI · Fisher (KFAC)``, ``SGD (momentum 0.9)``.
+
+    Args:
+        row: a run's summary fields and flattened config (``cfg.<dotted key>``), as in ``Runs.runs``.
+    """
+    solver = str(_get(row, "cfg.solver.name") or _get(row, "solver") or "?")
+    if solver == "cr":
+        base = str(_get(row, "cfg.solver.base") or "sgd")
+        return f"{method_label({**_as_dict(row), 'cfg.solver.name': base, 'cfg.solver.momentum': None})} + CR"
+    if solver == "exact_inverse":
+        return f"Newton ({_KIND_NAMES.get(str(_get(row, 'cfg.solver.curvature') or 'exact'), '?')})"
+    name = _SOLVER_NAMES.get(solver, solver)
+    if solver in FIRST_ORDER:
+        momentum = _get(row, "cfg.solver.momentum")
+        return f"{name} (momentum {_num(float(momentum))})" if momentum else name
+    kind = str(_get(row, "cfg.curvature.kind") or _get(row, "curvature") or "?")
+    label = f"{name} · {_KIND_NAMES.get(kind, kind)}"
+    if solver == "kfi" and kind in _KFI_NAMES:
+        label += f" ({_KFI_NAMES[kind]})"
+    if solver == "kfi" and str(_get(row, "cfg.solver.rank_one_first_layer")) == "True":
+        label += " · Eq. 13"  # E[h]E[h]ᵀ for the input layer (Chen et al. Eq. 13)
+    split = _get(row, "cfg.solver.split")
+    if split is not None and int(float(split)) > 1:
+        label += f" · split {int(float(split))}"  # HBP Figure 5's sub-blocks
+    return label
+
+
+def _as_dict(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
+    return dict(row) if isinstance(row, dict) else row.to_dict()
+
+
+def _method_keys(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], ...]:
+    """The (key, value) pairs that define a run's method within its setting."""
+    kind = _get(row, "cfg.curvature.kind")
+    keep = []
+    for c in cfg_cols:
+        if c.startswith(_SETTING):
+            continue
+        if c.startswith("cfg.curvature.") and (not _uses_curvature(row) or (
+                c in ("cfg.curvature.fisher", "cfg.curvature.mc_samples") and kind != "fisher")):
+            continue  # a setting the solver (or this curvature kind) ignores
+        v = _get(row, c)
+        if v is not None:
+            keep.append((c, _num(v)))
+    return tuple(keep)
+
+
+def _setting_key(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((c, _num(_get(row, c))) for c in cfg_cols if c.startswith(_SETTING) and _get(row, c) is not None)
+
+
+def _setting_label(key: tuple[tuple[str, str], ...], varying: set[str]) -> str:
+    """``digits · 64-8-10 sigmoid · cross-entropy``, plus any other setting field that differs."""
+    d = dict(key)
+    widths = d.get("cfg.net.widths", "").strip("[]").replace(", ", "-")
+    parts = [d.get("cfg.dataset.name", "?"), f"net {widths} {d.get('cfg.net.activation', '')}".strip(),
+             d.get("cfg.loss.name", "?").replace("_", "-")]
+    shown = {"cfg.dataset.name", "cfg.net.widths", "cfg.net.activation", "cfg.loss.name"}
+    parts += [f"{c.split('.', 1)[1]}={d.get(c, '-')}" for c in sorted(varying - shown)]
+    return " · ".join(parts)
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """The last dotted component of each key, or more of it where that is ambiguous."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")[1:]  # drop "cfg"
+        n = 1
+        while n < len(parts) and sum(other.endswith("." + ".".join(parts[-n:])) for other in keys) > 1:
+            n += 1
+        out[k] = ".".join(parts[-n:])
+    return out
+
+
+@dataclass
+class Grouping:
+    """Runs with their ``setting``, ``group`` and ``label``; duplicates of a seed set aside.
+
+    Attributes:
+        runs: the runs kept, with columns ``setting`` (label of dataset × net × loss), ``group``
+            (an id, unique across settings) and ``label`` (unique within a setting).
+        dropped: runs not used because another run of their group and seed is longer, with
+            ``kept`` (the run_dir used instead).
+    """
+
+    runs: pd.DataFrame
+    dropped: pd.DataFrame
+
+
+def _length(row: pd.Series) -> tuple[float, int, str]:
+    """Sort key of the run to keep among runs of one group and seed: most steps, completed, then name."""
+    steps = pd.to_numeric(pd.Series([row.get("steps")]), errors="coerce").fillna(-1).iloc[0]
+    return (float(steps), int(row.get("status") == "completed"), str(row["run_dir"]))
+
+
+def group_runs(runs: pd.DataFrame) -> Grouping:
+    """Assign settings, groups and labels (see the module docstring) to one experiment's runs.
+
+    Args:
+        runs: ``Runs.runs`` of one experiment (summary fields and ``cfg.*`` columns).
+    """
+    if runs.empty:
+        return Grouping(runs.assign(setting=[], group=[], label=[]), runs.assign(kept=[]))
+    cfg_cols = sorted(c for c in runs.columns if c.startswith("cfg.") and not _BOOKKEEPING.match(c))
+    runs = runs.copy()
+    settings = [_setting_key(r, cfg_cols) for _, r in runs.iterrows()]
+    methods = [_method_keys(r, cfg_cols) for _, r in runs.iterrows()]
+    setting_varying = {c for c in cfg_cols if c.startswith(_SETTING)
+                       and len({dict(s).get(c) for s in settings}) > 1}
+    runs["setting"] = [_setting_label(s, setting_varying) for s in settings]
+    order = sorted(set(zip(runs["setting"], methods)))
+    runs["group"] = [order.index(k) for k in zip(runs["setting"], methods)]
+    labels: dict[int, str] = {}
+    for _, part in runs.groupby("setting", sort=True):
+        labels.update(_labels_by_difference(part, dict(zip(runs["group"], methods))))
+    runs["label"] = runs["group"].map(labels)
+
+    keep_idx, dropped = [], []
+    for _, g in runs.groupby(["group", "seed"], sort=True, dropna=False):
+        ranked = sorted(g.index, key=lambda i: _length(g.loc[i]), reverse=True)
+        keep_idx.append(ranked[0])
+        dropped += [{**g.loc[i].to_dict(), "kept": g.loc[ranked[0], "run_dir"]} for i in ranked[1:]]
+    kept = runs.loc[sorted(keep_idx)].reset_index(drop=True)
+    return Grouping(kept, pd.DataFrame(dropped, columns=[*runs.columns, "kept"]))
+
+
+def _labels_by_difference(part: pd.DataFrame, methods: dict[int, tuple[tuple[str, str], ...]]) -> dict[int, str]:
+    """Method label per group; groups that share one get ``key=value`` for each field that differs among them."""
+    first = part.drop_duplicates("group").set_index("group")
+    base = {g: method_label(first.loc[g]) for g in first.index}
+    out = {}
+    for name in sorted(set(base.values())):
+        clash = [g for g in base if base[g] == name]
+        if len(clash) == 1:
+            out[clash[0]] = name
+            continue
+        keys = sorted({k for g in clash for k, _ in methods[g]} - _IN_LABEL)
+        varying = [k for k in keys if len({dict(methods[g]).get(k) for g in clash}) > 1]
+        short = _short_keys(varying)
+        for g in clash:
+            d = dict(methods[g])
+            extra = " ".join(f"{short[k]}={d.get(k, '-')}" for k in varying)
+            out[g] = f"{name} · {extra}" if extra else f"{name} #{g}"
+    return out
