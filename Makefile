@@ -28,6 +28,9 @@ test: $(STAMP) ## Run the default test suite (no slow tests)
 test-slow: $(STAMP) ## Run only the slow tests
 	$(BIN)/python -m pytest -q -m slow
 
+test-gpu: $(STAMP) ## Run the CUDA tests, a short GPU benchmark and a short cuda training run (each skips without CUDA)
+	PYTHON=$(BIN)/python sh scripts/test_gpu.sh
+
 bench: $(STAMP) ## Run every benchmark script in scripts/ and print its figures
 	@set -e; for f in scripts/bench_*.py; do echo "=== $$f"; $(BIN)/python $$f; done
 

@@ -11,6 +11,7 @@ launching process after the sweep, whichever launcher ran the jobs) collects the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -44,6 +45,7 @@ commands:
 # Failures seen by this process: single runs and basic-launcher jobs add theirs directly,
 # SweepStatus adds those of jobs that ran in other processes (joblib, submitit).
 _FAILURES: dict[str, str] = {}
+_LAUNCHER_PID: int | None = None  # the `curvlab train` process (jobs in other processes watch it)
 _CONFIG_ERROR = False
 
 
@@ -80,15 +82,22 @@ def _task(cfg: Any) -> None:
     from hydra.types import RunMode
 
     from curvlab.config import parse_config
-    from curvlab.train import TrainingFailed, train
+    from curvlab.safety import exit_with_parent
+    from curvlab.train import RunDirBusy, TrainingFailed, train
 
     hc = HydraConfig.get()
     run_dir = str(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and os.getpid() != _LAUNCHER_PID:  # a joblib/submitit worker: stop when the sweep is killed
+        exit_with_parent()
     try:
         run = parse_config(cfg)
         run.run_dir = run_dir  # the directory Hydra made (a sweep job's, or run_dir itself)
         summary = train(run, run_dir)
+    except RunDirBusy as err:  # another run owns the directory: write nothing into it
+        log.error("%s", err)
+        _FAILURES[run_dir] = str(err)
+        return
     except TrainingFailed as err:
         log.error("%s", err)
         _record_failure(run_dir, str(err))
@@ -100,8 +109,9 @@ def _task(cfg: Any) -> None:
         return
     acc = summary.get("test_acc")
     log.info(
-        "%s: %d steps in %.1f s of training, test loss %.4f, test accuracy %s -> %s",
-        summary["status"], summary["steps"], summary["wall_time"], summary.get("test_loss") or float("nan"),
+        "%s: %d steps in %.1f s (%.1f s solver, %.1f s Hessian-error logging), test loss %.4f, test accuracy %s -> %s",
+        summary["status"], summary["steps"], summary["elapsed"], summary["wall_time"], summary["log_time"],
+        summary.get("test_loss") or float("nan"),
         "n/a" if acc is None else f"{acc:.4f}", run_dir,
     )
     for note in summary.get("notes", []):
@@ -109,14 +119,24 @@ def _task(cfg: Any) -> None:
 
 
 def _train(argv: list[str]) -> int:
-    global _CONFIG_ERROR
+    global _LAUNCHER_PID, _CONFIG_ERROR
     import hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from curvlab.config import compose_error_message  # also registers the resolvers the configs use
+    from curvlab import runfiles as rf
+    from curvlab.safety import check_overrides, single_run_dir
 
+    try:
+        check_overrides(argv)
+    except ValueError as err:
+        print(f"curvlab train: config error: {err}", file=sys.stderr)
+        return 2
+    run_dir = single_run_dir(argv)  # locked before Hydra writes .hydra/ into it (train() re-enters the lock)
+    lock = rf.lock_run_dir(run_dir) if run_dir else contextlib.nullcontext()
+    _LAUNCHER_PID = os.getpid()
     _FAILURES.clear()
     _CONFIG_ERROR = False
     entry = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(_task)
@@ -124,7 +144,11 @@ def _train(argv: list[str]) -> int:
     sys.argv = [saved[0] if saved else "curvlab", *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach us, instead of Hydra exiting 1
     try:
-        entry()
+        with lock:
+            entry()
+    except rf.RunDirBusy as err:
+        print(f"curvlab train: {err}", file=sys.stderr)
+        return 1
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # composing the config failed
         print(f"curvlab train: config error: {compose_error_message(err)}", file=sys.stderr)
         return 2

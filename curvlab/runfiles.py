@@ -7,20 +7,25 @@ never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
 __all__ = [
     "CONFIG", "METRICS", "HESSIAN_ERRORS", "SUMMARY", "CHECKPOINT", "METRIC_COLUMNS", "HESSIAN_COLUMNS",
     "atomic_write_bytes", "atomic_write_text", "write_csv", "write_json", "read_json",
-    "save_checkpoint", "load_checkpoint",
+    "save_checkpoint", "load_checkpoint", "CheckpointError", "RunDirBusy", "lock_run_dir", "remove_stale_temporaries",
+    "RUN_FILES", "LOCK",
 ]
 
 CONFIG = "config.yaml"
@@ -28,9 +33,14 @@ METRICS = "metrics.csv"
 HESSIAN_ERRORS = "hessian_errors.csv"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"  # held with an exclusive flock for the life of a run (never deleted: that would race)
+RUN_FILES = (CONFIG, METRICS, HESSIAN_ERRORS, SUMMARY, CHECKPOINT)
 
 # Stable column names: the report reads these. Solver stats are appended after them.
-METRIC_COLUMNS = ["step", "epoch", "wall_time", "batch_loss", "step_size", "lr", "train_loss", "test_loss", "test_acc"]
+METRIC_COLUMNS = [
+    "step", "epoch", "wall_time", "batch_loss", "step_size", "lr", "train_loss", "test_loss", "test_acc",
+    "elapsed", "log_time",  # appended later: older files lack them
+]
 HESSIAN_COLUMNS = ["step", "layer", "kind", "error", "reference", "batch", "mc_samples"]
 
 
@@ -40,6 +50,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; run files are shared like any other file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,6 +59,33 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is set-and-get)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(run_dir: str | Path, names: Iterable[str] = RUN_FILES) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` left by writes that were killed, for the run's own file ``names``.
+
+    Call it only while holding the run directory's lock (:func:`lock_run_dir`): another
+    run's write in progress would otherwise lose its temporary file.
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -93,13 +131,119 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted: unreadable, truncated, tampered with or corrupted."""
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+_CHECKSUM = "sha256"
+
+
+def _digest(obj: Any, h: Any) -> None:
+    """Feed a checkpoint's content into hash ``h``: keys, types, shapes and every tensor's bytes."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _digest(v, h)
+    else:  # None, bool, int, float, str: the types weights_only=True loads
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def checksum(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (not of the file: it survives ``torch.save``'s framing)."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in state.items() if k != _CHECKSUM}, h)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` into memory, then write atomically."""
+    """``torch.save`` into memory with the content's checksum inside, then write atomically.
+
+    ``state`` must hold only tensors and plain Python values (what ``weights_only=True`` loads).
+    """
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, _CHECKSUM: checksum(state)}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    # weights_only=False: the checkpoint holds RNG states and plain Python rows we wrote ourselves.
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """Load a checkpoint without running code (``weights_only=True``) and verify its checksum.
+
+    Raises:
+        CheckpointError: unreadable, truncated, holding other objects than tensors and plain
+            values, or with a checksum that does not match its content; the message names the
+            fix (``resume=false``).
+    """
+    path = Path(path)
+    fix = f"start this run over with resume=false (or move {path.name} away)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses objects that would run code
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values and was not loaded (loading it "
+            f"could run code): {str(err).splitlines()[0]}; {fix}"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        raise CheckpointError(f"{path} is unreadable or truncated ({type(err).__name__}: {err}); {fix}") from err
+    if not isinstance(state, dict) or _CHECKSUM not in state:
+        raise CheckpointError(f"{path} has no {_CHECKSUM} checksum (not written by this curvlab); {fix}")
+    stored = state.pop(_CHECKSUM)
+    if stored != checksum(state):
+        raise CheckpointError(f"{path} is corrupted: its content does not match its {_CHECKSUM} checksum; {fix}")
+    return state
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock``) on ``run_dir/.lock`` for the duration of the block.
+
+    The kernel releases it when the process dies, however it dies, so a killed run never
+    leaves a stale lock. Re-entrant within one process (the CLI and :func:`curvlab.train.train`
+    both take it).
+
+    Raises:
+        RunDirBusy: another process holds the lock.
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = Path(run_dir / LOCK).read_text().strip() or "another process"
+        raise RunDirBusy(
+            f"run_dir {run_dir} is in use by another run ({holder}); wait for it to finish, or pass another "
+            "run_dir (with Hydra's default run_dir=null every run gets its own directory)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.close(fd)  # releases the flock
+
+
+_HELD: dict[str, list[int]] = {}  # resolved run_dir -> [lock fd, depth]

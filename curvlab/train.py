@@ -8,6 +8,7 @@ updates an uninterrupted run would have made (on CPU; CUDA kernels may be nondet
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -19,13 +20,17 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from curvlab import runfiles as rf
+from curvlab.runfiles import RunDirBusy
 from curvlab.config import CURVATURE_SOLVERS, RunConfig, Schedule, parse_config, to_dict
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP
+from curvlab.safety import check_experiment_name
 
-__all__ = ["TrainingFailed", "train", "build_solver", "resolve_device", "lr_at", "evaluate"]
+log = logging.getLogger("curvlab")
+
+__all__ = ["TrainingFailed", "RunDirBusy", "train", "build_solver", "resolve_device", "lr_at", "evaluate"]
 
 # Keys that may change between a run and its resumption (everything else must match).
 _RESUMABLE_CHANGES = {
@@ -35,7 +40,7 @@ _RESUMABLE_CHANGES = {
 
 
 class TrainingFailed(RuntimeError):
-    """The run stopped on a NaN/Inf or diverging loss; ``summary.json`` says why."""
+    """The run stopped (NaN/Inf, diverging loss, a failed write); ``summary.json`` says why when it could be written."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,6 +95,7 @@ class _Run:
 
     def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
         self.cfg, self.dir = cfg, run_dir
+        self.started = time.perf_counter()  # this session's start; elapsed = earlier sessions + this one
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype.value)
         torch.manual_seed(cfg.seed)
@@ -111,6 +117,7 @@ class _Run:
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps or total)
         self.step, self.pos, self.wall_time = 0, 0, 0.0
+        self.elapsed_before, self.log_time = 0.0, 0.0  # seconds: earlier sessions; Hessian-error logging
         self.perm = torch.empty(0, dtype=torch.long)
         self.initial_loss: float | None = None
         self.metrics: list[dict[str, Any]] = []
@@ -123,7 +130,7 @@ class _Run:
             "rng": torch.get_rng_state(), "batch_rng": self.batches.get_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "perm": self.perm, "pos": self.pos, "step": self.step, "wall_time": self.wall_time,
-            "initial_loss": self.initial_loss, "metrics": self.metrics, "hessian_rows": self.hessian_rows,
+            "elapsed": self.elapsed(), "log_time": self.log_time, "initial_loss": self.initial_loss, "metrics": self.metrics, "hessian_rows": self.hessian_rows,
         }
         rf.save_checkpoint(self.dir / rf.CHECKPOINT, state)
 
@@ -143,24 +150,53 @@ class _Run:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.perm, self.pos, self.step = state["perm"], state["pos"], state["step"]
         self.wall_time, self.initial_loss = state["wall_time"], state["initial_loss"]
+        self.elapsed_before, self.log_time = state.get("elapsed", 0.0), state.get("log_time", 0.0)
         self.metrics, self.hessian_rows = state["metrics"], state["hessian_rows"]
 
+    def elapsed(self) -> float:
+        """Seconds since the run started, over all its sessions (resumes)."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def times(self) -> dict[str, float]:
+        """The time columns of ``metrics.csv`` and the summary (``wall_time``: solver steps only)."""
+        return {"wall_time": self.wall_time, "elapsed": self.elapsed(), "log_time": self.log_time}
+
     # --- files -----------------------------------------------------------------------
-    def write(self, status: str, failure: str | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+    def write(self, status: str, failure: str | None = None) -> dict[str, Any]:
+        """Rewrite the CSVs, then ``summary.json`` (last: a summary never announces rows not yet written)."""
         rf.write_csv(self.dir / rf.METRICS, self.metrics, rf.METRIC_COLUMNS)
         rf.write_csv(self.dir / rf.HESSIAN_ERRORS, self.hessian_rows, rf.HESSIAN_COLUMNS)
+        summary = self.summary(status, failure)
+        rf.write_json(self.dir / rf.SUMMARY, summary)
+        return summary
+
+    def summary(self, status: str, failure: str | None) -> dict[str, Any]:
+        """The content of ``summary.json`` (``docs/run_files.md``)."""
         last = next((r for r in reversed(self.metrics) if r.get("test_loss") is not None), {})
         cfg = self.cfg
-        summary = {
+        return {
             "status": status, "failure": failure, "steps": self.step,
-            "epochs": self.step / self.steps_per_epoch, "wall_time": self.wall_time,
+            "epochs": self.step / self.steps_per_epoch, **self.times(),
             "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"), "test_acc": last.get("test_acc"),
             "experiment": cfg.experiment_name, "dataset": cfg.dataset.name.value, "loss": cfg.loss.name.value,
             "curvature": cfg.curvature.kind.value, "solver": cfg.solver.name, "seed": cfg.seed,
-            "device": str(self.device), "notes": (notes or []) + self.hessian.notes,
+            "device": str(self.device), "notes": list(self.hessian.notes),
         }
-        rf.write_json(self.dir / rf.SUMMARY, summary)
-        return summary
+
+    def fail(self, reason: str) -> TrainingFailed:
+        """Mark the run failed with ``reason`` (rows kept) and return the error to raise.
+
+        When the files cannot be written (disk full, read-only), only ``summary.json`` is
+        tried, so that the status says why whenever a small file still fits.
+        """
+        try:
+            self.write("failed", reason)
+        except OSError:
+            try:
+                rf.write_json(self.dir / rf.SUMMARY, self.summary("failed", reason))
+            except OSError as err:
+                reason += f" (summary.json could not be written either: {err})"
+        return TrainingFailed(f"run {self.dir} failed: {reason}")
 
     # --- loop ------------------------------------------------------------------------
     def eval_row(self, row: dict[str, Any]) -> None:
@@ -169,6 +205,27 @@ class _Run:
         row["test_loss"], row["test_acc"] = evaluate(self.net, self.loss, d.x_test, d.y_test, bs)
 
     def log_hessian(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """:meth:`_log_hessian`, timed; a NaN/Inf or breakdown in it fails the run like a NaN loss."""
+        t0 = time.perf_counter()
+        try:
+            self._log_hessian(x, y)
+        except (RuntimeError, ValueError, ArithmeticError) as err:
+            raise self.fail(self._hessian_error(err)) from err
+        finally:
+            self.log_time += time.perf_counter() - t0
+
+    def _hessian_error(self, err: Exception) -> str:
+        """Why Hessian-error logging before update ``step + 1`` raised, and what to change."""
+        where = f"Hessian-error logging before update {self.step + 1} raised {type(err).__name__}: {err}"
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            return f"parameters are NaN/Inf after {self.step} updates ({where}); lower solver.lr or raise the damping"
+        return (
+            f"{where} -- the curvature of this batch is NaN/Inf or numerically singular; check the loss and solver "
+            "options, train in float64 (dtype=float64), or turn the logging off (log.hessian_every=0 "
+            "log.hessian_first=0)"
+        )
+
+    def _log_hessian(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Hessian errors on this batch; the Fisher's label sampling must not move the training RNG,
         so that a run trains the same with or without this logging."""
         devices = [self.device] if self.device.type == "cuda" else []
@@ -200,10 +257,33 @@ class _Run:
             )
         return None
 
+    def progress_line(self, row: Mapping[str, Any]) -> str:
+        """One log line per evaluation, for when stderr is no terminal (nohup, SLURM, a pipe)."""
+        batch = row.get("batch_loss")
+        return (
+            f"step {row['step']}/{self.total_steps} (epoch {row['epoch']:.2f}): "
+            f"batch loss {'n/a' if batch is None else f'{batch:.4g}'}, train loss {row['train_loss']:.4g}, "
+            f"test loss {row['test_loss']:.4g}, test acc {row['test_acc']:.4f}, {row['elapsed']:.1f} s elapsed "
+            f"({row['wall_time']:.1f} s solver, {row['log_time']:.1f} s Hessian-error logging)"
+        )
+
     def run(self) -> dict[str, Any]:
+        """Train to the end (or ``train.stop_after``); a failed write (disk full) fails the run."""
+        try:
+            return self._loop()
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise self.fail(
+                f"writing the run files failed: {type(err).__name__}: {err.strerror or err}{where}; free disk "
+                f"space or fix the permissions of {self.dir}, then rerun the same command to resume from the "
+                "last checkpoint"
+            ) from err
+
+    def _loop(self) -> dict[str, Any]:
         cfg, loop = self.cfg, self.cfg.train
+        rf.atomic_write_text(self.dir / rf.CONFIG, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
         if not self.metrics:  # step 0: evaluate the initialisation
-            row: dict[str, Any] = {"step": 0, "epoch": 0.0, "wall_time": 0.0}
+            row: dict[str, Any] = {"step": 0, "epoch": 0.0, **self.times()}
             self.eval_row(row)
             self.initial_loss = row["train_loss"]
             self.metrics.append(row)
@@ -221,22 +301,19 @@ class _Run:
                 try:
                     res = self.solver.step(x, y)
                 except (RuntimeError, ValueError, ArithmeticError) as err:  # numerical breakdown
-                    reason = _step_error(err, self.step + 1)
-                    self.write("failed", reason)
-                    raise TrainingFailed(f"run {self.dir} failed: {reason}") from err
+                    raise self.fail(_step_error(err, self.step + 1)) from err
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self.wall_time += time.perf_counter() - t0
                 reason = self.fail_reason(float(res.loss), self.step + 1)
                 if reason is not None:
-                    self.write("failed", reason)
-                    raise TrainingFailed(f"run {self.dir} failed: {reason}")
+                    raise self.fail(reason)
                 self.step, self.pos, session_steps = self.step + 1, self.pos + 1, session_steps + 1
                 if self.pos == self.steps_per_epoch:
                     self.pos = 0
                 row = {
                     "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 6),
-                    "wall_time": self.wall_time, "batch_loss": float(res.loss), "step_size": float(res.step_size),
+                    **self.times(), "batch_loss": float(res.loss), "step_size": float(res.step_size),
                     "lr": lr, **{k: float(v) for k, v in res.stats.items()},
                 }
                 last = self.step == self.total_steps
@@ -245,8 +322,9 @@ class _Run:
                     reason = self.fail_reason(row["train_loss"], self.step)
                     if reason is not None:
                         self.metrics.append(row)
-                        self.write("failed", reason)
-                        raise TrainingFailed(f"run {self.dir} failed: {reason}")
+                        raise self.fail(reason)
+                    if not tty and cfg.log.progress:
+                        log.info("%s", self.progress_line(row))
                 self.metrics.append(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{res.loss:.4f}", refresh=False)
@@ -291,23 +369,29 @@ def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path | None = None)
         run_dir: output directory; defaults to ``cfg.run_dir``.
 
     Raises:
-        ValueError: bad config or data (before any training).
-        TrainingFailed: NaN/Inf or diverging loss (files written, status ``failed``).
+        ValueError: bad config or data, an untrustworthy checkpoint (before any training).
+        RunDirBusy: another process is running in ``run_dir`` (nothing touched).
+        TrainingFailed: NaN/Inf, diverging loss or a failed write (status ``failed`` when it could be written).
     """
     if not isinstance(cfg, RunConfig):
         cfg = parse_config(cfg)
+    check_experiment_name(cfg.experiment_name)
     run_dir = Path(run_dir or cfg.run_dir or "")
     if not str(run_dir) or str(run_dir) == ".":
         raise ValueError("run_dir: no output directory given; pass run_dir=PATH")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(cfg, run_dir)
-    ckpt = run_dir / rf.CHECKPOINT
-    if cfg.resume is True and not ckpt.exists():
-        raise ValueError(f"resume=true but {ckpt} does not exist; use resume=auto or resume=false")
-    if cfg.resume in (True, "auto") and ckpt.exists():
-        run.restore(rf.load_checkpoint(ckpt))
-    else:
-        for name in (rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
-            (run_dir / name).unlink(missing_ok=True)
-    rf.atomic_write_text(run_dir / rf.CONFIG, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
-    return run.run()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"run_dir: cannot create {run_dir} ({err.strerror}); pass a writable run_dir") from err
+    with rf.lock_run_dir(run_dir):  # held until the run ends; the OS drops it if the process dies
+        rf.remove_stale_temporaries(run_dir)
+        run = _Run(cfg, run_dir)
+        ckpt = run_dir / rf.CHECKPOINT
+        if cfg.resume is True and not ckpt.exists():
+            raise ValueError(f"resume=true but {ckpt} does not exist; use resume=auto or resume=false")
+        if cfg.resume in (True, "auto") and ckpt.exists():
+            run.restore(rf.load_checkpoint(ckpt))
+        else:
+            for name in (rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
+                (run_dir / name).unlink(missing_ok=True)
+        return run.run()
