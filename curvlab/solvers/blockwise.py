@@ -3,13 +3,16 @@
 Both solvers turn the per-layer curvature of :func:`curvlab.curvature.curvature` into a
 direction. This base class owns what they share: parsing and validating the curvature
 options against the loss, the single forward pass per step whose cache feeds the
-curvature recursion, and the input second moments E[h hᵀ] that only some layers need.
+curvature recursion, the input second moments E[h hᵀ] that only some layers need, and,
+for the layers that ask for them, the per-sample factors behind a layer's Kronecker
+blocks (:class:`LayerSamples`), with which KFI applies (E[h hᵀ] + cI)⁻¹ through the
+(B, B) Gram matrix.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,7 +25,7 @@ from curvlab.losses import Loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import Direction, Solver
 
-__all__ = ["as_curvature_options", "check_kind", "BlockSolver", "compute_blocks"]
+__all__ = ["as_curvature_options", "check_kind", "BlockSolver", "LayerSamples", "compute_blocks"]
 
 _PSD_KINDS = "fisher (KFAC), gn (KFRA, convex loss only), pch1 or pch2"
 
@@ -52,31 +55,61 @@ def check_kind(kind: Kind, loss: Loss, solver: str, psd_required: bool) -> None:
         )
 
 
+@dataclass
+class LayerSamples:
+    """Per-sample factors of one layer: E[h hᵀ] = hᵀh / B and ∇_W = eᵀ h.
+
+    Attributes:
+        h: (B, n_in) the layer's inputs.
+        e: (B, n_out) each sample's share of the batch-mean gradient with respect to the
+            layer's pre-activation z (∇_{z_i} of the mean loss, i.e. δ_i / B).
+    """
+
+    h: Tensor
+    e: Tensor
+
+
 def compute_blocks(
-    net: MLP, x: Tensor, y: Tensor, loss: Loss, options: CurvatureOptions, input_cov_layers: set[int]
-) -> tuple[float, list[LayerCurvature]]:
-    """One forward pass, the curvature blocks from it, and E[h hᵀ] where requested.
+    net: MLP,
+    x: Tensor,
+    y: Tensor,
+    loss: Loss,
+    options: CurvatureOptions,
+    input_cov_layers: set[int],
+    sample_layers: set[int] | None = None,
+) -> tuple[float, list[LayerCurvature], dict[int, LayerSamples]]:
+    """One forward pass, the curvature blocks from it, and E[h hᵀ] or samples where requested.
 
     Args:
         input_cov_layers: 0-based layer indices whose ``input_cov`` must be filled. It is
             computed here from the cached inputs so that no layer pays for it unasked (the
             first layer's E[h hᵀ] does not fit in memory for ImageNet inputs).
+        sample_layers: 0-based layer indices whose :class:`LayerSamples` are returned; their
+            ``e`` comes from one autograd pass through the same forward pass (input
+            gradients only, no weight gradients).
 
     Returns:
-        The batch-mean loss before the update and the per-layer blocks.
+        The batch-mean loss before the update, the per-layer blocks and the samples.
     """
-    with torch.no_grad():  # the recursion computes the gradients itself; no autograd graph
+    sample_layers = sample_layers or set()
+    # Without samples the recursion computes the gradients itself: no autograd graph.
+    with torch.set_grad_enabled(bool(sample_layers)):
         cache = net.forward_cache(x)
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
     opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
     blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache)
+    samples: dict[int, LayerSamples] = {}
+    if sample_layers:
+        layers = sorted(sample_layers)
+        es = torch.autograd.grad(loss(cache.output, y), [cache.preacts[t] for t in layers])
+        samples = {t: LayerSamples(cache.inputs[t].detach(), e) for t, e in zip(layers, es)}
     with torch.no_grad():
         loss_value = float(loss(cache.output.detach(), y))
         for t in input_cov_layers:
             if blocks[t].input_cov is None:
                 h = cache.inputs[t].detach()  # (B, n_{t-1})
                 blocks[t] = replace(blocks[t], input_cov=h.T @ h / h.shape[0])
-    return loss_value, list(blocks)
+    return loss_value, list(blocks), samples
 
 
 class BlockSolver(Solver):
@@ -109,13 +142,21 @@ class BlockSolver(Solver):
         """Whether layer ``t`` (0-based) needs E[h hᵀ]."""
         return False
 
+    def input_needs(self, batch: int) -> tuple[set[int], set[int]]:
+        """The layers that need E[h hᵀ] and those that need :class:`LayerSamples` this step."""
+        return {t for t in range(self.net.depth) if self.needs_input_cov(t)}, set()
+
     @abstractmethod
-    def solve(self, blocks: list[LayerCurvature]) -> tuple[list[Tensor], dict[str, float]]:
+    def solve(
+        self, blocks: list[LayerCurvature], samples: dict[int, LayerSamples]
+    ) -> tuple[list[Tensor], dict[str, float]]:
         """The direction in ``net.parameters()`` order and solver statistics."""
 
     def direction(self, x: Tensor, y: Tensor) -> Direction:
-        cov_layers = {t for t in range(self.net.depth) if self.needs_input_cov(t)}
-        loss_value, blocks = compute_blocks(self.net, x, y, self.loss, self.curvature, cov_layers)
+        cov_layers, sample_layers = self.input_needs(x.shape[0])
+        loss_value, blocks, samples = compute_blocks(
+            self.net, x, y, self.loss, self.curvature, cov_layers, sample_layers
+        )
         with torch.no_grad():
-            d, stats = self.solve(blocks)
+            d, stats = self.solve(blocks, samples)
         return Direction(loss_value, [di.detach() for di in d], stats)

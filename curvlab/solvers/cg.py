@@ -93,6 +93,9 @@ class _FlatCG:
         self.p = self.b.clone()
         self.ap = torch.zeros_like(self.b)  # zeros: skipped groups multiply it by a = 0
         self.n_sys = s
+        # The buffers are only ever updated in place, so each group's views are made once.
+        self.p_views = [g.view(self.p) for g in self.groups]
+        self.ap_views = [g.view(self.ap) for g in self.groups]
         # Short systems: one scatter-add for the inner products of all groups; long ones: one
         # batched product per group (no (N,) temporary, pairwise-accurate sums).
         self.short = max(sizes) <= _SHORT
@@ -119,11 +122,16 @@ class _FlatCG:
     def step(self) -> bool:
         """One iteration of every active system; False when none was active."""
         active = self.active.tolist()  # the one host sync per iteration
-        live = [(g, mv) for g, mv in zip(self.groups, self.matvecs) if any(active[g.systems])]
+        live = [i for i, g in enumerate(self.groups) if any(active[g.systems])]
         if not live:
             return False
-        for g, mv in live:
-            g.view(self.ap).copy_(mv(g.view(self.p)))
+        for i in live:
+            mv, p, ap = self.matvecs[i], self.p_views[i], self.ap_views[i]
+            into = getattr(mv, "into", None)
+            if into is not None:
+                into(p, ap)
+            else:
+                ap.copy_(mv(p))
         pap = self._dots(self.p, self.ap)
         upd = self.active & (pap > 0)
         self.neg |= self.active ^ upd  # active with pᵀAp ≤ 0: stops, keeping its iterate
@@ -161,7 +169,8 @@ def batched_cg(
 
     Args:
         matvecs: per group, ``X ↦ A X`` applied to all systems of the group at once;
-            maps ``(*S, m, c)`` to the same shape. ``A_s`` must be symmetric.
+            maps ``(*S, m, c)`` to the same shape. ``A_s`` must be symmetric. A matvec
+            may also offer ``into(X, out)``, which writes ``A X`` into ``out`` (one copy less).
         rhs: per group, the right-hand sides ``b``, shape ``(*S, m, c)``, all of one dtype
             and device.
         max_iter: the most CG iterations of any system (EA-CG's max|CG|), ≥ 1.

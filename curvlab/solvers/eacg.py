@@ -60,7 +60,7 @@ from curvlab.curvature.options import CurvatureOptions, WeightFactor
 from curvlab.losses import Loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import register
-from curvlab.solvers.blockwise import BlockSolver
+from curvlab.solvers.blockwise import BlockSolver, LayerSamples
 from curvlab.solvers.cg import CGResult, MatVec, batched_cg
 from curvlab.solvers.split import RowSplit
 
@@ -184,12 +184,13 @@ def _reduced_layer(
     mu_hat = mu / math.sqrt(s) if s > 0 else torch.zeros_like(mu)
     gw = blk.grad_weight  # (n_out, c)
     g_mu = gw @ mu_hat  # (n_out,) = −G μ̂
-    perp = torch.addr(gw, g_mu, mu_hat, alpha=-1)  # (n_out, c) = −G_⊥, rows orthogonal to μ̂
+    # (n_out, c) = −G_⊥. Formed explicitly: gradient rows lie mostly along μ̂ (their h_i share
+    # a large mean), so ‖g‖² − (gᵀμ̂)² would cancel to round-off.
+    perp = torch.addr(gw, g_mu, mu_hat, alpha=-1)
     row_sq = torch.linalg.vector_norm(perp, dim=1).square()[:, None]  # (n_out, 1)
     norms = rs.rows(row_sq).sum((1, 2)).sqrt()  # (k,) ‖G_⊥‖_F over each row group
 
-    b_pad = blk.bias.new_zeros(k, size, size)
-    b_pad[:, 1 : m + 1, 1 : m + 1] = rs.blocks(blk.bias)  # (k, size, size)
+    b_pad = torch.nn.functional.pad(rs.blocks(blk.bias), (1, size - m - 1, 1, size - m - 1))  # (k, size, size)
     tail = norms.new_zeros(k, size - m - 1)
     rhs = [torch.cat([norms[:, None], rs.rows(-g_mu[:, None])[..., 0], tail], dim=1)]  # (k, size) (‖G_⊥‖, G μ̂)
     scale = [(1 - alpha) * s]
@@ -203,7 +204,11 @@ def _reduced_layer(
         zw = z[:, 0, 0, : m + 1, None]  # (k, m+1, 1)
         coef = torch.where(norms > 0, zw[:, 0, 0] / norms, 0.0)  # (k,)
         coef_rows = rs.merge(coef[:, None, None].expand(k, m, 1))[:, 0]  # (n_out,)
-        d_w = perp.mul_(-coef_rows[:, None]).addr_(rs.merge(zw[:, 1:])[:, 0], mu_hat)  # reuses perp's memory
+        y = rs.merge(zw[:, 1:])[:, 0]  # (n_out,)
+        if rs.trivial:  # one pass, in perp's memory: −coef · perp + y μ̂ᵀ
+            d_w = perp.addr_(y, mu_hat, beta=-float(coef[0]))
+        else:
+            d_w = perp.mul_(-coef_rows[:, None]).addr_(y, mu_hat)
         out = [(slot, d_w)]
         if bias:
             out.append((slot + 1, rs.merge(z[:, 1, 0, 1 : m + 1, None])[:, 0]))
@@ -213,16 +218,22 @@ def _reduced_layer(
     return _ReducedLayer(b_pad, scale_t, torch.stack(rhs, dim=1)[:, :, None, :], unpack)
 
 
-def _reduced_matvec(blocks: Tensor, scale: Tensor, alpha: float) -> MatVec:
+class _ReducedMatVec:
     """``x ↦ α x + scale · x diag(0, B_j)`` on row vectors: ``x`` (S, nb, 1, size), ``blocks``
     (S, size, size), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ, and the
     weight and bias systems of a row group share one pass over ``B_j``."""
 
-    def mv(x: Tensor) -> Tensor:
-        x3 = x.reshape(scale.shape[0], scale.shape[1], -1)  # (S, nb, size)
-        return torch.baddbmm(x3, x3 * scale, blocks, beta=alpha).reshape(x.shape)
+    def __init__(self, blocks: Tensor, scale: Tensor, alpha: float) -> None:
+        self.blocks, self.scale, self.alpha = blocks, scale, alpha
 
-    return mv
+    def into(self, x: Tensor, out: Tensor) -> None:
+        x3 = x.view(self.scale.shape[0], self.scale.shape[1], -1)  # (S, nb, size)
+        torch.baddbmm(x3, x3 * self.scale, self.blocks, beta=self.alpha, out=out.view(x3.shape))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = torch.empty_like(x)
+        self.into(x, out)
+        return out
 
 
 _PAD_BUDGET = 65536  # padded matrix entries per batch that cost less than one more batch per iteration
@@ -257,7 +268,7 @@ def _rank_one_groups(blocks: Sequence[LayerCurvature], alpha: float, split: int,
     groups = []
     for size, members in _buckets(splits):
         layers = [_reduced_layer(blocks[t], alpha, splits[t], per_layer * t, bias, size) for t in members]
-        mv = _reduced_matvec(_cat([lay.blocks for lay in layers]), _cat([lay.scale for lay in layers]), alpha)
+        mv = _ReducedMatVec(_cat([lay.blocks for lay in layers]), _cat([lay.scale for lay in layers]), alpha)
         group = _Group(mv, _cat([lay.rhs for lay in layers]))  # (Σ k, nb, 1, size)
         start = 0
         for lay in layers:
@@ -354,7 +365,9 @@ class EACG(BlockSolver):
     def needs_input_cov(self, t: int) -> bool:
         return self.curvature.weight_factor is WeightFactor.FULL
 
-    def solve(self, blocks: list[LayerCurvature]) -> tuple[list[Tensor], dict[str, float]]:
+    def solve(
+        self, blocks: list[LayerCurvature], samples: dict[int, LayerSamples]
+    ) -> tuple[list[Tensor], dict[str, float]]:
         return eacg_solve(
             blocks, self.alpha, self.max_cg, self.eps_cg, self.split,
             self.curvature.weight_factor, bias=self.net.has_bias,

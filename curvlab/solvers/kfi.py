@@ -19,14 +19,31 @@ A = E[h] E[h]ᵀ + π√α I (π from tr A₀ = ‖E[h]‖²), applied with Sher
 
     (μμᵀ + c I)⁻¹ = (I − μμᵀ / (c + μᵀμ)) / c,   c = π √α,
 
-so it costs O(n_out n_in) and never forms an (n_in, n_in) matrix. Every other factor is
-solved with a Cholesky factorisation (no explicit inverse).
+so it costs O(n_out n_in) and never forms an (n_in, n_in) matrix.
+
+**Batch smaller than the input (Woodbury).** With the layer inputs H (B, n_in), A₀ = HᵀH/B,
+and the Woodbury identity gives, with the (B, B) matrix K = H Hᵀ + c B I,
+
+    A⁻¹ = (I − Hᵀ K⁻¹ H) / c,        H A⁻¹ = B K⁻¹ H  (push-through).
+
+So A⁻¹ is applied exactly without the (n_in, n_in) factor; and when the gradient comes
+as ∇_W = Eᵀ H (E the samples' shares of the pre-activation gradient), the whole update
+is d_W = −B (G⁻¹ Eᵀ) K⁻¹ H, which never forms an (n_out, n_in) intermediate before the
+last product. :func:`gram_is_cheaper` picks, per layer and batch size, whichever of the
+two forms needs fewer flops. Every other factor is solved with a Cholesky factorisation
+(no explicit inverse).
+
+**Amortised factors (optional).** ``update_every=T`` refreshes the damped factors (and π)
+every T steps, as KFAC implementations do, and applies the stored ones to the current
+gradient in between; the default T = 1 is the paper's KFI (fresh inverses every step).
+The stored factors are part of :meth:`KFI.state_dict`, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -36,9 +53,9 @@ from curvlab.curvature.options import CurvatureOptions
 from curvlab.losses import Loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import register
-from curvlab.solvers.blockwise import BlockSolver
+from curvlab.solvers.blockwise import BlockSolver, LayerSamples
 
-__all__ = ["trace_ratio", "kfi_solve", "KFI"]
+__all__ = ["trace_ratio", "gram_is_cheaper", "LayerInverse", "layer_inverses", "kfi_solve", "KFI"]
 
 
 def trace_ratio(trace_a: float, dim_a: int, trace_g: float, dim_g: int) -> float:
@@ -47,6 +64,18 @@ def trace_ratio(trace_a: float, dim_a: int, trace_g: float, dim_g: int) -> float
     if not (num > 0 and den > 0 and math.isfinite(num) and math.isfinite(den)):
         return 1.0
     return math.sqrt(num / den)
+
+
+def gram_is_cheaper(n_in: int, n_out: int, batch: int) -> bool:
+    """Whether the Woodbury form (through the (B, B) Gram matrix) needs fewer flops.
+
+    Multiply-adds of the weight update: the (n_in, n_in) form builds HᵀH, factors it and
+    solves for (G⁻¹ ∇_W) A⁻¹; the Gram form builds H Hᵀ, factors it and forms
+    ((G⁻¹ Eᵀ) K⁻¹) H.
+    """
+    full = batch * n_in**2 + n_in**3 / 3 + 2 * n_out * n_in**2 + 2 * n_out**2 * n_in
+    gram = batch**2 * n_in + batch**3 / 3 + 2 * n_out * batch**2 + n_out * batch * n_in + 2 * n_out**2 * batch
+    return gram < full
 
 
 def _cholesky(mat: Tensor, what: str) -> Tensor:
@@ -63,54 +92,134 @@ def _cholesky(mat: Tensor, what: str) -> Tensor:
     return chol.to(mat.dtype)
 
 
+def _right_solve(x: Tensor, chol: Tensor) -> Tensor:
+    """X S⁻¹ for a symmetric S = L Lᵀ: (S⁻¹ Xᵀ)ᵀ."""
+    return torch.cholesky_solve(x.T, chol).T
+
+
+@dataclass
+class LayerInverse:
+    """The damped factors of one layer, ready to apply (Eq. 12).
+
+    Attributes:
+        pi: the trace ratio π of this layer.
+        c: the A-factor damping π √α.
+        chol_g: (n_out, n_out) Cholesky factor of G = B + (√α/π) I.
+        mode: how A⁻¹ is applied: ``cholesky`` (``a`` = Cholesky factor of A), ``gram``
+            (``a`` = Cholesky factor of K = H Hᵀ + c B I, ``h`` = H) or ``rank_one``
+            (``a`` = E[h], Eq. 13).
+        a: see ``mode``.
+        h: (B, n_in) the inputs behind A (``gram`` only).
+    """
+
+    pi: float
+    c: float
+    chol_g: Tensor
+    mode: str
+    a: Tensor
+    h: Tensor | None = None
+
+    def weight(self, grad_weight: Tensor, e: Tensor | None = None) -> Tensor:
+        """d_W = −G⁻¹ ∇_W A⁻¹; ``e`` (B, n_out) with ∇_W = eᵀ h for this ``h`` takes the short form."""
+        if self.mode == "gram" and e is not None:
+            assert self.h is not None
+            ge = torch.cholesky_solve(e.T, self.chol_g)  # (n_out, B) G⁻¹ Eᵀ
+            return -self.h.shape[0] * (_right_solve(ge, self.a) @ self.h)  # −B (G⁻¹ Eᵀ K⁻¹) H
+        x = torch.cholesky_solve(grad_weight, self.chol_g)  # (n_out, n_in) G⁻¹ ∇_W
+        if self.mode == "cholesky":
+            return -_right_solve(x, self.a)
+        if self.mode == "gram":  # X A⁻¹ = (X − (X Hᵀ) K⁻¹ H) / c
+            assert self.h is not None
+            return -(x - _right_solve(x @ self.h.T, self.a) @ self.h) / self.c
+        # Sherman–Morrison: X (μμᵀ + cI)⁻¹ = (X − (X μ) μᵀ / (c + μᵀμ)) / c.
+        mu = self.a
+        return -(x - torch.outer(x @ mu, mu) / (self.c + float(mu @ mu))) / self.c
+
+    def bias(self, grad_bias: Tensor) -> Tensor:
+        """d_b = −G⁻¹ ∇_b."""
+        return -torch.cholesky_solve(grad_bias[:, None], self.chol_g)[:, 0]
+
+
+def layer_inverses(
+    blocks: Sequence[LayerCurvature],
+    alpha: float,
+    rank_one_first_layer: bool = False,
+    samples: Mapping[int, LayerSamples] | None = None,
+) -> list[LayerInverse]:
+    """Damped Kronecker factors of every layer (see :func:`kfi_solve` for the arguments)."""
+    samples = samples or {}
+    sqrt_alpha = math.sqrt(alpha)
+    out = []
+    for t, blk in enumerate(blocks):
+        g0 = blk.bias  # (n_out, n_out)
+        h = None
+        if rank_one_first_layer and t == 0:
+            mode, a0 = "rank_one", blk.input_mean  # (n_in,)
+            trace_a = float(a0 @ a0)
+        elif t in samples:
+            mode, h = "gram", samples[t].h  # (B, n_in)
+            trace_a = float(torch.linalg.vector_norm(h).square()) / h.shape[0]
+        else:
+            if blk.input_cov is None:
+                raise ValueError(f"KFI needs input_cov (E[h hᵀ]) or the input samples for layer {t + 1}")
+            mode, a0 = "cholesky", blk.input_cov
+            trace_a = float(torch.diagonal(a0).sum())
+        pi = trace_ratio(trace_a, blk.n_in, float(torch.diagonal(g0).sum()), blk.n_out)
+        c = pi * sqrt_alpha
+        eye_g = torch.eye(blk.n_out, dtype=g0.dtype, device=g0.device)
+        chol_g = _cholesky(g0 + (sqrt_alpha / pi) * eye_g, f"G of layer {t + 1}")
+        if mode == "cholesky":
+            eye_a = torch.eye(blk.n_in, dtype=a0.dtype, device=a0.device)
+            a0 = _cholesky(a0 + c * eye_a, f"A of layer {t + 1}")
+        elif mode == "gram":
+            assert h is not None
+            k = h @ h.T  # (B, B)
+            k.diagonal().add_(c * h.shape[0])
+            a0 = _cholesky(k, f"A of layer {t + 1} (its Gram form)")
+        out.append(LayerInverse(pi, c, chol_g, mode, a0, h))
+    return out
+
+
+def _apply(
+    inverses: Sequence[LayerInverse],
+    blocks: Sequence[LayerCurvature],
+    bias: bool,
+    samples: Mapping[int, LayerSamples] | None = None,
+) -> tuple[list[Tensor], dict[str, float]]:
+    """The direction from (possibly stored) factors and this step's gradients."""
+    samples = samples or {}
+    d: list[Tensor] = []
+    for t, (inv, blk) in enumerate(zip(inverses, blocks, strict=True)):
+        sample = samples.get(t)
+        d.append(inv.weight(blk.grad_weight, sample.e if sample is not None and sample.h is inv.h else None))
+        if bias:
+            d.append(inv.bias(blk.grad_bias))
+    pis = [inv.pi for inv in inverses]
+    return d, {"kfi_pi_min": min(pis), "kfi_pi_max": max(pis)}
+
+
 def kfi_solve(
-    blocks: Sequence[LayerCurvature], alpha: float, rank_one_first_layer: bool = False, bias: bool = True
+    blocks: Sequence[LayerCurvature],
+    alpha: float,
+    rank_one_first_layer: bool = False,
+    bias: bool = True,
+    samples: Mapping[int, LayerSamples] | None = None,
 ) -> tuple[list[Tensor], dict[str, float]]:
     """The KFI direction of Eq. (12) for every layer.
 
     Args:
         blocks: per-layer curvature, input side first; ``input_cov`` is needed for every
-            layer except the first when ``rank_one_first_layer`` is set.
+            layer except the first with ``rank_one_first_layer`` and those in ``samples``.
         alpha: damping α > 0 (the damping of each factor is √α scaled by π).
         rank_one_first_layer: use Eq. (13) with Sherman–Morrison for layer 1.
         bias: whether the net has biases (otherwise no bias entries are returned).
+        samples: per 0-based layer, its inputs (and gradient shares): that layer's A⁻¹ is
+            applied in the Woodbury form through the (B, B) Gram matrix.
 
     Returns:
         ``[d_W1, d_b1, d_W2, …]`` in ``net.parameters()`` order, and the range of π.
     """
-    sqrt_alpha = math.sqrt(alpha)
-    d: list[Tensor] = []
-    pis: list[float] = []
-    for t, blk in enumerate(blocks):
-        rank_one = rank_one_first_layer and t == 0
-        g0 = blk.bias  # (n_out, n_out)
-        if rank_one:
-            mu = blk.input_mean  # (n_in,)
-            trace_a = float(mu @ mu)
-        else:
-            if blk.input_cov is None:
-                raise ValueError(f"KFI needs input_cov (E[h hᵀ]) for layer {t + 1}")
-            trace_a = float(torch.diagonal(blk.input_cov).sum())
-        pi = trace_ratio(trace_a, blk.n_in, float(torch.diagonal(g0).sum()), blk.n_out)
-        pis.append(pi)
-
-        eye_g = torch.eye(blk.n_out, dtype=g0.dtype, device=g0.device)
-        chol_g = _cholesky(g0 + (sqrt_alpha / pi) * eye_g, f"G of layer {t + 1}")
-        x = torch.cholesky_solve(blk.grad_weight, chol_g)  # G⁻¹ ∇_W, (n_out, n_in)
-        c = pi * sqrt_alpha
-        if rank_one:
-            # Sherman–Morrison: X (μμᵀ + cI)⁻¹ = (X − (X μ) μᵀ / (c + μᵀμ)) / c.
-            xmu = x @ mu  # (n_out,)
-            d_w = -(x - torch.outer(xmu, mu) / (c + trace_a)) / c
-        else:
-            a0 = blk.input_cov
-            eye_a = torch.eye(blk.n_in, dtype=a0.dtype, device=a0.device)
-            chol_a = _cholesky(a0 + c * eye_a, f"A of layer {t + 1}")
-            d_w = -torch.cholesky_solve(x.T, chol_a).T  # X A⁻¹ = (A⁻¹ Xᵀ)ᵀ as A is symmetric
-        d.append(d_w)
-        if bias:
-            d.append(-torch.cholesky_solve(blk.grad_bias[:, None], chol_g)[:, 0])
-    return d, {"kfi_pi_min": min(pis), "kfi_pi_max": max(pis)}
+    return _apply(layer_inverses(blocks, alpha, rank_one_first_layer, samples), blocks, bias, samples)
 
 
 @register("kfi")
@@ -124,6 +233,8 @@ class KFI(BlockSolver):
         alpha: damping, 0 < α < 1.
         rank_one_first_layer: Eq. (13) for the first layer (very wide inputs).
         max_input_width: the widest layer input whose (n, n) factor KFI will form.
+        update_every: refresh the damped factors every this many steps (1: every step,
+            the paper's KFI; larger: amortised, as KFAC implementations).
     """
 
     psd_required = True
@@ -137,12 +248,21 @@ class KFI(BlockSolver):
         alpha: float = 0.02,
         rank_one_first_layer: bool = False,
         max_input_width: int = 4096,
+        update_every: int = 1,
     ) -> None:
         super().__init__(net, loss, lr, curvature, alpha)
         if int(max_input_width) != max_input_width or max_input_width < 1:
             raise ValueError(f"solver.max_input_width must be an integer >= 1, got {max_input_width}")
+        if isinstance(update_every, bool) or int(update_every) != update_every or update_every < 1:
+            raise ValueError(
+                f"solver.update_every must be an integer >= 1 (1 = fresh factors every step, the paper's "
+                f"KFI; e.g. 10 = refresh every 10 steps), got {update_every!r}"
+            )
         self.rank_one_first_layer = bool(rank_one_first_layer)
         self.max_input_width = int(max_input_width)
+        self.update_every = int(update_every)
+        self._inverses: list[LayerInverse] | None = None
+        self._age = 0  # steps since the stored factors were computed
         for t, n_in in enumerate(net.widths[:-1]):
             if n_in <= self.max_input_width or not self.needs_input_cov(t):
                 continue
@@ -159,5 +279,35 @@ class KFI(BlockSolver):
     def needs_input_cov(self, t: int) -> bool:
         return not (self.rank_one_first_layer and t == 0)
 
-    def solve(self, blocks: list[LayerCurvature]) -> tuple[list[Tensor], dict[str, float]]:
-        return kfi_solve(blocks, self.alpha, self.rank_one_first_layer, bias=self.net.has_bias)
+    @property
+    def _refresh(self) -> bool:
+        return self._inverses is None or self._age >= self.update_every
+
+    def input_needs(self, batch: int) -> tuple[set[int], set[int]]:
+        if not self._refresh:
+            return set(), set()
+        widths = self.net.widths
+        factored = [t for t in range(self.net.depth) if self.needs_input_cov(t)]
+        gram = {t for t in factored if gram_is_cheaper(widths[t], widths[t + 1], batch)}
+        return set(factored) - gram, gram
+
+    def solve(
+        self, blocks: list[LayerCurvature], samples: dict[int, LayerSamples]
+    ) -> tuple[list[Tensor], dict[str, float]]:
+        refresh = self._refresh
+        if refresh:
+            self._inverses, self._age = layer_inverses(blocks, self.alpha, self.rank_one_first_layer, samples), 0
+        assert self._inverses is not None
+        self._age += 1
+        d, stats = _apply(self._inverses, blocks, self.net.has_bias, samples)
+        return d, {**stats, "kfi_refreshed": float(refresh)}
+
+    def state_dict(self) -> dict[str, Any]:
+        inverses = None if self._inverses is None else [asdict(inv) for inv in self._inverses]
+        return {**super().state_dict(), "kfi_age": self._age, "kfi_inverses": inverses}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._age = int(state.get("kfi_age", 0))
+        stored = state.get("kfi_inverses")
+        self._inverses = None if stored is None else [LayerInverse(**inv) for inv in stored]
