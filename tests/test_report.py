@@ -229,8 +229,8 @@ def test_two_nets_are_not_pooled(tmp_path: Path) -> None:
                       seed=seed,
                       kinds=KINDS, layers=layers, cfg_extra={"net": {"widths": widths, "activation": "sigmoid"}})
     g = group_runs(load_runs([tmp_path / "runs"]).runs)
-    assert g.runs.groupby("setting").size().to_dict() == {"tiny · net 4-3-2 sigmoid · ?": 2,
-                                                           "tiny · net 4-3-3-2 sigmoid · ?": 2}
+    assert g.runs.groupby("setting").size().to_dict() == {"tiny · net 4-3-2 sigmoid": 2,
+                                                           "tiny · net 4-3-3-2 sigmoid": 2}
     assert g.dropped.empty
     files = {f.name for f in report([tmp_path / "runs"], tmp_path / "o", want={"tables"})}
     two = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-2_sigmoid.csv", index_col=0)
@@ -456,3 +456,15 @@ def test_adhoc_runs_are_named_by_their_overrides(overrides: list[str], name: str
     assert parts[:2] == ("runs", "demo") and len(parts) == (4 if name else 3)
     if name:
         assert parts[2] == name
+
+
+def test_a_study_without_renderer_is_one_table(tmp_path: Path) -> None:
+    data = pd.DataFrame({"method": ["cr", "sgd"], "value": [100.0, 0.1], "final_train_loss": [0.5, 0.7]})
+    _study(tmp_path / "runs" / "new", "new_study", data, paper="Bakker et al. Section 4")
+    report([tmp_path / "runs"], tmp_path / "o")
+    assert pd.read_csv(tmp_path / "o" / "new_study.csv", index_col=0)["final_train_loss"].to_dict() == {
+        "cr": 0.5, "sgd": 0.7}
+    assert "Bakker et al. Section 4" in (tmp_path / "o" / "new_study.md").read_text()
+    _study(tmp_path / "big" / "s", "big_study", pd.DataFrame({"i": range(501)}))
+    with pytest.raises(ValueError, match="no renderer; register one"):
+        report([tmp_path / "big"], tmp_path / "o2")

@@ -285,14 +285,14 @@ def appendix_figure(data: pd.DataFrame, slopes: pd.DataFrame, fit_max: float) ->
         ax.set_xlabel("input scale c")
         ax.set_ylabel("||H - GN||_F / ||H||_F  (dashed: ||H - GN||_F)")
         ax.set_title(f"{block} blocks", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         legend_right(ax)
     fig.suptitle("Appendix: second-order module term against input scale (tanh, zero biases)", fontsize=11)
     return fig
 
 
 def scaling_figure(data: pd.DataFrame, title: str) -> Figure:
-    """Rahimi scaling: seconds against depth (left) and width (right), one line per method.
+    """Rahimi scaling: seconds against depth (left) and width (right), one line per method (mean, min–max bars).
 
     ``data`` columns: ``sweep`` (``depth``/``width``), ``value``, ``method``, ``seconds``.
     """
@@ -301,8 +301,9 @@ def scaling_figure(data: pd.DataFrame, title: str) -> Figure:
     for ax, sweep in zip(axes[0], sweeps):
         d = data[data["sweep"] == sweep]
         for i, (method, s) in enumerate(d.groupby("method", sort=True)):
-            s = s.groupby("value")["seconds"].agg(["mean", "std"]).reset_index()
-            ax.errorbar(s["value"], s["mean"], yerr=s["std"].fillna(0), fmt="o-", ms=3, color=f"C{i}", label=method)
+            s = s.groupby("value")["seconds"].agg(["mean", "min", "max"]).reset_index()
+            span = [s["mean"] - s["min"], s["max"] - s["mean"]]  # min–max over repeats: stays positive on the log axis
+            ax.errorbar(s["value"], s["mean"], yerr=span, fmt="o-", ms=3, color=f"C{i}", label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = sorted(d["value"].unique())

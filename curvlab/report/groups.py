@@ -111,8 +111,8 @@ def _setting_label(key: tuple[tuple[str, str], ...], varying: set[str]) -> str:
     """``digits · 64-8-10 sigmoid · cross-entropy``, plus any other setting field that differs."""
     d = dict(key)
     widths = d.get("cfg.net.widths", "").strip("[]").replace(", ", "-")
-    parts = [d.get("cfg.dataset.name", "?"), f"net {widths} {d.get('cfg.net.activation', '')}".strip(),
-             d.get("cfg.loss.name", "?").replace("_", "-")]
+    net = f"net {widths} {d.get('cfg.net.activation', '')}".strip() if widths else ""
+    parts = [p for p in (d.get("cfg.dataset.name", ""), net, d.get("cfg.loss.name", "").replace("_", "-")) if p]
     shown = {"cfg.dataset.name", "cfg.net.widths", "cfg.net.activation", "cfg.loss.name"}
     parts += [f"{c.split('.', 1)[1]}={d.get(c, '-')}" for c in sorted(varying - shown)]
     return " · ".join(parts)

@@ -30,6 +30,7 @@ from curvlab.report import figures as F
 from curvlab.report.groups import group_runs
 from curvlab.report.load import Runs, Study
 from curvlab.report.paper import EACG_TABLES
+from curvlab.report.study_lowrank import render_cr_sigma, render_lowrank_structure
 from curvlab.report.tables import (
     cr_rate_table, final_metrics_table, hessian_error_table, relative_error_table, runs_table, select_steps,
     side_by_side, write_table,
@@ -224,11 +225,27 @@ STUDY_RENDERERS: dict[str, Callable[[Study, Path, set[str]], list[Path]]] = {
     "appendix_chain_rule": _appendix,
     "table1_measured": _table1,
     "rahimi_scaling": _rahimi,
+    "lowrank_structure": render_lowrank_structure,
+    "cr_sigma": render_cr_sigma,
 }
 
 
+_GENERIC_MAX_ROWS = 500  # a study without a renderer is shown as its own table up to this size
+
+
+def _generic(st: Study, out: Path, want: set[str]) -> list[Path]:
+    """A study without a renderer of its own: its tidy rows as one table (a new study renders at once)."""
+    if "tables" not in want:
+        return []
+    if len(st.data) > _GENERIC_MAX_ROWS:
+        raise ValueError(f"study {st.name!r} in {st.path}: {len(st.data)} rows and no renderer; register one in "
+                         f"STUDY_RENDERERS (curvlab/report/render.py); known: {', '.join(STUDY_RENDERERS)}")
+    name = str(st.meta.get("name", st.name))
+    about = "; ".join(str(st.meta[k]) for k in ("paper", "note") if st.meta.get(k))
+    return write_table(st.data.set_index(st.data.columns[0]), out, name,
+                       f"Study {name} (rows as measured){': ' + about if about else ''}", floatfmt=".4g")
+
+
 def render_study(st: Study, out: Path, want: set[str] = frozenset({"tables", "figures"})) -> list[Path]:
-    """Render one study with the renderer registered under its ``study`` name."""
-    if st.name not in STUDY_RENDERERS:
-        raise ValueError(f"study {st.name!r} in {st.path}: no renderer; known: {', '.join(STUDY_RENDERERS)}")
-    return STUDY_RENDERERS[st.name](st, out, set(want))
+    """Render one study with the renderer registered under its ``study`` name (else as one table)."""
+    return STUDY_RENDERERS.get(st.name, _generic)(st, out, set(want))
