@@ -150,7 +150,7 @@ def _train(argv: list[str]) -> int:
         print(f"curvlab train: {err}", file=sys.stderr)
         return 1
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # composing the config failed
-        print(f"curvlab train: config error: {compose_error_message(err)}", file=sys.stderr)
+        print(f"curvlab train: config error: {compose_error_message(err, argv)}", file=sys.stderr)
         return 2
     finally:
         sys.argv = saved

@@ -396,11 +396,12 @@ def known_keys(section: str) -> list[str] | None:
     return sorted(f.name for f in dataclasses.fields(cls))
 
 
-def compose_error_message(err: Exception) -> str:
+def compose_error_message(err: Exception, overrides: list[str] | None = None) -> str:
     """One line for an error that Hydra raised while composing the config.
 
     Covers an unknown group option (``solver=foo``: lists the options), an unknown key
-    (``foo=1``: lists the keys there), a malformed override and OmegaConf's own errors.
+    (``foo=1``: lists the keys there), a malformed override and OmegaConf's own errors; a
+    message of Hydra's that names no key is followed by the ``overrides`` given.
     """
     from hydra.errors import MissingConfigException, OverrideParseException
 
@@ -422,6 +423,8 @@ def compose_error_message(err: Exception) -> str:
             return f"{key}: not a key of the chosen {section}'s config; to pass another option, write +{key}=VALUE"
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     lines = [str(err).strip().splitlines()[0].rstrip(".")] + ([str(cause).strip().splitlines()[0]] if cause else [])
+    if not key and overrides:
+        lines.append(f"in the overrides: {' '.join(overrides)}")
     return "; ".join(lines)
 
 
