@@ -420,7 +420,7 @@ def compose_error_message(err: Exception, overrides: list[str] | None = None) ->
         section = key.rpartition(".")[0]
         allowed = known_keys(section)
         if allowed is None:
-            return f"{key}: not a key of the chosen {section}'s config; to pass another option, write +{key}=VALUE"
+            return f"{key}: no such key in the chosen {section} config; to add an option, write +{key}=VALUE"
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     lines = [str(err).strip().splitlines()[0].rstrip(".")] + ([str(cause).strip().splitlines()[0]] if cause else [])
     if not key and overrides:

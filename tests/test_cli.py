@@ -120,7 +120,7 @@ CONFIG_ERRORS = [
     (["hydra/launcher=foo"], "hydra/launcher=foo: no such option; allowed: basic, joblib, submitit_local, submitit_slurm"),
     (["foo=1"], "foo: unknown key; allowed: curvature, dataset, device, dtype, experiment_name, hydra, log"),
     (["train.foo=1"], "train.foo: unknown key; allowed: batch_size, checkpoint_every"),
-    (["solver.foo=1"], "solver.foo: not a key of the chosen solver's config; to pass another option, write +solver.foo="),
+    (["solver.foo=1"], "solver.foo: no such key in the chosen solver config; to add an option, write +solver.foo=VALUE"),
     (["solver.lr=[1,"], "cannot parse the override 'solver.lr=[1,': no viable alternative at input '[1,'"),
     (["solver.lr"], "cannot parse the override 'solver.lr': missing EQUAL"),
     (["seed=abc"], "seed must be an integer, got 'abc'"),
