@@ -229,12 +229,12 @@ def test_two_nets_are_not_pooled(tmp_path: Path) -> None:
                       seed=seed,
                       kinds=KINDS, layers=layers, cfg_extra={"net": {"widths": widths, "activation": "sigmoid"}})
     g = group_runs(load_runs([tmp_path / "runs"]).runs)
-    assert g.runs.groupby("setting").size().to_dict() == {"tiny · net 4-3-2 sigmoid": 2,
-                                                           "tiny · net 4-3-3-2 sigmoid": 2}
+    assert g.runs.groupby("setting").size().to_dict() == {"tiny · net 4-3-2 sigmoid · cross-entropy": 2,
+                                                           "tiny · net 4-3-3-2 sigmoid · cross-entropy": 2}
     assert g.dropped.empty
     files = {f.name for f in report([tmp_path / "runs"], tmp_path / "o", want={"tables"})}
-    two = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-2_sigmoid.csv", index_col=0)
-    three = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-3-2_sigmoid.csv", index_col=0)
+    two = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-2_sigmoid_cross-entropy.csv", index_col=0)
+    three = pd.read_csv(tmp_path / "o" / "demo__tiny_net_4-3-3-2_sigmoid_cross-entropy.csv", index_col=0)
     assert list(two.index) == ["Layer-1", "Layer-2", "Total"] and list(three.index)[-2:] == ["Layer-3", "Total"]
     assert "demo.csv" not in files
 
@@ -468,3 +468,11 @@ def test_a_study_without_renderer_is_one_table(tmp_path: Path) -> None:
     _study(tmp_path / "big" / "s", "big_study", pd.DataFrame({"i": range(501)}))
     with pytest.raises(ValueError, match="no renderer; register one"):
         report([tmp_path / "big"], tmp_path / "o2")
+
+
+def test_runs_without_config_are_told_apart_by_their_summary(tmp_path: Path) -> None:
+    for solver, kind in (("eacg", "pch1"), ("kfi", "gn"), ("sgd", None)):
+        d = write_run(tmp_path / "runs", solver, experiment="e", curvature=kind, solver=solver, seed=0)
+        (d / "config.yaml").unlink()
+    labels = sorted(group_runs(load_runs([tmp_path / "runs"]).runs).runs["label"])
+    assert labels == ["EA-CG · PCH-1", "KFI · GN (KFRA)", "SGD"]

@@ -34,7 +34,7 @@ _SOLVER_NAMES = {"sgd": "SGD", "adagrad": "Adagrad", "adadelta": "Adadelta", "ad
 # Curvature × KFI pairs that the literature names (Chen et al. Table 1).
 _KFI_NAMES = {"fisher": "KFAC", "gn": "KFRA"}
 # Fields a method label already shows; they are not repeated as ``key=value``.
-_IN_LABEL = {"cfg.solver.name", "cfg.curvature.kind", "cfg.solver.momentum", "cfg.solver.split",
+_IN_LABEL = {"solver", "curvature", "cfg.solver.name", "cfg.curvature.kind", "cfg.solver.momentum", "cfg.solver.split",
              "cfg.solver.rank_one_first_layer", "cfg.solver.curvature", "cfg.solver.base"}
 
 
@@ -90,7 +90,9 @@ def _as_dict(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
 def _method_keys(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], ...]:
     """The (key, value) pairs that define a run's method within its setting."""
     kind = _get(row, "cfg.curvature.kind")
-    keep = []
+    # summary.json's identity too, so that runs without a config.yaml are still told apart
+    keep = [("solver", str(_get(row, "solver"))), *([("curvature", str(_get(row, "curvature")))]
+                                                    if _uses_curvature(row) else [])]
     for c in cfg_cols:
         if c.startswith(_SETTING):
             continue
@@ -104,7 +106,9 @@ def _method_keys(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], 
 
 
 def _setting_key(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((c, _num(_get(row, c))) for c in cfg_cols if c.startswith(_SETTING) and _get(row, c) is not None)
+    ident = [("cfg.dataset.name", str(_get(row, "dataset"))), ("cfg.loss.name", str(_get(row, "loss")))]
+    cfg = [(c, _num(_get(row, c))) for c in cfg_cols if c.startswith(_SETTING) and _get(row, c) is not None]
+    return tuple(dict([*ident, *cfg]).items())  # the config's value where it has one
 
 
 def _setting_label(key: tuple[tuple[str, str], ...], varying: set[str]) -> str:
@@ -197,6 +201,6 @@ def _labels_by_difference(part: pd.DataFrame, methods: dict[int, tuple[tuple[str
         short = _short_keys(varying)
         for g in clash:
             d = dict(methods[g])
-            extra = " ".join(f"{short[k]}={d.get(k, '-')}" for k in varying)
+            extra = " ".join(f"{short[k]}={d.get(k, 'default')}" for k in varying)
             out[g] = f"{name} · {extra}" if extra else f"{name} #{g}"
     return out
