@@ -5,8 +5,12 @@ Net 3072-1024-512-256-128-64-32-16-10, sigmoid, Xavier init, cross-entropy, batc
 float32 (Chen et al., "Experimental Evaluation"). Methods:
 
 - ``sgd``: one plain SGD step (forward + backward + update), the unit of the ratios;
-- ``eacg-k``: EA-CG with PCH-1, max|CG| = 50, ε_CG = 0.1 and block splitting k;
+- ``eacg-cg5`` / ``eacg-cg50``: EA-CG with PCH-1 and the rank-one factor (Eq. 11b), max|CG| = 5
+  or 50 and a tiny ε_CG = 1e-12 (so CG runs until max|CG| or until it has converged);
+- ``eacg-split<k>``: EA-CG with PCH-1, max|CG| = 50, ε_CG = 0.1 and block splitting k;
 - ``kfi-<kind>``: KFI with Fisher (KFAC), GN (KFRA) and PCH-1.
+
+The rows with a target (issue 9: ≤ 1.7×, ≤ 1.8×, ≤ 3×) print it and whether it is met.
 
 Each method runs in a fresh process (so that the peak-memory figure is its own): build the
 net and one batch, one warm-up step, then ``--steps`` method steps alternating with SGD
@@ -19,7 +23,12 @@ over an SGD step (the ``sgd`` row: a second SGD net's first step). The batch com
 
     python scripts/bench_solvers.py                 # all methods, 3 steps each
     python scripts/bench_solvers.py --quick         # 1 step, split 1 and 16 only
+    python scripts/bench_solvers.py --threads 1 --clock cpu --steps 5   # stable ratios on a busy machine
     python scripts/bench_solvers.py --device cuda --steps 10
+
+``--clock cpu`` times each step by the process's CPU time (``time.process_time``), which
+other processes on a shared machine disturb far less than wall-clock time; with
+``--threads 1`` it equals the work done. CUDA always uses wall-clock time.
 """
 
 from __future__ import annotations
@@ -37,12 +46,16 @@ from pathlib import Path
 from typing import Any
 
 WIDTHS = [3072, 1024, 512, 256, 128, 64, 32, 16, 10]
+TARGETS = {"eacg-cg5": 1.7, "eacg-cg50": 1.8, "kfi-fisher": 3.0}  # x SGD, issue 9
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.npz"
 
 
 def methods(quick: bool) -> dict[str, tuple[str, dict[str, Any]]]:
     splits = [1, 16] if quick else [1, 4, 16]
     out: dict[str, tuple[str, dict[str, Any]]] = {"sgd": ("sgd", {})}
+    rank_one = {"kind": "pch1", "weight_factor": "rank_one"}
+    for iters in (5, 50):
+        out[f"eacg-cg{iters}"] = ("eacg", {"curvature": rank_one, "max_cg": iters, "eps_cg": 1e-12})
     for k in splits:
         out[f"eacg-split{k}"] = ("eacg", {"curvature": {"kind": "pch1"}, "max_cg": 50, "eps_cg": 0.1, "split": k})
     for kind in ("fisher", "gn", "pch1"):
@@ -74,24 +87,31 @@ def _peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-def _timed_step(solver, x, y, device: str) -> tuple[float, dict[str, float]]:  # type: ignore[no-untyped-def]
+def _timed_step(solver, x, y, device: str, clock: str) -> tuple[float, dict[str, float]]:  # type: ignore[no-untyped-def]
     import torch
 
+    now = time.process_time if clock == "cpu" and not device.startswith("cuda") else time.perf_counter
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = now()
     res = solver.step(x, y)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, res.stats
+    return now() - t0, res.stats
 
 
-def run_one(label: str, name: str, options: dict[str, Any], batch: int, steps: int, device: str) -> dict[str, Any]:
+def run_one(
+    label: str, name: str, options: dict[str, Any], batch: int, steps: int, device: str,
+    threads: int | None = None, clock: str = "wall",
+) -> dict[str, Any]:
     """One method in this (fresh) process: its time, SGD's time and its peak memory.
 
     Method and SGD steps alternate, so that both see the same load on a shared machine.
     """
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     import curvlab
     from curvlab.losses import make_loss
@@ -107,16 +127,16 @@ def run_one(label: str, name: str, options: dict[str, Any], batch: int, steps: i
         return make_solver(name_, net, loss, lr=0.1, **opts)
 
     solver, sgd = fresh(name, options), fresh("sgd", {})
-    _timed_step(sgd, x, y, device)  # warm-up of the shared parts (forward, backward, allocator)
+    _timed_step(sgd, x, y, device, clock)  # warm-up of the shared parts (forward, backward, allocator)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     base = _peak_mb(device)
-    _timed_step(solver, x, y, device)  # warm-up (allocations, first-call overheads)
+    _timed_step(solver, x, y, device, clock)  # warm-up (allocations, first-call overheads)
     times, sgd_times, stats = [], [], {}
     for _ in range(steps):
-        t, stats = _timed_step(solver, x, y, device)
+        t, stats = _timed_step(solver, x, y, device, clock)
         times.append(t)
-        sgd_times.append(_timed_step(sgd, x, y, device)[0])
+        sgd_times.append(_timed_step(sgd, x, y, device, clock)[0])
     return {
         "method": label,
         "step_s": statistics.median(times),
@@ -135,29 +155,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="1 timed step, fewer split values")
+    parser.add_argument("--threads", type=int, help="torch threads per method process (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall-clock or process CPU time per step (cpu: steadier under load; CPU only)")
+    parser.add_argument("--methods", help="comma-separated subset of the rows (default: all)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     steps = 1 if args.quick else args.steps
 
     rows = []
     ctx = get_context("spawn")
-    for label, (name, opts) in methods(args.quick).items():
+    chosen = methods(args.quick)
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(chosen)
+        if unknown:
+            parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if k in args.methods.split(",")}
+    for label, (name, opts) in chosen.items():
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            rows.append(pool.submit(run_one, label, name, opts, args.batch, steps, args.device).result())
+            rows.append(pool.submit(
+                run_one, label, name, opts, args.batch, steps, args.device, args.threads, args.clock
+            ).result())
         r = rows[-1]
         print(f"  done {label}: {r['step_s']:.3f} s/step", file=sys.stderr, flush=True)
 
     print(f"# solver step times: net {'-'.join(map(str, WIDTHS))}, sigmoid, batch {args.batch}, float32, "
-          f"device {args.device}, {rows[0]['threads']} threads, {platform.processor() or platform.machine()}")
+          f"device {args.device}, {rows[0]['threads']} threads, {args.clock} clock, "
+          f"{platform.processor() or platform.machine()}")
     print(f"# data: {rows[0]['data']}; median of {steps} step(s) after one warm-up; "
           "x SGD = median ratio to SGD steps interleaved in the same process; "
           "peak MB = extra max RSS over an SGD step")
-    print(f"{'method':<14} {'s/step':>8} {'SGD s/step':>10} {'x SGD':>7} {'peak MB':>8}  stats")
+    print(f"{'method':<14} {'s/step':>8} {'SGD s/step':>10} {'x SGD':>7} {'target':>10} {'peak MB':>8}  stats")
     for r in rows:
         st = r["stats"]
         shown = ("cg_iters", "cg_iters_mean", "neg_curvature", "kfi_pi_max")
         extra = ", ".join(f"{k}={v:.3g}" for k, v in st.items() if k in shown)
-        print(f"{r['method']:<14} {r['step_s']:8.3f} {r['sgd_step_s']:10.3f} {r['ratio']:7.1f} "
+        target = TARGETS.get(r["method"])
+        verdict = "" if target is None else f"<= {target:.1f} {'ok' if r['ratio'] <= target else 'MISS'}"
+        print(f"{r['method']:<14} {r['step_s']:8.3f} {r['sgd_step_s']:10.3f} {r['ratio']:7.2f} {verdict:>10} "
               f"{r['peak_mb']:8.0f}  {extra}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

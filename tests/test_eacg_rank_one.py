@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from curvlab.curvature.blocks import LayerCurvature
-from curvlab.solvers import eacg
+from curvlab.solvers import cg, eacg
 from curvlab.solvers.eacg import eacg_solve
 
 from tests.test_eacg import random_blocks
@@ -82,12 +82,21 @@ def test_rank_one_equals_textbook_cg(max_cg: int, eps: float, split: int, pad_bu
     check(random_blocks([6, 5, 4, 4, 3], seed=2), max_cg, eps, split)
 
 
+@pytest.fixture(params=["short", "long"])
+def cg_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run batched CG's per-group code for long systems as well as its flat one for short ones."""
+    if request.param == "long":
+        monkeypatch.setattr(cg, "_SHORT", 0)
+
+
+@pytest.mark.usefixtures("cg_path")
 @pytest.mark.parametrize(("max_cg", "eps"), [(1, 1e-10), (2, 1e-10), (3, 1e-10), (200, 1e-6)])
 def test_full_factor_equals_textbook_cg(max_cg: int, eps: float) -> None:
     # Long runs on the (ill-conditioned) full factor lose orthogonality: round-off grows with κ.
     check(random_blocks([5, 4, 3], seed=3), max_cg, eps, split=2, full=True, rtol=1e-9 if max_cg < 10 else 1e-7)
 
 
+@pytest.mark.usefixtures("cg_path")
 def test_indefinite_blocks_stop_alike() -> None:
     # Non-positive curvature at the first step (→ −g) or later (→ current iterate), as plain CG.
     blocks = random_blocks([5, 4, 3], seed=4, indefinite=True)

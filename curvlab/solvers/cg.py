@@ -12,11 +12,14 @@ system's unknown (a vector when ``c == 1``, a weight matrix otherwise). Inner pr
 reduce over the last two dimensions. Several groups of different shapes are solved in
 one loop (:func:`batched_cg`).
 
-**Per-iteration cost.** The iterates of all groups live in one flat buffer, so that the
-vector updates and the step-size arithmetic of all systems are a fixed handful of tensor
-operations per iteration, whatever the number of groups; only the matrix products and
-the inner products (one batched product each) run per group. With many small systems the
-iteration is otherwise bound by per-operation overhead, not by arithmetic.
+**Per-iteration cost.** The iterates of all groups live in one flat buffer and the
+step-size arithmetic of all systems is done on one (S,) vector, so that an iteration is a
+fixed handful of tensor operations whatever the number of systems, plus one matrix
+product per group. With short systems (EA-CG's reduced rank-one systems, see
+:mod:`curvlab.solvers.eacg`) the inner products and vector updates also run on the whole
+flat buffer at once, because such an iteration is bound by per-operation overhead; with
+long ones (weight matrices) they run per group with broadcast step sizes, so that no
+buffer-sized temporary is made, because such an iteration is bound by memory traffic.
 
 Stopping, per system: ``‖r‖ ≤ eps · ‖b‖`` (EA-CG's ε_CG rule), ``max_iter`` iterations,
 or non-positive curvature ``pᵀAp ≤ 0``. In the last case CG cannot continue (the
@@ -96,6 +99,8 @@ class _FlatCG:
         # The buffers are only ever updated in place, so each group's views are made once.
         self.p_views = [g.view(self.p) for g in self.groups]
         self.ap_views = [g.view(self.ap) for g in self.groups]
+        self.x_views = [g.view(self.x) for g in self.groups]
+        self.r_views = [g.view(self.r) for g in self.groups]
         # Short systems: one scatter-add for the inner products of all groups; long ones: one
         # batched product per group (no (N,) temporary, pairwise-accurate sums).
         self.short = max(sizes) <= _SHORT
@@ -136,17 +141,36 @@ class _FlatCG:
         upd = self.active & (pap > 0)
         self.neg |= self.active ^ upd  # active with pᵀAp ≤ 0: stops, keeping its iterate
         # Systems that do not update get a = β = 0, so their iterate and residual stay frozen.
-        a = torch.where(upd, self.rs / pap, 0.0).index_select(0, self.seg)  # (N,)
-        self.x.addcmul_(a, self.p)  # x += a p, in place: entries of (1024, 3072) iterates
-        self.r.addcmul_(a, self.ap, value=-1)  # r −= a A p
+        a = torch.where(upd, self.rs / pap, 0.0)
+        self._update(a)
         rs_new = self._dots(self.r, self.r)
         self.iters += upd
         self.active = upd & (rs_new > self.tol2)
         self.converged |= upd ^ self.active  # updated and now ‖r‖ ≤ ε ‖b‖
-        beta = torch.where(self.active, rs_new / self.rs, 0.0).index_select(0, self.seg)
-        self.p.mul_(beta).add_(self.r)  # p = r + β p
+        beta = torch.where(self.active, rs_new / self.rs, 0.0)
+        self._new_direction(beta)
         self.rs = rs_new
         return True
+
+    def _update(self, a: Tensor) -> None:
+        """x += a p, r −= a A p with per-system step sizes a (S,), in place."""
+        if self.short:  # few entries: one op on all groups at once
+            af = a.index_select(0, self.seg)  # (N,)
+            self.x.addcmul_(af, self.p)
+            self.r.addcmul_(af, self.ap, value=-1)
+            return
+        for g, x, r, p, ap in zip(self.groups, self.x_views, self.r_views, self.p_views, self.ap_views):
+            ag = a[g.systems].view(*g.shape[:-2], 1, 1)  # broadcast: no (N,) temporary
+            x.addcmul_(ag, p)
+            r.addcmul_(ag, ap, value=-1)
+
+    def _new_direction(self, beta: Tensor) -> None:
+        """p = r + β p with per-system β (S,), in place."""
+        if self.short:
+            self.p.mul_(beta.index_select(0, self.seg)).add_(self.r)
+            return
+        for g, r, p in zip(self.groups, self.r_views, self.p_views):
+            p.mul_(beta[g.systems].view(*g.shape[:-2], 1, 1)).add_(r)
 
     def results(self) -> list[CGResult]:
         # Non-positive curvature at x = 0 (no update before it): fall back to steepest descent b = −g.
