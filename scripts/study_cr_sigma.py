@@ -91,6 +91,14 @@ def jobs_for(base: list[str], seeds: int, sigmas: list[float], lrs: list[float])
     return out
 
 
+def run_order(item: tuple[str, float, Job]) -> tuple[int, int, float]:
+    """Seed-major; the first seed runs CR first, later seeds the cheap SGD runs first (an interrupted
+    study then has one full seed and as much of the second as fitted)."""
+    method, value, job = item
+    seed = seed_of(job)
+    return seed, (method == "cr") == (seed > 0), value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/studies/cr_sigma")
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cr_sigma_") as tmp:
         runs = Path(a.runs_dir or tmp)
-        for method, value, job in sorted(jobs, key=lambda mj: (seed_of(mj[2]), mj[0], mj[1])):
+        for method, value, job in sorted(jobs, key=run_order):
             run_dir = runs / job.name
             t1 = time.process_time()
             status = run_job(job, run_dir, force=True)

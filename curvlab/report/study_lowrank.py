@@ -89,7 +89,9 @@ def structure_figure(d: pd.DataFrame, meta: dict) -> Figure:
         if q == "gradient" and layer not in (1, 7, b["layer"].max()):
             continue  # three layers keep the panel readable; the table has all
         s = s.sort_values("batch")
-        ax[1, 0].loglog(s["batch"], s["num_rank"], "o-", ms=3, color=f"C{i % 10}", label=f"{name}, layer {int(layer)}")
+        style = "o-" if q == "gradient" else "s--"  # the Hessian lines of two layers may coincide
+        ax[1, 0].loglog(s["batch"], s["num_rank"], style, ms=4 if q == "gradient" else 6, mfc="none" if q != "gradient"
+                        else None, color=f"C{i % 10}", label=f"{name}, layer {int(layer)}")
         ax[1, 0].loglog(s["batch"], s["max_rank"], ":", color=f"C{i % 10}", lw=1)
     ax[1, 0].set(xlabel="batch size B", ylabel="numerical rank of the batch mean",
                  title=f"(c) batch means are not low-rank (dotted: upper bound; rtol {meta.get('rtol', '?')})")
