@@ -17,7 +17,8 @@ from curvlab.report.groups import group_runs, method_label
 from curvlab.report.paper import EACG_TABLES
 from curvlab.report.render import seed_phrase
 from curvlab.report.tables import (
-    cr_rate_table, error_totals, hessian_error_table, relative_error_table, side_by_side, to_latex, to_markdown,
+    cr_rate_table, error_totals, hessian_error_table, paper_match_table, relative_error_table, side_by_side, to_latex,
+    to_markdown, write_table,
 )
 from report_fixtures import write_run
 
@@ -476,3 +477,25 @@ def test_runs_without_config_are_told_apart_by_their_summary(tmp_path: Path) -> 
         (d / "config.yaml").unlink()
     labels = sorted(group_runs(load_runs([tmp_path / "runs"]).runs).runs["label"])
     assert labels == ["EA-CG · PCH-1", "KFI · GN (KFRA)", "SGD"]
+
+
+def test_paper_match_scores_each_logged_update(table_runs: Path, tmp_path: Path) -> None:
+    errors = load_runs([table_runs]).errors
+    match = paper_match_table(errors, "table2")
+    assert list(match.index) == sorted(errors.step.unique())
+    at = errors[errors.step == 2].groupby(["kind", "layer"])["error"].mean()  # mean over the 3 runs
+    paper = EACG_TABLES["table2"]["values"]
+    logs = [abs(math.log10(at[(k, l)] / paper[k][l - 1])) for k in KINDS for l in (1, 2, 3)]  # type: ignore[index]
+    assert match.loc[2, "score"] == pytest.approx(np.mean(logs)) and match.loc[2, "pairs"] == 12
+    total_gn = math.sqrt(sum(at[("gn", l)] ** 2 for l in (1, 2, 3)))
+    assert match.loc[2, "GN Total ours/paper"] == pytest.approx(total_gn / 0.0446)
+    report([table_runs], tmp_path / "o", want={"tables"})
+    best = int(match["score"].idxmin())
+    assert f"Closest: step {best} " in (tmp_path / "o" / "eacg_table2_vs_paper_by_step.md").read_text()
+
+
+def test_write_table_flattens_a_multilevel_index(tmp_path: Path) -> None:
+    df = pd.DataFrame({"score": [0.5, 0.25]}, index=pd.MultiIndex.from_tuples([(10, 0), (20, 4)], names=["batch", "step"]))
+    write_table(df, tmp_path, "t")
+    assert pd.read_csv(tmp_path / "t.csv").to_dict("list") == {"batch": [10, 20], "step": [0, 4], "score": [0.5, 0.25]}
+    assert "| batch 20, step 4 | 0.2500 |" in (tmp_path / "t.md").read_text()

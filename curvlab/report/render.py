@@ -32,8 +32,8 @@ from curvlab.report.load import Runs, Study
 from curvlab.report.paper import EACG_TABLES
 from curvlab.report.study_lowrank import render_cr_sigma, render_lowrank_structure
 from curvlab.report.tables import (
-    cr_rate_table, final_metrics_table, hessian_error_table, relative_error_table, runs_table, select_steps,
-    side_by_side, write_table,
+    cr_rate_table, final_metrics_table, hessian_error_table, paper_match_table, relative_error_table, runs_table,
+    select_steps, side_by_side, write_table,
 )
 
 __all__ = ["render_experiment", "render_study", "seed_phrase", "STUDY_RENDERERS"]
@@ -140,6 +140,8 @@ def _render_errors(r: Runs, exp: str, setting: str, name: str, out: Path, steps:
                               f"{stem}_hessian_errors")
         if "tables" not in want:
             continue
+        if paper:
+            written += _paper_match(errs, paper, out, stem, head)
         has_batch = "batch" in errs and errs["batch"].notna().any()
         batches = sorted(errs["batch"].dropna().unique()) if has_batch else [None]
         for batch in batches:
@@ -161,6 +163,18 @@ def _render_errors(r: Runs, exp: str, setting: str, name: str, out: Path, steps:
                                        f"{cap}; beside Chen et al. Table {paper[-1]} (ours/paper = ratio)",
                                        floatfmt=".3g")
     return written
+
+
+def _paper_match(errs: pd.DataFrame, paper: str, out: Path, stem: str, head: str) -> list[Path]:
+    """The table that says at which logged θ^t (and logging batch) our errors come closest to the paper's."""
+    match = paper_match_table(errs, paper)
+    best = match["score"].idxmin() if match["score"].notna().any() else None
+    where = ("" if best is None else " Closest: " + ", ".join(
+        f"{k} {v}" for k, v in zip(match.index.names, best if isinstance(best, tuple) else (best,)))
+        + f" (score {match['score'].min():.3g}).")
+    cap = (f"{head}: distance of our layer-wise errors at each logged update from Chen et al. Table {paper[-1]} "
+           f"(score = mean |log10(ours/paper)| over layers and kinds; 0 = equal, 1 = a factor 10).{where}")
+    return write_table(match, out, f"{stem}_vs_paper_by_step", cap, floatfmt=".3g")
 
 
 # --- studies ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from curvlab.report.paper import EACG_TABLES, KINDS
 
 __all__ = [
     "hessian_error_table", "relative_error_table", "error_totals", "kind_column", "select_steps", "side_by_side",
+    "paper_match_table",
     "per_run_stats", "final_metrics_table", "runs_table", "cr_rate_table", "time_unit",
     "to_markdown", "to_latex", "write_table",
 ]
@@ -148,6 +149,45 @@ def relative_error_table(errors: pd.DataFrame, steps: int | None = None,
     return out
 
 
+def _paper_frame(table: str) -> pd.DataFrame:
+    """Chen et al. Table ``table`` as a frame: index ``Layer-1 … Layer-8, Total``, one column per kind."""
+    if table not in EACG_TABLES:
+        raise ValueError(f"unknown paper table {table!r}; allowed: {', '.join(EACG_TABLES)}")
+    values = EACG_TABLES[table]["values"]  # type: ignore[index]
+    n = len(next(iter(values.values()))) - 1  # type: ignore[union-attr]
+    return pd.DataFrame(values, index=[f"Layer-{i}" for i in range(1, n + 1)] + ["Total"], dtype=float)
+
+
+def paper_match_table(errors: pd.DataFrame, table: str) -> pd.DataFrame:
+    """How close our layer-wise errors at each logged θ^t are to the paper's Table ``table``: to pick the θ to report.
+
+    Per logging batch (when logged) and update: the errors averaged over runs, compared with the
+    paper layer by layer. ``score`` is the mean of |log10(ours / paper)| over the (layer, kind)
+    pairs where both are positive (0: equal; 1: a factor of 10 apart), ``pairs`` their number;
+    then ours ÷ paper of each kind's Total. Fisher columns per MC count compare with the paper's Fisher.
+    """
+    paper = _paper_frame(table)
+    df = errors.assign(column=kind_column(errors))
+    keys = [*(["batch"] if _logged(df, "batch") else []), "step"]
+    rows = []
+    for key, g in df.groupby(keys, sort=True):
+        ours = g.groupby(["column", "layer"])["error"].mean().unstack("column")  # (layers, kinds), mean over runs
+        ours.index = [f"Layer-{int(i)}" for i in ours.index]
+        total = np.sqrt((ours**2).sum(axis=0, min_count=1))
+        row: dict[str, object] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        logs: list[float] = []
+        ratios: dict[str, float] = {}
+        for c in _kind_order(list(ours.columns)):
+            base = _base_kind(c)
+            if base not in paper or paper[base].isna().all():
+                continue
+            r = (ours[c] / paper[base].reindex(ours.index)).to_numpy(float)
+            logs += list(np.abs(np.log10(r[np.isfinite(r) & (r > 0)])))
+            ratios[f"{_KIND_NAMES[base]}{c[len(base):]} Total ours/paper"] = float(total[c] / paper.loc["Total", base])
+        rows.append({**row, "score": float(np.mean(logs)) if logs else np.nan, "pairs": len(logs), **ratios})
+    return pd.DataFrame(rows).set_index(keys)
+
+
 def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
     """Our layer-wise errors next to the paper's Table ``table`` (e.g. ``"table2"``), with their ratio.
 
@@ -156,11 +196,7 @@ def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
     and one ratio column per count. Layers present in only one side (a net of another depth)
     show NaN on the other side.
     """
-    if table not in EACG_TABLES:
-        raise ValueError(f"side_by_side: unknown table {table!r}; allowed: {', '.join(EACG_TABLES)}")
-    values = EACG_TABLES[table]["values"]  # type: ignore[index]
-    n = len(next(iter(values.values()))) - 1  # type: ignore[union-attr]
-    paper = pd.DataFrame(values, index=[f"Layer-{i}" for i in range(1, n + 1)] + ["Total"], dtype=float)
+    paper = _paper_frame(table)
     index = list(dict.fromkeys([*[i for i in ours.index if i != "Total"], *paper.index[:-1], "Total"]))
     cols: dict[str, pd.Series] = {}
     for kind in KINDS:
@@ -327,12 +363,23 @@ def to_latex(df: pd.DataFrame, caption: str = "", floatfmt: str = ".4f") -> str:
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, caption: str = "",
                 floatfmt: str = ".4f") -> list[Path]:
-    """Write ``name.md`` (caption as a heading line), ``name.csv`` and ``name.tex`` into ``out_dir``."""
+    """Write ``name.md`` (caption as a heading line), ``name.csv`` and ``name.tex`` into ``out_dir``.
+
+    A multi-level index (e.g. batch, step) becomes one ``batch 10, step 2`` column in Markdown
+    and LaTeX, and one column per level in the CSV.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    csv = df
+    if df.index.nlevels > 1:
+        csv = df.reset_index()
+        df = df.set_axis([", ".join(f"{n} {_fmt(v, 'g')}" for n, v in zip(df.index.names, i)) for i in df.index])
     md = (f"**{caption}**\n\n" if caption else "") + to_markdown(df, floatfmt)
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex"]
     paths[0].write_text(md)
-    df.to_csv(paths[1], index_label=df.index.name or "")
+    if csv is df:
+        csv.to_csv(paths[1], index_label=df.index.name or "")
+    else:
+        csv.to_csv(paths[1], index=False)
     paths[2].write_text(to_latex(df, caption, floatfmt))
     return paths
