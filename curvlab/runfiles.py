@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -16,6 +17,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -56,8 +58,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write/fsync: say which file
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -191,9 +195,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses objects that would run code
+        # torch's own message suggests weights_only=False, which is exactly what must not happen here
+        what = next((line.strip().rstrip(".") for line in str(err).splitlines() if "unsupported" in line.lower()), "")
         raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values and was not loaded (loading it "
-            f"could run code): {str(err).splitlines()[0]}; {fix}"
+            f"{path} holds objects other than tensors and plain values ({what or 'refused by weights_only=True'}) "
+            f"and was not loaded: loading it could run code; {fix}"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         raise CheckpointError(f"{path} is unreadable or truncated ({type(err).__name__}: {err}); {fix}") from err
@@ -229,21 +235,27 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as err:
         os.close(fd)
-        holder = Path(run_dir / LOCK).read_text().strip() or "another process"
-        raise RunDirBusy(
-            f"run_dir {run_dir} is in use by another run ({holder}); wait for it to finish, or pass another "
-            "run_dir (with Hydra's default run_dir=null every run gets its own directory)"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+        fd = -1
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            holder = Path(run_dir / LOCK).read_text().strip() or "another process"
+            raise RunDirBusy(
+                f"run_dir {run_dir} is in use by another run ({holder}); wait for it to finish, or pass another "
+                "run_dir (with Hydra's default run_dir=null every run gets its own directory)"
+            ) from None
+        # a file system without locks (ENOLCK, EOPNOTSUPP): run, but say that nothing guards the directory
+        warnings.warn(f"run_dir {run_dir}: cannot lock {LOCK} ({err.strerror}); running without the lock")
+    if fd >= 0:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
     _HELD[key] = [fd, 1]
     try:
         yield
     finally:
         del _HELD[key]
-        os.close(fd)  # releases the flock
+        if fd >= 0:
+            os.close(fd)  # releases the flock
 
 
 _HELD: dict[str, list[int]] = {}  # resolved run_dir -> [lock fd, depth]
