@@ -4,6 +4,7 @@ explicit Kronecker solve of tests/test_kfi.py."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from curvlab.curvature import curvature
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.losses import make_loss
 from curvlab.nets import MLP
+from curvlab.runfiles import load_checkpoint, save_checkpoint
 from curvlab.solvers import KFI, kfi_solve
 from curvlab.solvers.blockwise import LayerSamples
 from curvlab.solvers.kfi import gram_is_cheaper, layer_inverses
@@ -89,7 +91,7 @@ def test_solver_uses_the_gram_form_for_wide_layers(rank_one_first_layer: bool) -
     assert_matches_dense(dr.d, blocks, rank_one_first_layer)
 
 
-def test_amortised_factors_are_refreshed_every_t_steps_and_resume_exactly() -> None:
+def test_amortised_factors_are_refreshed_every_t_steps_and_resume_exactly(tmp_path: Path) -> None:
     torch.manual_seed(1)
     net = MLP([6, 5, 3], activation="tanh")
     data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(5)]
@@ -118,7 +120,8 @@ def test_amortised_factors_are_refreshed_every_t_steps_and_resume_exactly() -> N
     first = KFI(copy.deepcopy(net), loss, 0.1, curvature=curv, alpha=ALPHA, update_every=2)
     for x, y in data[:3]:
         first.step(x, y)
-    state = copy.deepcopy(first.state_dict())
+    save_checkpoint(tmp_path / "ckpt.pt", {"solver": first.state_dict()})  # as the runner does
+    state = load_checkpoint(tmp_path / "ckpt.pt")["solver"]
     resumed = KFI(copy.deepcopy(first.net), loss, 0.1, curvature=curv, alpha=ALPHA, update_every=2)
     resumed.load_state_dict(state)
     for x, y in data[3:]:
@@ -139,3 +142,26 @@ def test_default_refreshes_every_step() -> None:
 def test_bad_update_every_names_the_option(value: object) -> None:
     with pytest.raises(ValueError, match=r"solver.update_every must be an integer >= 1 .*got"):
         KFI(MLP([4, 3, 2]), make_loss("cross_entropy"), 0.1, update_every=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gram_form_and_resume_on_gpu(tmp_path: Path) -> None:
+    blocks, samples = sampled_blocks([9, 7, 3], batch=4)
+    d_cpu, _ = kfi_solve(blocks, ALPHA, samples=samples)
+    gpu = [LayerCurvature(*(None if v is None else v.cuda() for v in (b.bias, b.input_mean, b.input_cov,
+                                                                      b.grad_bias, b.grad_weight))) for b in blocks]
+    d_gpu, _ = kfi_solve(gpu, ALPHA, samples={t: LayerSamples(s.h.cuda(), s.e.cuda()) for t, s in samples.items()})
+    for a, b in zip(d_cpu, d_gpu):
+        torch.testing.assert_close(a, b.cpu())
+    net = MLP([6, 5, 3]).cuda()
+    x, y = torch.randn(8, 6, device="cuda"), torch.randint(0, 3, (8,), device="cuda")
+    solver = KFI(net, make_loss("cross_entropy"), 0.1, update_every=3)
+    solver.step(x, y)
+    save_checkpoint(tmp_path / "ckpt.pt", {"solver": solver.state_dict()})
+    resumed = KFI(copy.deepcopy(net), make_loss("cross_entropy"), 0.1, update_every=3)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["solver"])  # loaded on the CPU, moved to the net
+    solver.step(x, y)
+    resumed.step(x, y)
+    for a, b in zip(solver.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)

@@ -310,4 +310,9 @@ class KFI(BlockSolver):
         super().load_state_dict(state)
         self._age = int(state.get("kfi_age", 0))
         stored = state.get("kfi_inverses")
-        self._inverses = None if stored is None else [LayerInverse(**inv) for inv in stored]
+        # Checkpoints are loaded onto the CPU; the factors belong with the net.
+        device = next(self.net.parameters()).device
+        self._inverses = None if stored is None else [
+            LayerInverse(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in inv.items()})
+            for inv in stored
+        ]
