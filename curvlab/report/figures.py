@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from curvlab.report.tables import error_totals, time_unit  # noqa: E402
+from curvlab.report.tables import KIND_NAMES, error_totals, time_unit  # noqa: E402
 
 __all__ = ["mean_std", "curve_stats", "plot_curves", "legend_outside", "legend_right", "colors_for",
            "training_figure", "hessian_error_figure", "cr_figure", "loglog_slope_figure", "appendix_figure",
@@ -51,9 +51,8 @@ def mean_std(metrics: pd.DataFrame, x: str, y: str, group: str = "label") -> pd.
     Returns:
         Columns ``group, step, x, y, y_std, n`` (``y_std`` is 0 for a single run).
     """
-    g = _aligned(metrics, x, y, group).groupby([group, "step"])
-    out = pd.DataFrame({"x": g["_x"].mean(), "y": g[y].mean(), "y_std": g[y].std(ddof=1).fillna(0.0), "n": g[y].size()})
-    return out.reset_index().rename(columns={group: "group"})
+    st = curve_stats(metrics, x, y, group)
+    return st.assign(y_std=st["hi"] - st["y"])[["group", "step", "x", "y", "y_std", "n"]]
 
 
 def curve_stats(metrics: pd.DataFrame, x: str, y: str, group: str = "label", log: bool = False) -> pd.DataFrame:
@@ -131,8 +130,12 @@ def legend_right(ax: plt.Axes) -> None:
 
 
 def colors_for(names: list[str]) -> dict[str, str]:
-    """A fixed colour per curve label (sorted), the same in every panel of a figure."""
-    return {n: f"C{i % 10}" for i, n in enumerate(sorted(map(str, names)))}
+    """A fixed colour per curve label (sorted), the same in every panel of a figure (20 distinct beyond 10)."""
+    names = sorted(map(str, names))
+    if len(names) <= 10:
+        return {n: f"C{i}" for i, n in enumerate(names)}
+    palette = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    return {n: matplotlib.colors.to_hex(palette[i % 20]) for i, n in enumerate(names)}
 
 
 def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wall_note: str | None = WALL_NOTE,
@@ -211,9 +214,8 @@ def hessian_error_figure(errors: pd.DataFrame, title: str) -> Figure:
 
 def _kind_name(column: str) -> str:
     """``fisher (MC 4)`` → ``Fisher (MC 4)``, ``pch1`` → ``PCH-1``."""
-    names = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch2": "PCH-2", "pch": "PCH-1", "exact": "exact"}
     base, _, rest = column.partition(" ")
-    return f"{names.get(base, base)} {rest}".strip()
+    return f"{KIND_NAMES.get(base, base)} {rest}".strip()
 
 
 def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups: list[str] | None = None,

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from curvlab.report.tables import KIND_NAMES
+
 __all__ = ["Grouping", "group_runs", "method_label", "FIRST_ORDER", "CURVATURE_SOLVERS"]
 
 FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
@@ -28,7 +30,7 @@ _BOOKKEEPING = re.compile(
     r"|dataset\.(root|path|download))$"
 )
 _SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")
-_KIND_NAMES = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch": "PCH-1", "pch2": "PCH-2", "exact": "H"}
+_KIND_NAMES = {**KIND_NAMES, "exact": "H"}  # a method on the exact Hessian: "Newton (H)", "EA-CG · H"
 _SOLVER_NAMES = {"sgd": "SGD", "adagrad": "Adagrad", "adadelta": "Adadelta", "adam": "Adam",
                  "eacg": "EA-CG", "kfi": "KFI"}
 # Curvature × KFI pairs that the literature names (Chen et al. Table 1).

@@ -18,10 +18,10 @@ __all__ = [
     "hessian_error_table", "relative_error_table", "error_totals", "kind_column", "select_steps", "side_by_side",
     "paper_match_table",
     "per_run_stats", "final_metrics_table", "runs_table", "cr_rate_table", "time_unit",
-    "to_markdown", "to_latex", "write_table",
+    "to_markdown", "to_latex", "write_table", "KIND_NAMES",
 ]
 
-_KIND_NAMES = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch2": "PCH-2", "pch": "PCH-1", "exact": "exact"}
+KIND_NAMES = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch2": "PCH-2", "pch": "PCH-1", "exact": "exact"}
 _TIME_UNITS = ((3600.0 * 5, 3600.0, "h"), (600.0, 60.0, "min"), (0.0, 1.0, "s"))
 
 
@@ -183,7 +183,7 @@ def paper_match_table(errors: pd.DataFrame, table: str) -> pd.DataFrame:
                 continue
             r = (ours[c] / paper[base].reindex(ours.index)).to_numpy(float)
             logs += list(np.abs(np.log10(r[np.isfinite(r) & (r > 0)])))
-            ratios[f"{_KIND_NAMES[base]}{c[len(base):]} Total ours/paper"] = float(total[c] / paper.loc["Total", base])
+            ratios[f"{KIND_NAMES[base]}{c[len(base):]} Total ours/paper"] = float(total[c] / paper.loc["Total", base])
         rows.append({**row, "score": float(np.mean(logs)) if logs else np.nan, "pairs": len(logs), **ratios})
     return pd.DataFrame(rows).set_index(keys)
 
@@ -200,7 +200,7 @@ def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
     index = list(dict.fromkeys([*[i for i in ours.index if i != "Total"], *paper.index[:-1], "Total"]))
     cols: dict[str, pd.Series] = {}
     for kind in KINDS:
-        name = _KIND_NAMES[kind]
+        name = KIND_NAMES[kind]
         p = paper[kind].reindex(index)
         mine = [c for c in ours.columns if _base_kind(c) == kind] or [kind]
         for c in mine:
