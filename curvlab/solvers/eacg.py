@@ -35,7 +35,9 @@ O(m²) instead of O(m c); forming G_⊥, ‖G_⊥‖ and D costs O(m c) once. Wi
 each row group is its own system (its own ‖G_⊥‖ over its rows, B its diagonal
 sub-block). A layer's bias systems are padded with one leading zero unknown (zero
 right-hand side, Ã entry α: it stays exactly 0) so that bias and weight systems of a
-layer share one batched product. The full factor (Eq. 11a) has no such structure and
+layer share one batched product over B_j; narrow layers are zero-padded the same way to
+share a batch (:func:`_buckets`). B_j must be symmetric (the recursion makes it so): the
+product runs on row vectors, z B_j. The full factor (Eq. 11a) has no such structure and
 runs CG on the (m, c) iterates.
 
 Non-positive curvature pᵀAp ≤ 0 can only occur for an indefinite kind (``exact``): that
@@ -162,11 +164,12 @@ def _full_factor_groups(blocks: Sequence[LayerCurvature], alpha: float, split: i
 
 
 class _ReducedLayer(NamedTuple):
-    """One layer's reduced systems, (k, nb, 1, m + 1): per row group a weight and a bias system."""
+    """One layer's reduced systems: per row group j a weight and (nb = 2) a bias system, each
+    with ``size`` ≥ m + 1 unknowns (zero-padded to share a batch with other layers)."""
 
-    blocks: Tensor  # (k, m + 1, m + 1) diag(0, B_j), shared by the weight and bias systems
+    blocks: Tensor  # (k, size, size) diag(0, B_j, 0), shared by the weight and bias systems
     scale: Tensor  # (k, nb, 1) (1 − α) s for the weight system, (1 − α) for the bias system
-    rhs: Tensor  # (k, nb, 1, m + 1) b̃ per system, as a row vector
+    rhs: Tensor  # (k, nb, 1, size) b̃ per system, as a row vector
     unpack: Unpack  # this layer's systems of the solution → its (slot, tensor) pairs
 
 
