@@ -248,13 +248,18 @@ _GENERIC_MAX_ROWS = 500  # a study without a renderer is shown as its own table 
 
 
 def _generic(st: Study, out: Path, want: set[str]) -> list[Path]:
-    """A study without a renderer of its own: its tidy rows as one table (a new study renders at once)."""
+    """A study without a renderer of its own: its tidy rows as one table (a new study renders at once).
+
+    Above ``_GENERIC_MAX_ROWS`` rows only the CSV is written: register a renderer in
+    ``STUDY_RENDERERS`` to summarise it.
+    """
     if "tables" not in want:
         return []
-    if len(st.data) > _GENERIC_MAX_ROWS:
-        raise ValueError(f"study {st.name!r} in {st.path}: {len(st.data)} rows and no renderer; register one in "
-                         f"STUDY_RENDERERS (curvlab/report/render.py); known: {', '.join(STUDY_RENDERERS)}")
     name = str(st.meta.get("name", st.name))
+    if len(st.data) > _GENERIC_MAX_ROWS:
+        out.mkdir(parents=True, exist_ok=True)
+        st.data.to_csv(out / f"{name}.csv", index=False)
+        return [out / f"{name}.csv"]
     about = "; ".join(str(st.meta[k]) for k in ("paper", "note") if st.meta.get(k))
     return write_table(st.data.set_index(st.data.columns[0]), out, name,
                        f"Study {name} (rows as measured){': ' + about if about else ''}", floatfmt=".4g")
