@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -68,8 +69,13 @@ def test_kill_and_resume_is_bit_identical(tmp_path, solver):
     stopped = train(config(*args, "train.stop_after=3"), tmp_path / "killed")
     assert stopped["status"] == "running" and stopped["steps"] == 3
     assert len(metrics(tmp_path / "killed")) == 4
-    resumed = train(config(*args), tmp_path / "killed")
+    cfg, t0 = config(*args), time.perf_counter()
+    resumed = train(cfg, tmp_path / "killed")
+    session = time.perf_counter() - t0
     assert resumed["status"] == "completed"
+    # The clocks go on from the checkpoint: the total outlasts this session by the first one's time.
+    assert resumed["elapsed"] > session and resumed["elapsed"] >= stopped["elapsed"]
+    assert all(metrics(tmp_path / "killed")[c].is_monotonic_increasing for c in TIMES)
     pd.testing.assert_frame_equal(
         metrics(tmp_path / "full").drop(columns=TIMES), metrics(tmp_path / "killed").drop(columns=TIMES)
     )
