@@ -10,6 +10,7 @@ import curvlab
 from curvlab.hvp import dense_gauss_newton, dense_hessian, flatten, hvp
 from curvlab.solvers import make_solver
 from curvlab.solvers.exact_inverse import hessian_inverse_product
+from curvlab.solvers.riccati import PivotForm, layer_terms, pivot_flops, pivot_forms
 
 TOL = 1e-8
 
@@ -139,3 +140,79 @@ def test_refinement_reaches_round_off(curvature: str) -> None:
     assert res_refined < res_plain or res_plain < 1e-13
     with pytest.raises(ValueError, match="refine"):
         hessian_inverse_product(pb.net, pb.x, pb.y, v, refine=-1)
+
+
+# Pivot forms (issue 9): the (p_t × p_t) parameter pivot, or its push-through restriction to
+# range(B_tᵀ), of size n_t · rank(inputs) ≤ B n_t, chosen per layer by flop count.
+FLIP_SHAPES = [  # (widths, batch): wide layers, layers with B > n_{t-1} + 1, and nets that mix both
+    ((12, 10, 10, 3), 3),
+    ((12, 3, 8, 3), 5),
+    ((4, 6, 6, 3), 7),
+]
+
+
+@pytest.mark.parametrize("pivot", ["auto", "param", "state"])
+@pytest.mark.parametrize("curvature", ["exact", "gn"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("widths", "batch"), FLIP_SHAPES)
+def test_every_pivot_form_matches_dense(widths: tuple[int, ...], batch: int, bias: bool, curvature: str, pivot: str) -> None:
+    pb = make_problem("tanh", "cross_entropy", widths=widths, batch=batch, bias=bias, seed=batch)
+    M = (dense_hessian if curvature == "exact" else dense_gauss_newton)(pb.net, pb.x, pb.y)
+    v = torch.randn(M.shape[0], 2, dtype=torch.float64)
+    got = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-3, curvature=curvature, pivot=pivot)
+    assert _rel(got, _dense_solve(M, v, 1e-3)) < TOL
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_wide_net_inverse(activation: str, loss: str) -> None:
+    """Wide hidden layers (n_{t-1} + 1 > B): every layer takes the push-through pivot."""
+    pb = make_problem(activation, loss, widths=(10, 9, 9, 9, 3), batch=3, seed=1)
+    assert set(pivot_forms(layer_terms(pb.net, pb.x, pb.y, pb.loss, exact=True), True)) == {PivotForm.STATE}
+    for curvature, dense in (("exact", dense_hessian), ("gn", dense_gauss_newton)):
+        M = dense(pb.net, pb.x, pb.y, loss)
+        v = torch.randn(M.shape[0], dtype=torch.float64)
+        got = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-3, loss, curvature)
+        assert _rel(got, _dense_solve(M, v, 1e-3)) < TOL
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gn"])
+def test_input32_width32_depth4_batch4(curvature: str) -> None:
+    """The wide shape of issue 9 (P = 3498) against the dense solve and by its HVP residual."""
+    pb = make_problem("tanh", widths=(32, 32, 32, 32, 10), batch=4, seed=3)
+    M = (dense_hessian if curvature == "exact" else dense_gauss_newton)(pb.net, pb.x, pb.y)
+    v = torch.randn(M.shape[0], dtype=torch.float64)
+    got = hessian_inverse_product(pb.net, pb.x, pb.y, v, 1e-3, curvature=curvature)
+    assert _rel(got, _dense_solve(M, v, 1e-3)) < TOL
+    A = M + 1e-3 * torch.eye(M.shape[0], dtype=torch.float64)
+    assert ((A @ got - v).norm() / v.norm()).item() < TOL
+
+
+def test_pivot_form_follows_the_flop_count() -> None:
+    """STATE where the inputs span fewer than n_{t-1} + 1 directions (B < n_{t-1} + 1), else PARAM."""
+    pb = make_problem(widths=(12, 3, 8, 3), batch=5)
+    terms = layer_terms(pb.net, pb.x, pb.y, pb.loss, exact=True)
+    assert pivot_forms(terms, bias=True) == [PivotForm.STATE, PivotForm.PARAM, PivotForm.STATE]
+    # 64/32/16/16 of the benchmark: pivots of 512 instead of 1056 on the hidden layers
+    state, param = (pivot_flops(f, 16, 32, 32, True, first=False) for f in (PivotForm.STATE, PivotForm.PARAM))
+    assert 3.5 < param / state < 4.5
+    # a tie (B = n_{t-1} + 1, the inputs span everything) keeps the parameter pivot
+    assert pivot_flops(PivotForm.STATE, 5, 3, 4, True, False) == pivot_flops(PivotForm.PARAM, 5, 3, 4, True, False)
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gn"])
+def test_repeated_samples_rank_deficient_inputs(curvature: str) -> None:
+    """Every sample twice: the layer inputs have rank 2 < B, and the push-through basis has rank 2."""
+    pb = make_problem("relu", widths=(10, 8, 8, 3), batch=2, seed=4)
+    x, y = torch.cat([pb.x, pb.x]), torch.cat([pb.y, pb.y])
+    M = (dense_hessian if curvature == "exact" else dense_gauss_newton)(pb.net, x, y)
+    v = torch.randn(M.shape[0], dtype=torch.float64)
+    got = hessian_inverse_product(pb.net, x, y, v, 1e-3, curvature=curvature, pivot="state")
+    assert _rel(got, _dense_solve(M, v, 1e-3)) < TOL
+
+
+def test_unknown_pivot_raises() -> None:
+    pb = make_problem()
+    v = torch.ones(sum(p.numel() for p in pb.net.parameters()), dtype=torch.float64)
+    with pytest.raises(ValueError, match="pivot 'dense'.*allowed: auto, param, state"):
+        hessian_inverse_product(pb.net, pb.x, pb.y, v, pivot="dense")

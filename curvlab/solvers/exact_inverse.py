@@ -20,7 +20,7 @@ from curvlab.hvp import flatten, gnvp, hvp, unflatten
 from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP
 from curvlab.solvers.base import Direction, Solver, register
-from curvlab.solvers.riccati import layer_terms, riccati_solve
+from curvlab.solvers.riccati import PivotForm, layer_terms, riccati_solve
 
 __all__ = ["HessianKind", "hessian_inverse_product", "ExactInverseNewton"]
 
@@ -49,6 +49,16 @@ def _check_damping(damping: float) -> float:
     return damping
 
 
+def _parse_pivot(pivot: str | PivotForm) -> PivotForm | None:
+    if pivot == "auto":
+        return None
+    try:
+        return PivotForm(pivot)
+    except ValueError:
+        allowed = ", ".join(["auto"] + [f.value for f in PivotForm])
+        raise ValueError(f"unknown pivot {pivot!r} for the exact inverse; allowed: {allowed}") from None
+
+
 def _split_layers(vec: Tensor, net: MLP) -> list[Tensor]:
     """(P, m) in ``parameters_to_vector`` order → per layer (p_t, m) with rows (vec(W) row-major, b)."""
     out, start = [], 0
@@ -68,13 +78,16 @@ def hessian_inverse_product(
     loss: str | Loss = "cross_entropy",
     curvature: str | HessianKind = "exact",
     refine: int = 0,
+    pivot: str | PivotForm = "auto",
 ) -> Tensor:
     """``(H + λI)⁻¹ vec`` for the full Hessian (or Gauss-Newton matrix) of the batch-mean loss.
 
     Rahimi (2025), Section 6, computed by the block elimination of ``docs/exact_inverse.md``:
     one forward pass, one backward sweep that factorises one (p_t × p_t) pivot per layer, and
-    one forward sweep. Cost O(k (p³ + p² B n + B² n² p)) and memory O(k p B n) for a net of
-    depth k, p parameters and width n per layer and batch size B: linear in depth.
+    one forward sweep. Each layer's pivot is eliminated in the cheaper of two forms: the
+    (p_t × p_t) parameter block, or by the push-through identity a (B n_t × B n_t) state block.
+    Cost O(k min(p, B n)³) and memory O(k p B n) for a net of depth k, p parameters and width
+    n per layer and batch size B: linear in depth.
 
     Args:
         net: the network (its parameter dtype is used; float64 for exactness checks).
@@ -87,11 +100,14 @@ def hessian_inverse_product(
             and one more sweep on the residual. The layer-block elimination is not backward
             stable on an indefinite ``H + λI``; one step brings residuals of ~1e-10 down to
             round-off (``docs/exact_inverse.md``, Section 8).
+        pivot: ``auto`` (the cheaper form per layer by flop count), or ``param`` / ``state`` to
+            force one form on every layer (for checks and benchmarks; same result up to round-off).
 
     Returns:
         The solution, shaped like ``vec``.
     """
     kind = _parse_kind(curvature)
+    form = _parse_pivot(pivot)
     damping = _check_damping(damping)
     crit = make_loss(loss)
     n_params = sum(p.numel() for p in net.parameters())
@@ -112,7 +128,7 @@ def hessian_inverse_product(
 
     def solve(rhs: Tensor) -> Tensor:
         with torch.no_grad():  # a linear solve: no graph through the factorisations
-            return torch.cat(riccati_solve(terms, _split_layers(rhs, net), damping, net.has_bias, psd))
+            return torch.cat(riccati_solve(terms, _split_layers(rhs, net), damping, net.has_bias, psd, form))
 
     u = solve(cols)  # (P, m)
     for _ in range(int(refine)):

@@ -18,6 +18,7 @@ layer as a (p_t, B n_{t-1}) matrix to form the gain.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from torch import Tensor
 from curvlab.losses import Loss
 from curvlab.nets import MLP
 
-__all__ = ["LayerTerms", "layer_terms", "riccati_solve"]
+__all__ = ["LayerTerms", "layer_terms", "PivotForm", "pivot_flops", "pivot_forms", "riccati_solve"]
 
 
 @dataclass
@@ -78,12 +79,6 @@ def layer_terms(net: MLP, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list
     return terms[::-1]
 
 
-def _bt(X: Tensor, h: Tensor, bias: bool) -> Tensor:
-    """``B_tᵀ X`` for X (B, n_t, m): (p_t, m), rows in (vec(dW) row-major, db) order."""
-    w = torch.einsum("iam,id->adm", X, h).reshape(-1, X.shape[-1])  # (n_t n_{t-1}, m)
-    return torch.cat([w, X.sum(0)]) if bias else w
-
-
 def _b(Y: Tensor, h: Tensor, n_out: int, bias: bool) -> Tensor:
     """``B_t Y`` for Y (p_t, m): the state perturbation ``dW h_i + db`` per sample, (B, n_t, m)."""
     n_w = n_out * h.shape[1]
@@ -91,74 +86,168 @@ def _b(Y: Tensor, h: Tensor, n_out: int, bias: bool) -> Tensor:
     return out + Y[n_w:][None] if bias else out
 
 
-def _cross(term: LayerTerms, n_out: int, bias: bool) -> Tensor:
-    """``S_t`` (p_t, B n_{t-1}): ``uᵀ S_t x = Σ_i δ^t_iᵀ dW^t (σ'(z^{t-1}_i) ⊙ x_i)`` (Lagrangian cross term)."""
-    n_prev = term.dsig_prev.shape[1]
-    eye = torch.eye(n_prev, dtype=term.h.dtype, device=term.h.device)
-    s = torch.einsum("ia,ic,bc->abic", term.delta, term.dsig_prev, eye).reshape(n_out * n_prev, -1)
-    return torch.cat([s, s.new_zeros(n_out, s.shape[1])]) if bias else s
+def _blocks(v: Tensor, n_out: int, bias: bool) -> Tensor:
+    """(p_t, m) rows (vec(dW) row-major, db) → (n_t, m_in, m): the rows ``[dW, db]`` of each unit."""
+    m = v.shape[1]
+    if not bias:
+        return v.reshape(n_out, -1, m)
+    return torch.cat([v[:-n_out].reshape(n_out, -1, m), v[-n_out:].reshape(n_out, 1, m)], 1)
+
+
+def _unblocks(X: Tensor, bias: bool) -> Tensor:
+    """The inverse of :func:`_blocks`: (n_t, m_in, m) → (p_t, m)."""
+    m = X.shape[2]
+    return torch.cat([X[:, :-1].reshape(-1, m), X[:, -1]]) if bias else X.reshape(-1, m)
+
+
+def _st(term: LayerTerms, k: Tensor) -> Tensor:
+    """``S_tᵀ k`` for k (p_t, m): (B, n_{t-1}, m), ``σ'(z^{t-1}_i) ⊙ (dWᵀ δ_i)`` (bias rows do not enter)."""
+    n_out, n_prev = term.delta.shape[1], term.dsig_prev.shape[1]
+    dw = k[: n_out * n_prev].reshape(n_out, n_prev, -1)
+    return torch.einsum("ia,ic,acm->icm", term.delta, term.dsig_prev, dw)
 
 
 class _Factor:
-    """A factorised symmetric matrix: Cholesky when it is positive definite, else pivoted LU."""
+    """A factorised symmetric pivot C: Cholesky when it is positive definite, else pivoted LU."""
 
-    def __init__(self, R: Tensor, try_cholesky: bool) -> None:
+    def __init__(self, C: Tensor, try_cholesky: bool) -> None:
         self.chol = None
         if try_cholesky:
-            L, info = torch.linalg.cholesky_ex(R)
+            L, info = torch.linalg.cholesky_ex(C)
             if int(info) == 0:
                 self.chol = L
         if self.chol is None:
-            self.lu, self.piv = torch.linalg.lu_factor(R)
+            self.lu, self.piv = torch.linalg.lu_factor(C)
 
     def solve(self, rhs: Tensor) -> Tensor:
+        """``C⁻¹ rhs``."""
         if self.chol is not None:
             return torch.cholesky_solve(rhs, self.chol)
         return torch.linalg.lu_solve(self.lu, self.piv, rhs)
 
+    def downdate(self, base: Tensor, N: Tensor) -> tuple[Tensor, Tensor]:
+        """``base − Nᵀ C⁻¹ N`` and T with ``C⁻¹ N x = self.post(T x)`` (Cholesky: T = L⁻¹N, one solve fewer)."""
+        if self.chol is not None:
+            T = torch.linalg.solve_triangular(self.chol, N, upper=False)
+            return torch.addmm(base, T.T, T, alpha=-1.0), T
+        T = torch.linalg.lu_solve(self.lu, self.piv, N)
+        return torch.addmm(base, N.T, T, alpha=-1.0), T
 
-class _Pivot:
-    """The pivot ``R_t = λI + B_tᵀ P B_t`` (p_t × p_t) of one layer, factorised for solves.
+    def post(self, r: Tensor) -> Tensor:
+        return torch.linalg.solve_triangular(self.chol.T, r, upper=True) if self.chol is not None else r
 
-    ``B_tᵀ P B_t`` vanishes off ``range(B_tᵀ) = R^{n_t} ⊗ span{(h_i, 1)}``, of dimension
-    ``n_t · min(B, n_{t-1} + 1)``. When that is smaller than p_t (wide inputs, batches smaller
-    than the layer input) the pivot is factorised only there, in the orthonormal basis
-    ``E = I ⊗ Q`` (Q from a QR of the layer inputs), and is ``λI`` on the complement:
-    ``R⁻¹ r = (r − E Eᵀ r)/λ + E (λI + Eᵀ Bᵀ P B E)⁻¹ Eᵀ r`` for every r. ``B E`` has the structure of ``B`` with inputs ``h Q``
-    and no bias, so the same helpers apply.
+
+class PivotForm(str, Enum):
+    """The basis in which one layer's pivot ``R_t = λI + B_tᵀ P_t B_t`` is factorised (docs §5–6)."""
+
+    PARAM = "param"  # all of R_t: (p_t × p_t), p_t = n_t (n_{t-1} + 1)
+    STATE = "state"  # R_t on range(B_tᵀ) only, push-through: (n_t r × n_t r), r = rank of the inputs ≤ B
+
+
+def pivot_flops(form: PivotForm, batch: int, n_out: int, n_in: int, bias: bool, first: bool) -> float:
+    """Leading flop count of eliminating one layer in ``form``.
+
+    The pivot has size ``d = n_out · m_in`` (PARAM, ``m_in = n_in + bias``) or ``d = n_out ·
+    min(B, m_in)`` (STATE); with the previous state ``s' = B n_in`` (0 for the first layer, which
+    needs no gain): ⅔d³ to factorise, 2d²s' for the gain, 2ds'² for ``P_{t-1}``, and
+    ``2Bd(B n_out + d + s')`` to form the pivot and ``N_t`` through the Kronecker structure.
+    """
+    m_in = n_in + int(bias)
+    d = n_out * (m_in if form is PivotForm.PARAM else min(batch, m_in))
+    s_in = 0 if first else batch * n_in
+    return 2 / 3 * d**3 + 2 * d**2 * s_in + 2 * d * s_in**2 + 2 * batch * d * (batch * n_out + d + s_in)
+
+
+def pivot_forms(terms: list[LayerTerms], bias: bool) -> list[PivotForm]:
+    """The cheaper :class:`PivotForm` of each layer by :func:`pivot_flops` (PARAM on a tie)."""
+    forms = []
+    for l, t in enumerate(terms):
+        batch, n_in = t.h.shape
+        cost = {f: pivot_flops(f, batch, t.n_out, n_in, bias, first=l == 0) for f in PivotForm}
+        forms.append(PivotForm.STATE if cost[PivotForm.STATE] < cost[PivotForm.PARAM] else PivotForm.PARAM)
+    return forms
+
+
+class _Stage:
+    """The elimination of ``u_t`` (docs §4–6): pivot, feed-forward, gain and ``P_{t-1}`` of one layer.
+
+    ``R_t`` is factorised in an orthonormal basis ``E = V ⊗ I_{n_t}`` of parameter space, V (m_in, r).
+    PARAM: V = I, so ``C = R_t``. STATE: V spans the inputs ``h̃_i = (h_i, 1)`` (SVD), so E spans
+    ``range(B_tᵀ)``, which ``R_t`` leaves invariant and off which ``R_t = λI``; then
+    ``R_t⁻¹ = (I − EEᵀ)/λ + E C⁻¹ Eᵀ`` with ``C = λI + Lᵀ P L`` of size n_t r, ``L = B_t E =
+    (H̃ V) ⊗ I`` (push-through). With ``N = Eᵀ M_t = Eᵀ S_t + Lᵀ P A_t`` and ``S_⊥ = (I − EEᵀ) S_t``
+    (``B_tᵀ P A_t`` has no part off ``range(B_tᵀ)``):
+
+        K_t = S_⊥/λ + E C⁻¹ N,    P_{t-1} = Q_{t-1} + A_tᵀ P A_t − S_⊥ᵀ S_⊥/λ − Nᵀ C⁻¹ N.
     """
 
-    def __init__(self, P: Tensor, h: Tensor, bias: bool, damping: float, psd: bool, reduce: bool) -> None:
+    def __init__(self, P: Tensor, term: LayerTerms, bias: bool, damping: float, psd: bool, first: bool, form: PivotForm) -> None:
         batch, n = P.shape[:2]
-        self.n, self.bias, self.damping, self.q = n, bias, damping, None
-        inputs = torch.cat([h, h.new_ones(batch, 1)], 1) if bias else h  # (B, m_in)
-        if reduce and batch < inputs.shape[1]:
-            self.q = torch.linalg.qr(inputs.T).Q  # (m_in, r), r = B < m_in
-            h, bias = inputs @ self.q, False  # B E acts like B with inputs h Q (B, r)
-        bt_p = _bt(P.reshape(batch, n, -1), h, bias)  # Bᵀ P (p, B n)
-        R = _bt(bt_p.T.reshape(batch, n, -1), h, bias)  # Bᵀ P B (p, p)
-        R = 0.5 * (R + R.T)
-        R.diagonal().add_(damping)
-        self.fac = _Factor(R, psd)
+        self.P, self.term, self.bias, self.damping, self.first = P, term, bias, damping, first
+        inputs = torch.cat([term.h, term.h.new_ones(batch, 1)], 1) if bias else term.h  # H̃ (B, m_in)
+        self.perp = None  # I − V Vᵀ (m_in, m_in) in the STATE form
+        if form is PivotForm.STATE:
+            U, sv, Vh = torch.linalg.svd(inputs, full_matrices=False)
+            keep = sv > sv[0] * max(inputs.shape) * torch.finfo(sv.dtype).eps  # the rank of H̃
+            self.V, self.L = Vh[keep].T, U[:, keep] * sv[keep]  # (m_in, r), H̃ V (B, r)
+            self.perp = torch.eye(inputs.shape[1], dtype=P.dtype, device=P.device) - self.V @ self.V.T
+        else:
+            self.V, self.L = torch.eye(inputs.shape[1], dtype=P.dtype, device=P.device), inputs
+        r = self.V.shape[1]
+        lp = (self.L.T @ P.reshape(batch, -1)).reshape(r * n, batch, n)  # Lᵀ P: rows (ρ, a), (B, n)
+        C = torch.matmul(self.L.T, lp).reshape(r * n, r * n)  # Lᵀ P L: rows and columns (ρ, a)
+        C.diagonal().add_(damping)
+        self.fac = _Factor(C.T, psd)  # C is symmetric; Cᵀ is in the column-major layout of LAPACK
+        if first:
+            return
+        n_prev = term.jac.shape[2]
+        AP = term.jac.transpose(1, 2) @ P.reshape(batch, n, -1)  # A_tᵀ P = (P A_t)ᵀ: (B, n_prev, B n)
+        Nt = torch.matmul(self.L.T, AP.reshape(-1, batch, n))  # Nᵀ = (Lᵀ P A_t)ᵀ: (B n_prev, r, n)
+        if term.delta is not None:  # + (Eᵀ S_t)ᵀ: [(j,c),(ρ,a)] = σ'_j[c] V[c,ρ] δ_j[a]
+            vs = term.dsig_prev[:, :, None] * self.V[:n_prev]  # (B, n_prev, r)
+            Nt.view(batch, n_prev, r, n).addcmul_(vs[..., None], term.delta[:, None, None, :])
+        AtPA = torch.einsum("yje,jec->yjc", AP.reshape(-1, batch, n), term.jac).reshape(batch * n_prev, -1)
+        P_prev, self.gain_factor = self.fac.downdate(AtPA, Nt.reshape(batch * n_prev, -1).T)  # Aᵀ P A − Nᵀ C⁻¹ N
+        if term.delta is not None and self.perp is not None:  # − S_⊥ᵀS_⊥/λ: (δ_iᵀδ_j) σ'_i[c] σ'_j[d] (I − VVᵀ)[c,d] / λ
+            u = term.dsig_prev[:, :, None] * self.perp[None, :n_prev, :n_prev]  # (B, n_prev, n_prev)
+            w = (term.delta @ term.delta.T)[:, :, None] * term.dsig_prev[None] / damping  # (B, B, n_prev)
+            P_prev.view(batch, n_prev, batch, n_prev).addcmul_(u[:, :, None, :], w[:, None], value=-1.0)
+        self.p_prev = P_prev
 
-    def solve(self, rhs: Tensor) -> Tensor:
-        """``R⁻¹ rhs`` for rhs (p_t, m)."""
-        if self.q is None:
-            return self.fac.solve(rhs)
-        n, m = self.n, rhs.shape[1]
-        full = rhs.reshape(n, -1, m) if not self.bias else torch.cat(
-            [rhs[: -n].reshape(n, -1, m), rhs[-n:].reshape(n, 1, m)], 1
-        )  # (n, m_in, m): output unit × (input, bias)
-        coef = torch.einsum("adm,ds->asm", full, self.q)  # Eᵀ rhs (n, r, m)
-        inside = self.fac.solve(coef.reshape(-1, m)).reshape(coef.shape)
-        out = (full - torch.einsum("asm,ds->adm", coef, self.q)) / self.damping  # (r − E Eᵀ r)/λ
-        out = out + torch.einsum("asm,ds->adm", inside, self.q)
-        if not self.bias:
-            return out.reshape(-1, m)
-        return torch.cat([out[:, :-1].reshape(-1, m), out[:, -1]])
+    def _e(self, c: Tensor, n: int) -> Tensor:
+        """``E c`` for c (r n, m) with rows (ρ, a): (n, m_in, m) blocks."""
+        return torch.einsum("ram,br->abm", c.reshape(self.V.shape[1], n, -1), self.V)
+
+    def feed(self, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``k_t = R_t⁻¹ (v − B_tᵀ q) = v_⊥/λ + E C⁻¹ (Eᵀ v − Lᵀ q)`` for v (p_t, m), q (B, n_t, m), and
+        ``q_{t-1} = A_tᵀ (q + P B_t k_t) + S_tᵀ k_t`` (None for t = 1)."""
+        t, (batch, n, m) = self.term, q.shape
+        X = _blocks(v, n, self.bias)  # (n, m_in, m)
+        rhs = torch.einsum("abm,br->ram", X, self.V) - (self.L.T @ q.reshape(batch, -1)).reshape(-1, n, m)
+        c = self.fac.solve(rhs.reshape(-1, m))  # (r n, m)
+        blocks = self._e(c, n)
+        if self.perp is not None:
+            blocks = blocks + torch.einsum("abm,bc->acm", X, self.perp) / self.damping
+        k = _unblocks(blocks, self.bias)
+        if self.first:
+            return k, None
+        bk = (self.L @ c.reshape(self.V.shape[1], -1)).reshape(batch * n, m)  # B_t k_t = L C⁻¹(…)
+        q_prev = t.jac.transpose(1, 2) @ (q + (self.P.reshape(batch * n, -1) @ bk).reshape(q.shape))
+        return k, q_prev + _st(t, k) if t.delta is not None else q_prev
+
+    def gain(self, x: Tensor) -> Tensor:
+        """``K_t x = S_⊥ x/λ + E C⁻¹ N x`` for x (B, n_{t-1}, m): (p_t, m)."""
+        t, n = self.term, self.P.shape[1]
+        blocks = self._e(self.fac.post(self.gain_factor @ x.reshape(-1, x.shape[-1])), n)
+        if t.delta is not None and self.perp is not None:
+            sx = torch.einsum("ia,ic,icm->acm", t.delta, t.dsig_prev, x)  # S_t x (n, n_prev, m), no bias part
+            blocks = blocks + torch.einsum("acm,cb->abm", sx, self.perp[: x.shape[1]]) / self.damping
+        return _unblocks(blocks, self.bias)
 
 
-def riccati_solve(terms: list[LayerTerms], v: list[Tensor], damping: float, bias: bool, psd: bool) -> list[Tensor]:
+def riccati_solve(
+    terms: list[LayerTerms], v: list[Tensor], damping: float, bias: bool, psd: bool, form: PivotForm | None = None
+) -> list[Tensor]:
     """Solve ``(H + λI) u = v`` layer by layer.
 
     Args:
@@ -167,6 +256,7 @@ def riccati_solve(terms: list[LayerTerms], v: list[Tensor], damping: float, bias
         damping: λ > 0.
         bias: whether the layers have biases.
         psd: whether the pivots are expected positive definite (Cholesky is tried first).
+        form: the pivot form of every layer; None chooses per layer by :func:`pivot_forms`.
 
     Returns:
         ``u`` per layer, (p_t, m).
@@ -177,38 +267,26 @@ def riccati_solve(terms: list[LayerTerms], v: list[Tensor], damping: float, bias
     # Cost-to-go V_t(x_t) = ½ x_tᵀ P x_t + qᵀ x_t, starting from the loss curvature at the output.
     P = torch.einsum("iac,ij->iajc", terms[-1].q_state, eye_b)  # (B, C, B, C)
     q = v[0].new_zeros(batch, n_last, v[0].shape[1])  # (B, C, m)
-    gains: list[Tensor | None] = [None] * k
+    stages: list[_Stage] = [None] * k  # type: ignore[list-item]
     feeds: list[Tensor] = [None] * k  # type: ignore[list-item]
+    forms = [form] * k if form is not None else pivot_forms(terms, bias)
     for l in range(k - 1, -1, -1):
         t = terms[l]
-        n = P.shape[1]
-        # Reduce the pivot only where no cross term enters (t = 1, or GN): on the exact Hessian's
-        # hidden layers the reduced form is valid too, but its residuals measured ~10x larger (the
-        # S_t/λ components of the gains are large), so those keep the full pivot.
-        fac = _Pivot(P, t.h, bias, damping, psd, reduce=l == 0 or t.delta is None)
-        feeds[l] = fac.solve(v[l] - _bt(q, t.h, bias))  # (p, m)
+        stages[l] = _Stage(P, t, bias, damping, psd, l == 0, forms[l])
+        feeds[l], q = stages[l].feed(v[l], q)  # k_t (p, m), q_{t-1} (B, n_prev, m)
         if l == 0:
             break
-        PA = torch.einsum("iaje,jec->iajc", P, t.jac)  # P A_t (B, n, B, n_prev)
-        n_prev = t.jac.shape[2]
-        M = _bt(PA.reshape(batch, n, -1), t.h, bias)  # B_tᵀ P A_t (p, B n_prev)
-        if t.delta is not None:
-            M = M + _cross(t, n, bias)
-        K = fac.solve(M)  # (p, B n_prev)
-        gains[l] = K
-        P = torch.einsum("iac,iajd->icjd", t.jac, PA).reshape(batch * n_prev, -1) - M.T @ K
-        P = 0.5 * (P + P.T)
+        P = (stages[l].p_prev + stages[l].p_prev.T).mul_(0.5)  # symmetric again (round-off)
         q_prev = terms[l - 1].q_state
         if q_prev is not None:  # hidden-state curvature σ''(z) ⊙ ∂f/∂h (diagonal per sample)
             P.diagonal().add_(q_prev.reshape(-1))
-        P = P.reshape(batch, n_prev, batch, n_prev)
-        q = torch.einsum("iac,iam->icm", t.jac, q) + (M.T @ feeds[l]).reshape(batch, n_prev, -1)
+        P = P.reshape(batch, t.h.shape[1], batch, t.h.shape[1])
     # Forward sweep: x_0 = 0 (the input does not move), u_t = k_t − K_t x_{t-1}.
     u = [feeds[0]]
     x = _b(feeds[0], terms[0].h, terms[0].n_out, bias)
     for l in range(1, k):
         t = terms[l]
-        u_l = feeds[l] - gains[l] @ x.reshape(-1, x.shape[-1])
+        u_l = feeds[l] - stages[l].gain(x)
         u.append(u_l)
         x = torch.einsum("iac,icm->iam", t.jac, x) + _b(u_l, t.h, t.n_out, bias)
     return u
