@@ -390,7 +390,13 @@ def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path | None = None)
         if cfg.resume is True and not ckpt.exists():
             raise ValueError(f"resume=true but {ckpt} does not exist; use resume=auto or resume=false")
         if cfg.resume in (True, "auto") and ckpt.exists():
-            run.restore(rf.load_checkpoint(ckpt))
+            try:
+                state = rf.load_checkpoint(ckpt)
+            except rf.CheckpointError as err:  # the run cannot go on as it is: say so where a sweep looks
+                summary = rf.read_json(run_dir / rf.SUMMARY) if (run_dir / rf.SUMMARY).exists() else {}
+                rf.write_json(run_dir / rf.SUMMARY, {**summary, "status": "failed", "failure": str(err)})
+                raise
+            run.restore(state)
         else:
             for name in (rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
                 (run_dir / name).unlink(missing_ok=True)

@@ -64,6 +64,8 @@ def test_flipped_byte_in_a_weight_is_detected(tmp_path):
     assert not torch.equal(torch.load(ckpt, weights_only=True)["net"]["layers.0.weight"], weight)
     with pytest.raises(rf.CheckpointError, match="corrupted.*resume=false"):
         _run(tmp_path)
+    summary = rf.read_json(tmp_path / rf.SUMMARY)  # what a sweep lists: the reason, the run's identity kept
+    assert summary["status"] == "failed" and "corrupted" in summary["failure"] and summary["solver"] == "sgd"
     assert _run(tmp_path, "resume=false").exists()  # the fix the message names works
 
 
