@@ -289,8 +289,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
 
+    from curvlab.report.views import VIEWS
+
     t0, failed, index = time.perf_counter(), 0, 0
     for exp in experiments:
+        if exp in VIEWS:  # Figures 9–12 draw their companion figure's runs (its sweep has PCH-2)
+            print(f"== {exp}: no jobs of its own, drawn from the runs of {VIEWS[exp].source}", flush=True)
+            continue
         sized, seeds = scale_overrides(exp, a.scale, a)
         data = data_overrides(dataset_of(exp, a.set), data_root)
         jobs = expand(exp, [*data, *sized, *a.set], seeds, dict(kv.split("=", 1) for kv in a.sweep))
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_render:
         from curvlab.report import report
 
-        roots = [runs_dir / e for e in experiments if (runs_dir / e).is_dir()]
+        sources = {VIEWS[e].source if e in VIEWS else e for e in experiments}
+        roots = [runs_dir / e for e in sorted(sources) if (runs_dir / e).is_dir()]
         roots += [runs_dir / "studies" / n for n in studies if (runs_dir / "studies" / n).is_dir()]
         files = report(roots, out, want={a.kind}) if roots else []
         print(f"rendered {len(files)} file(s) into {out}")

@@ -70,7 +70,7 @@ def test_reproduce_figures_ci(tiny_root: Path, tmp_path: Path) -> None:
     only = [x for e in exps for x in ("--only", e)]
     assert reproduce.main(_args("figures", tiny_root, tmp_path, "--steps", "3", "--seeds", "2", *only)) == 0
     out = tmp_path / "figures"
-    for name in ["eacg_fig5_7", "lowrank_fig2", "lowrank_fig2_cr", "hbp_fig5"]:
+    for name in ["eacg_fig5_7", "eacg_fig11", "lowrank_fig2", "lowrank_fig2_cr", "hbp_fig5"]:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
     labels = set(pd.read_csv(out / "eacg_fig5_7_final.csv")["label"])
@@ -78,6 +78,8 @@ def test_reproduce_figures_ci(tiny_root: Path, tmp_path: Path) -> None:
     assert len(labels) == 7 and not any("GN" in label for label in labels)
     hbp = pd.read_csv(out / "hbp_fig5_final.csv").set_index("label")
     assert len(hbp.index) == 5  # splits 1, 2, 4, 16 and SGD
+    view = set(pd.read_csv(out / "eacg_fig11_final.csv")["label"])  # Figure 11: Figure 5's PCH-1/PCH-2 runs
+    assert len(view) == 4 and view < labels
     assert (hbp["seeds"] == 2).all()
     assert len(set(pd.read_csv(out / "lowrank_fig2_final.csv")["label"])) == 2  # SGD and SGD + CR
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from curvlab.report.figures import WALL_NOTE
 from curvlab.report.load import Runs, Study, find_studies, load_runs, load_study
 from curvlab.report.render import render_experiment, render_study
+from curvlab.report.views import VIEWS, select_view
 
 __all__ = ["main", "report", "Runs", "Study", "load_runs", "load_study", "WALL_NOTE"]
 
@@ -46,9 +47,14 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
     _check_out(roots, out)
     runs = load_runs(roots)
     written: list[Path] = []
-    for exp in runs.experiments():
+    present = runs.experiments()
+    for exp in present:
         if experiments is None or exp in experiments:
             written += render_experiment(runs.select(exp), exp, out, steps, set(want), window, wall_note)
+    for name, view in VIEWS.items():  # Figures 9–12: a selection of Figures 1–8's runs
+        picked = select_view(runs, view)
+        if name not in present and len(picked.runs) and (experiments is None or name in experiments):
+            written += render_experiment(picked, name, out, steps, set(want), window, wall_note)
     for path in find_studies(roots):
         st = load_study(path)
         if experiments is None or st.meta.get("name", st.name) in experiments:
