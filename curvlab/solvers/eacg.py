@@ -167,7 +167,7 @@ class _ReducedLayer(NamedTuple):
     """One layer's reduced systems: per row group j a weight and (nb = 2) a bias system, each
     with ``size`` ≥ m + 1 unknowns (zero-padded to share a batch with other layers)."""
 
-    blocks: Tensor  # (k, size, size) diag(0, B_j, 0), shared by the weight and bias systems
+    blocks: Tensor  # (k, size − 1, size − 1) B_j zero-padded, shared by the weight and bias systems
     scale: Tensor  # (k, nb, 1) (1 − α) s for the weight system, (1 − α) for the bias system
     rhs: Tensor  # (k, nb, 1, size) b̃ per system, as a row vector
     unpack: Unpack  # this layer's systems of the solution → its (slot, tensor) pairs
@@ -193,7 +193,9 @@ def _reduced_layer(
     row_sq = torch.linalg.vector_norm(perp, dim=1).square()[:, None]  # (n_out, 1)
     norms = rs.rows(row_sq).sum((1, 2)).sqrt()  # (k,) ‖G_⊥‖_F over each row group
 
-    b_pad = torch.nn.functional.pad(rs.blocks(blk.bias), (1, size - m - 1, 1, size - m - 1))  # (k, size, size)
+    b_j = rs.blocks(blk.bias)  # (k, m, m), a view without splitting
+    pad = size - 1 - m
+    b_pad = torch.nn.functional.pad(b_j, (0, pad, 0, pad)) if pad else b_j  # (k, size−1, size−1)
     tail = norms.new_zeros(k, size - m - 1)
     rhs = [torch.cat([norms[:, None], rs.rows(-g_mu[:, None])[..., 0], tail], dim=1)]  # (k, size) (‖G_⊥‖, G μ̂)
     scale = [(1 - alpha) * s]
@@ -217,21 +219,25 @@ def _reduced_layer(
             out.append((slot + 1, rs.merge(z[:, 1, 0, 1 : m + 1, None])[:, 0]))
         return out
 
-    scale_t = torch.tensor(scale, dtype=b_pad.dtype, device=b_pad.device).expand(k, nb)[..., None]
+    scale_t = torch.tensor(scale, dtype=gw.dtype, device=gw.device).expand(k, nb)[..., None]
     return _ReducedLayer(b_pad, scale_t, torch.stack(rhs, dim=1)[:, :, None, :], unpack)
 
 
 class _ReducedMatVec:
     """``x ↦ α x + scale · x diag(0, B_j)`` on row vectors: ``x`` (S, nb, 1, size), ``blocks``
-    (S, size, size), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ, and the
-    weight and bias systems of a row group share one pass over ``B_j``."""
+    (S, size − 1, size − 1), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ,
+    and the weight and bias systems of a row group share one pass over ``B_j``. The leading
+    (⊥) unknown is handled apart, so that B_j is used as it is, without a padded copy."""
 
     def __init__(self, blocks: Tensor, scale: Tensor, alpha: float) -> None:
         self.blocks, self.scale, self.alpha = blocks, scale, alpha
 
     def into(self, x: Tensor, out: Tensor) -> None:
         x3 = x.view(self.scale.shape[0], self.scale.shape[1], -1)  # (S, nb, size)
-        torch.baddbmm(x3, x3 * self.scale, self.blocks, beta=self.alpha, out=out.view(x3.shape))
+        o3 = out.view(x3.shape)
+        rest = x3[..., 1:]  # (S, nb, size − 1)
+        torch.baddbmm(rest, rest * self.scale, self.blocks, beta=self.alpha, out=o3[..., 1:])
+        torch.mul(x3[..., :1], self.alpha, out=o3[..., :1])  # the ⊥ unknown: eigenvalue α
 
     def __call__(self, x: Tensor) -> Tensor:
         out = torch.empty_like(x)
