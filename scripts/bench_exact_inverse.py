@@ -128,14 +128,18 @@ def main() -> None:
     torch.set_num_threads(1)
     configs = CONFIGS[:3] if args.quick else CONFIGS
     print(f"exact Hessian inverse, tanh, float64, damping {args.damping}, 1 torch thread, CPU-time medians")
-    print("kind in/wd/dep/B       P  HVP ms   inv ms  inv/HVP  param/HVP  residual  param res | dense/HVP vs dense | forms")
+    print("kind in/wd/dep/B       P  HVP ms   inv ms  inv/HVP  param/HVP  residual  param res "
+          "| dense/HVP vs dense | forms")
     rows = []
     for cfg, curvature in itertools.product(configs, ("exact", "gn")):
         r = run(cfg, args.damping, curvature, args.cg)
         rows.append(r)
         shape = f"{r['input']}/{r['width']}/{r['depth']}/{r['batch']}"
-        dense = f"{r['dense_over_hvp']:9.0f} {r['inv_vs_dense_relerr']:8.1e}" if "dense_s" in r else "     (too big)    "
-        cg_txt = f" | CG {r['cg_iters']} its, {r['cg_over_hvp']:.0f} HVPs, res {r['cg_residual']:.0e}" if args.cg else ""
+        too_big = "     (too big)    "
+        dense = f"{r['dense_over_hvp']:9.0f} {r['inv_vs_dense_relerr']:8.1e}" if "dense_s" in r else too_big
+        cg_txt = ""
+        if args.cg:
+            cg_txt = f" | CG {r['cg_iters']} its, {r['cg_over_hvp']:.0f} HVPs, res {r['cg_residual']:.0e}"
         print(
             f"{'H' if curvature == 'exact' else 'GN':4s} {shape:13s} {r['params']:6d} {1e3 * r['hvp_s']:7.2f} "
             f"{1e3 * r['inv_s']:8.1f} {r['inv_over_hvp']:8.1f} {r['param_over_hvp']:10.1f} {r['inv_residual']:9.1e} "

@@ -99,7 +99,7 @@ def hessian_inverse_product(
         refine: steps of iterative refinement, each one exact matrix-vector product per column
             and one more sweep on the residual. The layer-block elimination is not backward
             stable on an indefinite ``H + λI``; one step brings residuals of ~1e-10 down to
-            round-off (``docs/exact_inverse.md``, Section 8).
+            round-off (``docs/exact_inverse.md``, Section 9).
         pivot: ``auto`` (the cheaper form per layer by flop count), or ``param`` / ``state`` to
             force one form on every layer (for checks and benchmarks; same result up to round-off).
 

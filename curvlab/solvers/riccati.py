@@ -10,9 +10,10 @@ the forward pass (``docs/exact_inverse.md`` derives it). A backward Riccati swee
 layer order; a forward sweep recovers ``u``. Cost and memory are linear in the depth ``k``.
 
 Per-sample blocks: ``A_t`` (B, n_t, n_{t-1}) is block-diagonal over the batch and applied with
-batched einsums; ``B_t`` (``u ↦ dW h^{t-1}_i + db``) is applied through its Kronecker
-structure (``Σ_i X_i h_iᵀ``), never assembled; the cross term ``S_t`` is assembled once per
-layer as a (p_t, B n_{t-1}) matrix to form the gain.
+batched matmuls; ``B_t`` (``u ↦ dW h^{t-1}_i + db``) and the cross term ``S_t`` are applied
+through their Kronecker structure, never assembled. Each layer's pivot is factorised either in
+parameter space (p_t × p_t) or, by the push-through identity, on ``range(B_tᵀ)`` only
+(n_t · rank of the layer inputs ≤ B n_t), whichever costs fewer flops (docs §6).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from torch import Tensor
 from curvlab.losses import Loss
 from curvlab.nets import MLP
 
-__all__ = ["LayerTerms", "layer_terms", "PivotForm", "pivot_flops", "pivot_forms", "riccati_solve"]
+__all__ = [
+    "LayerTerms",
+    "layer_terms",
+    "PivotForm",
+    "STATE_OVERHEAD_FLOPS",
+    "pivot_flops",
+    "pivot_forms",
+    "riccati_solve",
+]
 
 
 @dataclass
@@ -126,7 +135,7 @@ class _Factor:
         return torch.linalg.lu_solve(self.lu, self.piv, rhs)
 
     def downdate(self, base: Tensor, N: Tensor) -> tuple[Tensor, Tensor]:
-        """``base − Nᵀ C⁻¹ N`` and T with ``C⁻¹ N x = self.post(T x)`` (Cholesky: T = L⁻¹N, one solve fewer)."""
+        """``base − Nᵀ C⁻¹ N``, and T with ``C⁻¹ N x = self.post(T x)`` (Cholesky: T = L⁻¹N)."""
         if self.chol is not None:
             T = torch.linalg.solve_triangular(self.chol, N, upper=False)
             return torch.addmm(base, T.T, T, alpha=-1.0), T
@@ -134,14 +143,21 @@ class _Factor:
         return torch.addmm(base, N.T, T, alpha=-1.0), T
 
     def post(self, r: Tensor) -> Tensor:
+        """The second half of ``C⁻¹ N x`` after :meth:`downdate`: ``L⁻ᵀ r`` (Cholesky), else r."""
         return torch.linalg.solve_triangular(self.chol.T, r, upper=True) if self.chol is not None else r
 
 
 class PivotForm(str, Enum):
-    """The basis in which one layer's pivot ``R_t = λI + B_tᵀ P_t B_t`` is factorised (docs §5–6)."""
+    """The basis in which one layer's pivot ``R_t = λI + B_tᵀ P_t B_t`` is factorised (docs §6)."""
 
     PARAM = "param"  # all of R_t: (p_t × p_t), p_t = n_t (n_{t-1} + 1)
     STATE = "state"  # R_t on range(B_tᵀ) only, push-through: (n_t r × n_t r), r = rank of the inputs ≤ B
+
+
+# The SVD and the projections of the STATE form cost about 0.2 ms per layer (about 15 small tensor
+# operations, measured on the 8/8/8/4 benchmark net), which is some 4 MFLOP at the speed that
+# LAPACK reaches on such small pivots: below that saving the PARAM form is faster.
+STATE_OVERHEAD_FLOPS = 4e6
 
 
 def pivot_flops(form: PivotForm, batch: int, n_out: int, n_in: int, bias: bool, first: bool) -> float:
@@ -150,12 +166,14 @@ def pivot_flops(form: PivotForm, batch: int, n_out: int, n_in: int, bias: bool, 
     The pivot has size ``d = n_out · m_in`` (PARAM, ``m_in = n_in + bias``) or ``d = n_out ·
     min(B, m_in)`` (STATE); with the previous state ``s' = B n_in`` (0 for the first layer, which
     needs no gain): ⅔d³ to factorise, 2d²s' for the gain, 2ds'² for ``P_{t-1}``, and
-    ``2Bd(B n_out + d + s')`` to form the pivot and ``N_t`` through the Kronecker structure.
+    ``2Bd(B n_out + d + s')`` to form the pivot and ``N_t`` through the Kronecker structure;
+    STATE adds :data:`STATE_OVERHEAD_FLOPS` when it reduces the pivot at all.
     """
     m_in = n_in + int(bias)
-    d = n_out * (m_in if form is PivotForm.PARAM else min(batch, m_in))
-    s_in = 0 if first else batch * n_in
-    return 2 / 3 * d**3 + 2 * d**2 * s_in + 2 * d * s_in**2 + 2 * batch * d * (batch * n_out + d + s_in)
+    r = m_in if form is PivotForm.PARAM else min(batch, m_in)
+    d, s_in = n_out * r, 0 if first else batch * n_in
+    flops = 2 / 3 * d**3 + 2 * d**2 * s_in + 2 * d * s_in**2 + 2 * batch * d * (batch * n_out + d + s_in)
+    return flops + (STATE_OVERHEAD_FLOPS if r < m_in else 0.0)
 
 
 def pivot_forms(terms: list[LayerTerms], bias: bool) -> list[PivotForm]:
@@ -171,7 +189,7 @@ def pivot_forms(terms: list[LayerTerms], bias: bool) -> list[PivotForm]:
 class _Stage:
     """The elimination of ``u_t`` (docs §4–6): pivot, feed-forward, gain and ``P_{t-1}`` of one layer.
 
-    ``R_t`` is factorised in an orthonormal basis ``E = V ⊗ I_{n_t}`` of parameter space, V (m_in, r).
+    ``R_t`` is factorised in an orthonormal basis ``E = I_{n_t} ⊗ V`` of parameter space, V (m_in, r).
     PARAM: V = I, so ``C = R_t``. STATE: V spans the inputs ``h̃_i = (h_i, 1)`` (SVD), so E spans
     ``range(B_tᵀ)``, which ``R_t`` leaves invariant and off which ``R_t = λI``; then
     ``R_t⁻¹ = (I − EEᵀ)/λ + E C⁻¹ Eᵀ`` with ``C = λI + Lᵀ P L`` of size n_t r, ``L = B_t E =
@@ -181,15 +199,17 @@ class _Stage:
         K_t = S_⊥/λ + E C⁻¹ N,    P_{t-1} = Q_{t-1} + A_tᵀ P A_t − S_⊥ᵀ S_⊥/λ − Nᵀ C⁻¹ N.
     """
 
-    def __init__(self, P: Tensor, term: LayerTerms, bias: bool, damping: float, psd: bool, first: bool, form: PivotForm) -> None:
+    def __init__(
+        self, P: Tensor, term: LayerTerms, bias: bool, damping: float, psd: bool, first: bool, form: PivotForm
+    ) -> None:
         batch, n = P.shape[:2]
         self.P, self.term, self.bias, self.damping, self.first = P, term, bias, damping, first
         inputs = torch.cat([term.h, term.h.new_ones(batch, 1)], 1) if bias else term.h  # H̃ (B, m_in)
         self.perp = None  # I − V Vᵀ (m_in, m_in) in the STATE form
         if form is PivotForm.STATE:
             U, sv, Vh = torch.linalg.svd(inputs, full_matrices=False)
-            keep = sv > sv[0] * max(inputs.shape) * torch.finfo(sv.dtype).eps  # the rank of H̃
-            self.V, self.L = Vh[keep].T, U[:, keep] * sv[keep]  # (m_in, r), H̃ V (B, r)
+            r = int((sv > sv[0] * max(inputs.shape) * torch.finfo(sv.dtype).eps).sum())  # the rank of H̃
+            self.V, self.L = Vh[:r].T, U[:, :r] * sv[:r]  # (m_in, r), H̃ V (B, r)
             self.perp = torch.eye(inputs.shape[1], dtype=P.dtype, device=P.device) - self.V @ self.V.T
         else:
             self.V, self.L = torch.eye(inputs.shape[1], dtype=P.dtype, device=P.device), inputs
@@ -207,8 +227,10 @@ class _Stage:
             vs = term.dsig_prev[:, :, None] * self.V[:n_prev]  # (B, n_prev, r)
             Nt.view(batch, n_prev, r, n).addcmul_(vs[..., None], term.delta[:, None, None, :])
         AtPA = torch.einsum("yje,jec->yjc", AP.reshape(-1, batch, n), term.jac).reshape(batch * n_prev, -1)
-        P_prev, self.gain_factor = self.fac.downdate(AtPA, Nt.reshape(batch * n_prev, -1).T)  # Aᵀ P A − Nᵀ C⁻¹ N
-        if term.delta is not None and self.perp is not None:  # − S_⊥ᵀS_⊥/λ: (δ_iᵀδ_j) σ'_i[c] σ'_j[d] (I − VVᵀ)[c,d] / λ
+        # Aᵀ P A − Nᵀ C⁻¹ N; Nᵀ is row-major, so N is the column-major operand LAPACK wants
+        P_prev, self.gain_factor = self.fac.downdate(AtPA, Nt.reshape(batch * n_prev, -1).T)
+        if term.delta is not None and self.perp is not None:
+            # − S_⊥ᵀS_⊥/λ [(i,c),(j,d)] = −(δ_iᵀδ_j) σ'_i[c] σ'_j[d] (I − VVᵀ)[c,d] / λ
             u = term.dsig_prev[:, :, None] * self.perp[None, :n_prev, :n_prev]  # (B, n_prev, n_prev)
             w = (term.delta @ term.delta.T)[:, :, None] * term.dsig_prev[None] / damping  # (B, B, n_prev)
             P_prev.view(batch, n_prev, batch, n_prev).addcmul_(u[:, :, None, :], w[:, None], value=-1.0)
@@ -219,8 +241,8 @@ class _Stage:
         return torch.einsum("ram,br->abm", c.reshape(self.V.shape[1], n, -1), self.V)
 
     def feed(self, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``k_t = R_t⁻¹ (v − B_tᵀ q) = v_⊥/λ + E C⁻¹ (Eᵀ v − Lᵀ q)`` for v (p_t, m), q (B, n_t, m), and
-        ``q_{t-1} = A_tᵀ (q + P B_t k_t) + S_tᵀ k_t`` (None for t = 1)."""
+        """``k_t = R_t⁻¹ (v − B_tᵀ q) = v_⊥/λ + E C⁻¹ (Eᵀ v − Lᵀ q)`` for v (p_t, m), q (B, n_t, m),
+        and ``q_{t-1} = A_tᵀ (q + P B_t k_t) + S_tᵀ k_t`` (None for t = 1)."""
         t, (batch, n, m) = self.term, q.shape
         X = _blocks(v, n, self.bias)  # (n, m_in, m)
         rhs = torch.einsum("abm,br->ram", X, self.V) - (self.L.T @ q.reshape(batch, -1)).reshape(-1, n, m)
