@@ -92,6 +92,13 @@ def _cholesky(mat: Tensor, what: str) -> Tensor:
     return chol.to(mat.dtype)
 
 
+def _damped(mat: Tensor, damping: float) -> Tensor:
+    """mat + damping · I, as a new matrix."""
+    out = mat.clone()
+    out.diagonal().add_(damping)
+    return out
+
+
 def _right_solve(x: Tensor, chol: Tensor) -> Tensor:
     """X S⁻¹ for a symmetric S = L Lᵀ: (S⁻¹ Xᵀ)ᵀ."""
     return torch.cholesky_solve(x.T, chol).T
@@ -124,7 +131,8 @@ class LayerInverse:
         if self.mode == "gram" and e is not None:
             assert self.h is not None
             ge = torch.cholesky_solve(e.T, self.chol_g)  # (n_out, B) G⁻¹ Eᵀ
-            return -self.h.shape[0] * (_right_solve(ge, self.a) @ self.h)  # −B (G⁻¹ Eᵀ K⁻¹) H
+            # −B (G⁻¹ Eᵀ K⁻¹) H, scaled while still (n_out, B): no extra pass over (n_out, n_in).
+            return _right_solve(ge, self.a).mul_(-self.h.shape[0]) @ self.h
         x = torch.cholesky_solve(grad_weight, self.chol_g)  # (n_out, n_in) G⁻¹ ∇_W
         if self.mode == "cholesky":
             return -_right_solve(x, self.a)
@@ -166,11 +174,9 @@ def layer_inverses(
             trace_a = float(torch.diagonal(a0).sum())
         pi = trace_ratio(trace_a, blk.n_in, float(torch.diagonal(g0).sum()), blk.n_out)
         c = pi * sqrt_alpha
-        eye_g = torch.eye(blk.n_out, dtype=g0.dtype, device=g0.device)
-        chol_g = _cholesky(g0 + (sqrt_alpha / pi) * eye_g, f"G of layer {t + 1}")
+        chol_g = _cholesky(_damped(g0, sqrt_alpha / pi), f"G of layer {t + 1}")
         if mode == "cholesky":
-            eye_a = torch.eye(blk.n_in, dtype=a0.dtype, device=a0.device)
-            a0 = _cholesky(a0 + c * eye_a, f"A of layer {t + 1}")
+            a0 = _cholesky(_damped(a0, c), f"A of layer {t + 1}")
         elif mode == "gram":
             assert h is not None
             k = h @ h.T  # (B, B)
