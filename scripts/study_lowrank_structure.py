@@ -391,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             "note": (f"Hessian blocks are principal sub-blocks of {a.sub} rows x {a.sub} columns of each weight "
                      "matrix (the most active units; all logits), because a full 128x128 layer block has 16384^2 "
                      "entries; the formula of Eq. 5 restricts exactly. Layers are numbered 1..k (k = output layer)."),
-            "seconds": round(time.perf_counter() - t0, 2), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+            "seconds": round(time.perf_counter() - t0, 2),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
     data = rf.write_study(a.out, rows, meta)
     print(f"wrote {data} ({len(rows)} rows) in {meta['seconds']} s")
     return 0

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.func import functional_call, hessian
 
-from curvlab.losses import make_loss
+from curvlab.losses import Loss, make_loss
 from curvlab.nets import MLP
 from curvlab.report import report
 from curvlab.report.load import load_study
@@ -44,7 +44,7 @@ def _tiny(seed: int = 0, batch: int = 3):  # type: ignore[no-untyped-def]
     return net, x, y, make_loss("cross_entropy")
 
 
-def _full_hessian(net: MLP, x: torch.Tensor, y: torch.Tensor, loss) -> tuple[torch.Tensor, list[int]]:  # type: ignore[no-untyped-def]
+def _full_hessian(net: MLP, x: torch.Tensor, y: torch.Tensor, loss: Loss) -> tuple[torch.Tensor, list[int]]:
     """The dense Hessian of one sample's loss w.r.t. all weights (row-major, layer by layer)."""
     names = [n for n, _ in net.named_parameters()]
     shapes = [p.shape for _, p in net.named_parameters()]

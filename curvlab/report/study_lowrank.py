@@ -182,8 +182,9 @@ def cr_sigma_figure(d: pd.DataFrame, meta: dict) -> Figure:
             ax[0, j].plot(r["value"], loss, "o-", ms=4, color=f"C{int(seed)}", label=f"seed {int(seed)}")
             bad = r[~done]
             if len(bad):
-                ax[0, j].plot(bad["value"], [r["initial_train_loss"].max() * 1.05] * len(bad), "x", ms=8,
-                              color=f"C{int(seed)}", label=f"seed {int(seed)}: diverged")
+                top = [r["initial_train_loss"].max() * 1.05] * len(bad)  # diverged: drawn above the initial loss
+                ax[0, j].plot(bad["value"], top, "x+"[int(seed) % 2], ms=9, color=f"C{int(seed)}",
+                              label=f"seed {int(seed)}: diverged")
             ex = r["exit_step"].fillna(steps * 1.1)  # never: drawn above the run length
             ax[1, j].plot(r["value"], ex, "o-", ms=4, color=f"C{int(seed)}")
             ax[2, j].plot(r["value"], r["mean_alpha"], "o-", ms=4, color=f"C{int(seed)}")
