@@ -190,7 +190,8 @@ def _poison_at(monkeypatch, step: int) -> None:
 def test_nan_in_hessian_logging_fails_the_run_like_any_nan(tmp_path, monkeypatch):
     _poison_at(monkeypatch, 2)
     with pytest.raises(TrainingFailed, match="parameters are NaN/Inf after 2 updates.*lower solver.lr"):
-        train(config(*TINY, "solver=sgd", "log.hessian_first=4", "train.checkpoint_every=1"), tmp_path)
+        train(config(*TINY, "solver=sgd", "log.hessian_first=4", "log.hessian_kinds=[fisher]", "train.checkpoint_every=1"),
+              tmp_path)
     summary = rf.read_json(tmp_path / rf.SUMMARY)
     assert summary["status"] == "failed" and "Hessian-error logging" in summary["failure"] and summary["steps"] == 2
     assert pd.read_csv(tmp_path / rf.METRICS)["step"].tolist() == [0, 1, 2]
