@@ -11,8 +11,9 @@ enough, and plain CG with exact products to the inverse's residual (``--cg``; it
 non-positive curvature on the indefinite Hessian). The pivot form of each layer is printed
 run-length encoded from the input layer (``s`` = state/push-through, ``p`` = parameter).
 
-Times are process CPU time (``time.process_time``) with one torch thread, the median over
-repeats; compare the ratios to the HVP across machines, not the milliseconds.
+Times are process CPU time (``time.process_time``) with one torch thread: medians of calls
+timed round-robin with the HVP (9 rounds, 3 for ``param``), so that a noisy machine loads them
+alike; the dense matrix and solve once. Compare the ratios across machines, not milliseconds.
 
 Usage: ``python scripts/bench_exact_inverse.py [--quick] [--cg] [--damping 1e-3] [--json out.json]``
 """
@@ -45,15 +46,24 @@ N_CLASSES = 10
 DENSE_MAX_PARAMS = 4500
 
 
-def timed(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 9) -> tuple[float, object]:
-    """Median CPU time of ``fn`` over repeats (at least 3, until ``min_time`` or ``max_reps``)."""
-    out = fn()  # warm-up
-    times, start = [], time.process_time()
-    while len(times) < 3 or (time.process_time() - start < min_time and len(times) < max_reps):
-        t0 = time.process_time()
-        out = fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times), out
+def timed(fn: Callable[[], object]) -> float:
+    """CPU time of one call of ``fn``."""
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, limit: dict[str, int]) -> dict[str, float]:
+    """Median CPU time of each ``fn``, timed round-robin (after one warm-up call each) so that all
+    see the same load; ``limit`` caps the rounds of slow ones."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(rounds):
+        for k, fn in fns.items():
+            if i < limit.get(k, rounds):
+                times[k].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, tol: float, max_iter: int) -> tuple[int, float]:
@@ -97,9 +107,11 @@ def run(cfg: tuple[int, int, int, int], damping: float, curvature: str, use_cg: 
     def inverse(pivot: str) -> torch.Tensor:
         return hessian_inverse_product(net, x, y, v, damping, curvature=curvature, pivot=pivot)
 
-    t_hvp, _ = timed(lambda: flatten(hvp(net, x, y, v)))  # the unit: one double-backward HVP
-    t_auto, u = timed(lambda: inverse("auto"))
-    t_param, u_param = timed(lambda: inverse("param"), min_time=0.0, max_reps=3)
+    fns = {"hvp": lambda: flatten(hvp(net, x, y, v)), "auto": lambda: inverse("auto")}
+    fns["param"] = lambda: inverse("param")
+    t = interleaved(fns, rounds=9, limit={"param": 3})  # the unit: one double-backward HVP
+    t_hvp, t_auto, t_param = t["hvp"], t["auto"], t["param"]
+    u, u_param = inverse("auto"), inverse("param")
     res = float((apply(u) - v).norm() / v.norm())
     row = dict(curvature=curvature, input=n_in, width=width, depth=depth, batch=batch, params=n_params)
     row.update(hvp_s=t_hvp, inv_s=t_auto, inv_param_s=t_param, forms=forms_label(net, x, y))
@@ -112,7 +124,9 @@ def run(cfg: tuple[int, int, int, int], damping: float, curvature: str, use_cg: 
     if n_params <= DENSE_MAX_PARAMS:
         eye = torch.eye(n_params, dtype=torch.float64)
         dense = dense_hessian if curvature == "exact" else dense_gauss_newton
-        t_dense, u_dense = timed(lambda: torch.linalg.solve(dense(net, x, y) + damping * eye, v), 0.0, 1)
+        t0 = time.process_time()
+        u_dense = torch.linalg.solve(dense(net, x, y) + damping * eye, v)
+        t_dense = time.process_time() - t0
         row.update(dense_s=t_dense, dense_over_hvp=t_dense / t_hvp)
         row.update(inv_vs_dense_relerr=float((u - u_dense).norm() / u_dense.norm()))
     return row
@@ -130,6 +144,9 @@ def main() -> None:
     print(f"exact Hessian inverse, tanh, float64, damping {args.damping}, 1 torch thread, CPU-time medians")
     print("kind in/wd/dep/B       P  HVP ms   inv ms  inv/HVP  param/HVP  residual  param res "
           "| dense/HVP vs dense | forms")
+    tiny = MLP([2, 2], activation="tanh").double()  # warm torch.func up before the dense timings
+    for dense in (dense_hessian, dense_gauss_newton):
+        dense(tiny, torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, dtype=torch.long))
     rows = []
     for cfg, curvature in itertools.product(configs, ("exact", "gn")):
         r = run(cfg, args.damping, curvature, args.cg)

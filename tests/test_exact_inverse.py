@@ -225,6 +225,16 @@ def test_repeated_samples_rank_deficient_inputs(curvature: str) -> None:
     assert _rel(got, _dense_solve(M, v, 1e-3)) < TOL
 
 
+def test_zero_inputs_without_bias() -> None:
+    """x = 0 and no biases: the first layer's inputs have rank 0 (B_1 = 0, its pivot is λI)."""
+    pb = make_problem("tanh", widths=(6, 5, 3), batch=2, bias=False)
+    x = torch.zeros_like(pb.x)
+    H = dense_hessian(pb.net, x, pb.y)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    got = hessian_inverse_product(pb.net, x, pb.y, v, 1e-2, pivot="state")
+    assert _rel(got, _dense_solve(H, v, 1e-2)) < TOL
+
+
 def test_unknown_pivot_raises() -> None:
     pb = make_problem()
     v = torch.ones(sum(p.numel() for p in pb.net.parameters()), dtype=torch.float64)

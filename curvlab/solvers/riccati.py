@@ -209,6 +209,7 @@ class _Stage:
         if form is PivotForm.STATE:
             U, sv, Vh = torch.linalg.svd(inputs, full_matrices=False)
             r = int((sv > sv[0] * max(inputs.shape) * torch.finfo(sv.dtype).eps).sum())  # the rank of H̃
+            r = max(r, 1)  # all-zero inputs: any E whose span contains range(B_tᵀ) = {0} will do
             self.V, self.L = Vh[:r].T, U[:, :r] * sv[:r]  # (m_in, r), H̃ V (B, r)
             self.perp = torch.eye(inputs.shape[1], dtype=P.dtype, device=P.device) - self.V @ self.V.T
         else:
