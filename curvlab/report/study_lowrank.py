@@ -163,6 +163,11 @@ def cr_sigma_table(d: pd.DataFrame) -> pd.DataFrame:
     return tab.drop(columns=["method", "swept", "value"])
 
 
+def _seeds(counts: pd.Series) -> str:
+    lo, hi = int(counts.min()), int(counts.max())
+    return f"{hi} seed{'s' * (hi != 1)}" if lo == hi else f"{lo}-{hi} seeds"
+
+
 def _mean_std(v: pd.Series) -> str:
     return f"{v.mean():.4g}" if len(v) == 1 else f"{v.mean():.4g} ± {v.std(ddof=1):.2g}"
 
@@ -214,7 +219,7 @@ def render_cr_sigma(st: Study, out: Path, want: set[str]) -> list[Path]:
         part = "" if st.meta.get("complete", True) else f" (partial: {len(d)} of {st.meta.get('runs_planned')} runs)"
         w += write_table(cr_sigma_table(d), out, name,
                          f"CR (Eq. 9) over sigma vs plain SGD over lr, {st.meta.get('steps', '?')} updates from the "
-                         f"plateau init, {int(seeds.min())}-{int(seeds.max())} seed(s){part}", floatfmt=".3g")
+                         f"plateau init, {_seeds(seeds)}{part}", floatfmt=".3g")
     if "figures" in want:
         w += F.save(cr_sigma_figure(d, st.meta), out, name)
     return w
