@@ -58,6 +58,8 @@ STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     "figures": {
         "appendix_chain_rule": ("study_appendix_chain_rule.py", {"ci": ["--seeds", "1", "--points", "7"], "full": []}),
         "rahimi_scaling": ("study_rahimi_scaling.py", {"ci": ["--quick"], "full": []}),
+        "lowrank_structure": ("study_lowrank_structure.py", {"ci": ["--quick"], "full": []}),
+        "cr_sigma": ("study_cr_sigma.py", {"ci": ["--quick"], "full": []}),
     },
 }
 # Sizes at ci scale by experiment family: (max_steps, batch_size or None, seeds).
