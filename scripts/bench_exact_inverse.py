@@ -12,8 +12,9 @@ non-positive curvature on the indefinite Hessian). The pivot form of each layer 
 run-length encoded from the input layer (``s`` = state/push-through, ``p`` = parameter).
 
 Times are process CPU time (``time.process_time``) with one torch thread: medians of calls
-timed round-robin with the HVP (9 rounds, 3 for ``param``), so that a noisy machine loads them
-alike; the dense matrix and solve once. Compare the ratios across machines, not milliseconds.
+timed round-robin with the HVP, so that a noisy machine loads them alike (7 rounds, 2 for
+``param``; in each round the first call is not timed, and the HVP is timed 4 times); the dense
+matrix and solve once. Compare the ratios across machines, not the milliseconds.
 
 Usage: ``python scripts/bench_exact_inverse.py [--quick] [--cg] [--damping 1e-3] [--json out.json]``
 """
@@ -53,16 +54,18 @@ def timed(fn: Callable[[], object]) -> float:
     return time.process_time() - t0
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, limit: dict[str, int]) -> dict[str, float]:
-    """Median CPU time of each ``fn``, timed round-robin (after one warm-up call each) so that all
-    see the same load; ``limit`` caps the rounds of slow ones."""
-    for fn in fns.values():
-        fn()
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: dict[str, int], calls: dict[str, int]
+) -> dict[str, float]:
+    """Median CPU time of each ``fn`` over ``rounds[k]`` rounds, timed round-robin so that all see
+    the same load. Each round makes ``calls[k]`` calls and times all but the first: right after a
+    large solve the first HVPs run up to 2× slower (cold caches), which would flatter the ratios."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(rounds):
+    for i in range(max(rounds.values())):
         for k, fn in fns.items():
-            if i < limit.get(k, rounds):
-                times[k].append(timed(fn))
+            if i < rounds[k]:
+                fn()
+                times[k] += [timed(fn) for _ in range(calls[k] - 1)]
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -109,7 +112,7 @@ def run(cfg: tuple[int, int, int, int], damping: float, curvature: str, use_cg: 
 
     fns = {"hvp": lambda: flatten(hvp(net, x, y, v)), "auto": lambda: inverse("auto")}
     fns["param"] = lambda: inverse("param")
-    t = interleaved(fns, rounds=9, limit={"param": 3})  # the unit: one double-backward HVP
+    t = interleaved(fns, rounds={"hvp": 7, "auto": 7, "param": 2}, calls={"hvp": 5, "auto": 2, "param": 2})
     t_hvp, t_auto, t_param = t["hvp"], t["auto"], t["param"]
     u, u_param = inverse("auto"), inverse("param")
     res = float((apply(u) - v).norm() / v.norm())

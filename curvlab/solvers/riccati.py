@@ -227,7 +227,8 @@ class _Stage:
         if term.delta is not None:  # + (Eᵀ S_t)ᵀ: [(j,c),(ρ,a)] = σ'_j[c] V[c,ρ] δ_j[a]
             vs = term.dsig_prev[:, :, None] * self.V[:n_prev]  # (B, n_prev, r)
             Nt.view(batch, n_prev, r, n).addcmul_(vs[..., None], term.delta[:, None, None, :])
-        AtPA = torch.einsum("yje,jec->yjc", AP.reshape(-1, batch, n), term.jac).reshape(batch * n_prev, -1)
+        PA = AP.reshape(batch * n_prev, -1).T.reshape(batch, n, -1)  # a (column-major) view, no copy
+        AtPA = torch.matmul(term.jac.transpose(1, 2), PA).reshape(batch * n_prev, -1)  # A_tᵀ P A_t
         # Aᵀ P A − Nᵀ C⁻¹ N; Nᵀ is row-major, so N is the column-major operand LAPACK wants
         P_prev, self.gain_factor = self.fac.downdate(AtPA, Nt.reshape(batch * n_prev, -1).T)
         if term.delta is not None and self.perp is not None:
