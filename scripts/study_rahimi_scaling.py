@@ -12,7 +12,12 @@ matter for time) this times, per call (median of ``--repeats``):
 - ``dense solve``: dense Hessian (one HVP per parameter) + ``torch.linalg.solve``, only
   while the net has at most ``--dense-max`` parameters.
 
-Writes ``study.json`` + tidy ``data.csv`` (sweep, value, method, repeat, seconds, params)
+Beside the time, the extra peak memory of one call (Rahimi: memory linear in depth too): the
+call runs once in a fresh child process, whose high-water mark of resident memory is reset to
+its current size just before the call (``/proc/self/clear_refs``); ``peak_mb`` is the high-water
+mark after the call minus the size before it (Linux only; nan elsewhere).
+
+Writes ``study.json`` + tidy ``data.csv`` (sweep, value, method, repeat, seconds, peak_mb, params)
 into ``--out``; ``curvlab report`` draws the figure.
 
     python scripts/study_rahimi_scaling.py --out runs/studies/rahimi_scaling
@@ -21,6 +26,7 @@ into ``--out``; ``curvlab report`` draws the figure.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import platform
 import time
 from typing import Callable
@@ -43,8 +49,8 @@ def _time(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
-def measure(depth: int, width: int, batch: int, repeats: int, dense_max: int, damping: float) -> list[dict]:
-    """Seconds per call of each method on a ``depth``-layer tanh net of ``width`` units."""
+def problem(depth: int, width: int, batch: int, dense_max: int, damping: float) -> dict[str, Callable[[], object]]:
+    """The calls to measure on a ``depth``-layer tanh net of ``width`` units (seeded: the same in every process)."""
     torch.manual_seed(0)
     net = MLP([width] * (depth + 1) + [10], activation="tanh", init="xavier")
     x, y = torch.randn(batch, width), torch.randint(0, 10, (batch,))
@@ -57,6 +63,42 @@ def measure(depth: int, width: int, batch: int, repeats: int, dense_max: int, da
     }
     if n <= dense_max:
         methods["dense solve"] = lambda: torch.linalg.solve(dense_hessian(net, x, y) + damping * torch.eye(n), v)
+    return methods
+
+
+def _status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in kB (``VmRSS``: resident now, ``VmHWM``: its high-water mark)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _child_peak(method: str, args: tuple, queue: "mp.Queue[float]") -> None:
+    torch.set_num_threads(1)
+    depth, width, batch, dense_max, damping = args
+    problem(1, 2, 2, dense_max, damping)[method]()  # lazy one-time set-up (kernels, torch.func) on a tiny net
+    fn = problem(*args)[method]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current resident size
+    before = _status_kb("VmRSS")
+    fn()
+    queue.put((_status_kb("VmHWM") - before) / 1024)
+
+
+def peak_mb(method: str, args: tuple) -> float:
+    """Extra peak resident memory (MB) of one call, in a fresh (spawned) process; nan if it fails."""
+    ctx = mp.get_context("spawn")  # not fork: a forked child of a process with a live OpenMP pool can hang
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_peak, args=(method, args, queue))
+    proc.start()
+    proc.join()
+    return queue.get() if proc.exitcode == 0 and not queue.empty() else float("nan")
+
+
+def measure(depth: int, width: int, batch: int, repeats: int, dense_max: int, damping: float) -> list[dict]:
+    """Seconds per call, and extra peak memory, of each method on a ``depth``-layer tanh net of ``width`` units."""
+    args = (depth, width, batch, dense_max, damping)
+    methods = problem(*args)
+    n = sum(p.numel() for p in MLP([width] * (depth + 1) + [10]).parameters())
     rows = []
     for name, fn in methods.items():
         try:
@@ -64,8 +106,10 @@ def measure(depth: int, width: int, batch: int, repeats: int, dense_max: int, da
         except RuntimeError as err:  # e.g. a singular pivot: record it, keep the sweep going
             print(f"{name} at depth {depth}, width {width}: {err}")
             continue
+        peak = peak_mb(name, args)
         for r, s in enumerate(times):
-            rows.append({"method": name, "repeat": r, "seconds": s, "params": n, "depth": depth, "width": width})
+            rows.append({"method": name, "repeat": r, "seconds": s, "peak_mb": peak, "params": n, "depth": depth,
+                         "width": width})
     return rows
 
 

@@ -193,6 +193,19 @@ def test_study_renderers_fit_the_slopes(tmp_path: Path) -> None:
     assert sc_slopes.loc["slope vs depth", "inverse H"] == pytest.approx(1.0)
     assert sc_slopes.loc["slope vs width", "HVP"] == pytest.approx(3.0)
     assert (tmp_path / "o" / "rahimi_scaling.png").stat().st_size > 0
+    assert not (tmp_path / "o" / "rahimi_scaling_memory.csv").exists()  # older studies: no memory column
+
+
+def test_rahimi_memory_is_rendered_with_its_slopes(tmp_path: Path) -> None:
+    sc = pd.DataFrame([{"sweep": sw, "value": v, "method": m, "repeat": 0, "seconds": 1e-3 * v,
+                        "peak_mb": k * v**p} for sw, p in (("depth", 1.0), ("width", 2.0)) for v in (2, 4, 8)
+                       for m, k in (("HVP", 0.5), ("inverse H", 2.0))])
+    _study(tmp_path / "runs" / "sc", "rahimi_scaling", sc)
+    report([tmp_path / "runs"], tmp_path / "o")
+    slopes = pd.read_csv(tmp_path / "o" / "rahimi_scaling_memory_slopes.csv", index_col=0)
+    assert slopes.loc["slope vs depth", "inverse H"] == pytest.approx(1.0)
+    assert slopes.loc["slope vs width", "HVP"] == pytest.approx(2.0)
+    assert (tmp_path / "o" / "rahimi_scaling_memory.png").stat().st_size > 0
 
 
 def test_fit_loglog_slope_recovers_power() -> None:

@@ -293,17 +293,17 @@ def appendix_figure(data: pd.DataFrame, slopes: pd.DataFrame, fit_max: float) ->
     return fig
 
 
-def scaling_figure(data: pd.DataFrame, title: str) -> Figure:
-    """Rahimi scaling: seconds against depth (left) and width (right), one line per method (mean, min–max bars).
+def scaling_figure(data: pd.DataFrame, title: str, column: str = "seconds", ylabel: str = "seconds per call") -> Figure:
+    """Rahimi scaling: ``column`` against depth (left) and width (right), one line per method (mean, min–max bars).
 
-    ``data`` columns: ``sweep`` (``depth``/``width``), ``value``, ``method``, ``seconds``.
+    ``data`` columns: ``sweep`` (``depth``/``width``), ``value``, ``method``, ``column``.
     """
     sweeps = [s for s in ("depth", "width") if s in set(data["sweep"])]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), layout="constrained", squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
         d = data[data["sweep"] == sweep]
         for i, (method, s) in enumerate(d.groupby("method", sort=True)):
-            s = s.groupby("value")["seconds"].agg(["mean", "min", "max"]).reset_index()
+            s = s.dropna(subset=[column]).groupby("value")[column].agg(["mean", "min", "max"]).reset_index()
             span = [s["mean"] - s["min"], s["max"] - s["mean"]]  # min–max over repeats: stays positive on the log axis
             ax.errorbar(s["value"], s["mean"], yerr=span, fmt="o-", ms=3, color=f"C{i}", label=method)
         ax.set_xscale("log")
@@ -312,7 +312,7 @@ def scaling_figure(data: pd.DataFrame, title: str) -> Figure:
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])  # the swept sizes, not 2×10⁰
         ax.minorticks_off()
         ax.set_xlabel(sweep)
-        ax.set_ylabel("seconds per call")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
     legend_outside(fig)
     fig.suptitle(title, fontsize=11)

@@ -220,18 +220,22 @@ def _rahimi(st: Study, out: Path, want: set[str]) -> list[Path]:
     d = st.data
     name = st.meta.get("name", "rahimi_scaling")
     w: list[Path] = []
-    if "tables" in want:
-        piv = d.groupby(["sweep", "value", "method"])["seconds"].mean().unstack("method")
-        piv.index = [f"{a}={b}" for a, b in piv.index]
-        w += write_table(piv, out, name, "Rahimi scaling: seconds per call (mean over repeats)", floatfmt=".3g")
-        mean = d.groupby(["sweep", "method", "value"], as_index=False)["seconds"].mean()
-        slopes = mean.groupby(["sweep", "method"]).apply(
-            lambda g: F.fit_loglog_slope(g["value"], g["seconds"]), include_groups=False).unstack("method")
-        slopes.index = [f"slope vs {i}" for i in slopes.index]
-        w += write_table(slopes, out, f"{name}_slopes", "Rahimi scaling: log-log slope of seconds against depth "
-                         "and width (1 = linear)", floatfmt=".2f")
-    if "figures" in want:
-        w += F.save(F.scaling_figure(d, "Exact Hessian-inverse-vector product vs one HVP"), out, name)
+    # Time, and (studies since the memory measurement) extra peak memory per call.
+    measured = [("seconds", "", "seconds per call"), ("peak_mb", "_memory", "extra peak memory per call (MB)")]
+    for column, suffix, what in (m for m in measured if m[0] in d.columns):
+        if "tables" in want:
+            piv = d.groupby(["sweep", "value", "method"])[column].mean().unstack("method")
+            piv.index = [f"{a}={b}" for a, b in piv.index]
+            w += write_table(piv, out, f"{name}{suffix}", f"Rahimi scaling: {what} (mean over repeats)", floatfmt=".3g")
+            mean = d.groupby(["sweep", "method", "value"], as_index=False)[column].mean()
+            slopes = mean.groupby(["sweep", "method"]).apply(
+                lambda g, c=column: F.fit_loglog_slope(g["value"], g[c]), include_groups=False).unstack("method")
+            slopes.index = [f"slope vs {i}" for i in slopes.index]
+            w += write_table(slopes, out, f"{name}{suffix}_slopes", f"Rahimi scaling: log-log slope of {what} against "
+                             "depth and width (1 = linear)", floatfmt=".2f")
+        if "figures" in want:
+            title = f"Exact Hessian-inverse-vector product vs one HVP: {what}"
+            w += F.save(F.scaling_figure(d, title, column, what), out, f"{name}{suffix}")
     return w
 
 
