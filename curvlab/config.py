@@ -39,6 +39,8 @@ if not OmegaConf.has_resolver("prod"):
     OmegaConf.register_new_resolver("prod", lambda *xs: _prod(xs))
 if not OmegaConf.has_resolver("if_null"):
     OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value)
+if not OmegaConf.has_resolver("one_dir"):  # an override value may hold '/' or '..': keep it one folder name
+    OmegaConf.register_new_resolver("one_dir", lambda name: str(name).replace("/", "_").replace("\\", "_"))
 
 
 def _prod(xs: tuple[Any, ...]) -> int:

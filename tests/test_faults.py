@@ -80,6 +80,15 @@ def test_hostile_overrides_exit_2_before_anything_is_written(tmp_path, capsys, m
     assert list(tmp_path.iterdir()) == []  # no run, no .hydra/, no log in the working directory
 
 
+def test_an_override_value_with_a_path_stays_one_folder_under_runs(tmp_path, monkeypatch):
+    """Ad-hoc runs are named by their overrides; a value holding '../' must not climb out of runs/."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "train.schedule=../../../../x/evil", "train.max_steps=1"]) == 2  # a bad value too
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+    (named,) = (tmp_path / "runs" / "demo").iterdir()
+    assert named.name == "train.max_steps=1,train.schedule=.._.._.._.._x_evil"
+
+
 def test_instantiating_overrides_are_allowed_by_the_env_var(monkeypatch):
     override = "+hydra.callbacks.x={_target_: curvlab.cli.SweepStatus}"
     with pytest.raises(ValueError, match=ALLOW_ENV):
