@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum
 from curvlab.losses import LossKind
-from curvlab.nets import Activation, Init
+from curvlab.nets import Activation, Init, parse_layers
 from curvlab.typecheck import INT_LIMIT, check_fields, check_value, type_hints
 
 __all__ = [
@@ -115,17 +115,27 @@ class DatasetConfig:
 
 @dataclass
 class NetConfig:
-    """Arguments of :class:`curvlab.MLP`."""
+    """Arguments of :class:`curvlab.MLP`, or with ``layers`` of :func:`curvlab.nets.sequential`.
+
+    ``layers`` lists the modules one by one (an int is an ``nn.Linear`` of that width, a name an
+    activation, see :data:`curvlab.nets.LAYER_NAMES`); ``widths[0]`` is then the input width,
+    the rest of ``widths`` is filled from the Linear widths, and ``activation`` is not used.
+    """
 
     widths: list[int] = field(default_factory=lambda: [64, 32, 10])
     activation: Activation = Activation.SIGMOID
     init: Init = Init.DEFAULT
     init_scale: float = 0.2
     bias: bool = True
+    layers: list[int | str] | None = None
 
     def __post_init__(self) -> None:
         self.activation = parse_enum(Activation, self.activation, "net.activation")
         self.init = parse_enum(Init, self.init, "net.init")
+        if self.layers is not None:
+            _check(len(self.widths) >= 1, "net.widths must give the input width (widths[0]) when net.layers is set")
+            self.layers = parse_layers(self.layers, "net.layers")
+            self.widths = [self.widths[0], *(w for w in self.layers if isinstance(w, int))]
         _check(
             len(self.widths) >= 2 and all(int(w) >= 1 for w in self.widths),
             f"net.widths must list at least two positive sizes, got {list(self.widths)}",

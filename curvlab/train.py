@@ -25,7 +25,8 @@ from curvlab.config import CURVATURE_SOLVERS, RunConfig, Schedule, parse_config,
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
 from curvlab.losses import Loss, make_loss
-from curvlab.nets import MLP
+from curvlab.modules import Net
+from curvlab.nets import make_net
 from curvlab.safety import check_experiment_name
 
 log = logging.getLogger("curvlab")
@@ -60,7 +61,7 @@ def lr_at(cfg: RunConfig, step: int) -> float:
     return lr
 
 
-def build_solver(cfg: RunConfig, net: MLP, loss: Loss) -> Any:
+def build_solver(cfg: RunConfig, net: Net, loss: Loss) -> Any:
     """The configured solver; curvature solvers (also as CR's base) get ``cfg.curvature``."""
     from curvlab.solvers import SOLVERS, make_solver
 
@@ -80,7 +81,7 @@ def build_solver(cfg: RunConfig, net: MLP, loss: Loss) -> Any:
 
 
 @torch.no_grad()
-def evaluate(net: MLP, loss: Loss, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate(net: Net, loss: Loss, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """Mean loss and accuracy over ``(x, y)``, in batches."""
     total, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
@@ -104,7 +105,9 @@ class _Run:
         n, n_test = len(data.y_train), len(data.y_test)
         # A fixed random training subset the size of the test set (DeepOBS, HBP) for train_loss.
         self.eval_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_test]
-        self.net = MLP(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias)
+        self.net = make_net(
+            cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers
+        )
         self.net.to(self.device, self.dtype)
         self.loss = make_loss(cfg.loss.name, **cfg.loss.options)
         self.solver = build_solver(cfg, self.net, self.loss)

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvlab.curvature.blocks import LayerCurvature
+from curvlab.curvature.blocks import LayerCurvature, drop_absent_biases
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.curvature.recursion import curvature
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net, chain
 from curvlab.solvers.base import Direction, Solver
 
 __all__ = ["as_curvature_options", "check_kind", "BlockSolver", "LayerSamples", "compute_blocks"]
@@ -70,7 +70,7 @@ class LayerSamples:
 
 
 def compute_blocks(
-    net: MLP,
+    net: Net,
     x: Tensor,
     y: Tensor,
     loss: Loss,
@@ -94,7 +94,7 @@ def compute_blocks(
     sample_layers = sample_layers or set()
     # Without samples the recursion computes the gradients itself: no autograd graph.
     with torch.set_grad_enabled(bool(sample_layers)):
-        cache = net.forward_cache(x)
+        cache = chain(net).forward_cache(x)
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
     opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
     blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache)
@@ -125,7 +125,7 @@ class BlockSolver(Solver):
 
     def __init__(
         self,
-        net: MLP,
+        net: Net,
         loss: Loss,
         lr: float,
         curvature: CurvatureOptions | dict[str, Any] | str | None = None,
@@ -144,7 +144,7 @@ class BlockSolver(Solver):
 
     def input_needs(self, batch: int) -> tuple[set[int], set[int]]:
         """The layers that need E[h hᵀ] and those that need :class:`LayerSamples` this step."""
-        return {t for t in range(self.net.depth) if self.needs_input_cov(t)}, set()
+        return {t for t in range(chain(self.net).depth) if self.needs_input_cov(t)}, set()
 
     @abstractmethod
     def solve(
@@ -159,4 +159,5 @@ class BlockSolver(Solver):
         )
         with torch.no_grad():
             d, stats = self.solve(blocks, samples)
+            d = drop_absent_biases(d, blocks)  # layers without a bias (nn.Sequential nets)
         return Direction(loss_value, [di.detach() for di in d], stats)

@@ -60,7 +60,7 @@ from torch import Tensor
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.curvature.options import CurvatureOptions, WeightFactor
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net
 from curvlab.solvers.base import register
 from curvlab.solvers.blockwise import BlockSolver, LayerSamples
 from curvlab.solvers.cg import CGResult, MatVec, batched_cg
@@ -351,7 +351,7 @@ class EACG(BlockSolver):
 
     def __init__(
         self,
-        net: MLP,
+        net: Net,
         loss: Loss,
         lr: float,
         curvature: CurvatureOptions | dict[str, Any] | None = None,
@@ -379,5 +379,5 @@ class EACG(BlockSolver):
     ) -> tuple[list[Tensor], dict[str, float]]:
         return eacg_solve(
             blocks, self.alpha, self.max_cg, self.eps_cg, self.split,
-            self.curvature.weight_factor, bias=self.net.has_bias,
+            self.curvature.weight_factor, bias=any(b.has_bias for b in blocks),
         )

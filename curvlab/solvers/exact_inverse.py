@@ -18,7 +18,7 @@ from torch import Tensor
 
 from curvlab.hvp import flatten, gnvp, hvp, unflatten
 from curvlab.losses import Loss, make_loss
-from curvlab.nets import MLP
+from curvlab.modules import Net, chain
 from curvlab.solvers.base import Direction, Solver, register
 from curvlab.solvers.riccati import PivotForm, layer_terms, riccati_solve
 
@@ -59,10 +59,10 @@ def _parse_pivot(pivot: str | PivotForm) -> PivotForm | None:
         raise ValueError(f"unknown pivot {pivot!r} for the exact inverse; allowed: {allowed}") from None
 
 
-def _split_layers(vec: Tensor, net: MLP) -> list[Tensor]:
+def _split_layers(vec: Tensor, net: Net) -> list[Tensor]:
     """(P, m) in ``parameters_to_vector`` order → per layer (p_t, m) with rows (vec(W) row-major, b)."""
     out, start = [], 0
-    for layer in net.layers:
+    for layer in chain(net).layers:
         p_t = sum(p.numel() for p in layer.parameters())
         out.append(vec[start : start + p_t])
         start += p_t
@@ -70,7 +70,7 @@ def _split_layers(vec: Tensor, net: MLP) -> list[Tensor]:
 
 
 def hessian_inverse_product(
-    net: MLP,
+    net: Net,
     x: Tensor,
     y: Tensor,
     vec: Tensor,
@@ -128,7 +128,7 @@ def hessian_inverse_product(
 
     def solve(rhs: Tensor) -> Tensor:
         with torch.no_grad():  # a linear solve: no graph through the factorisations
-            return torch.cat(riccati_solve(terms, _split_layers(rhs, net), damping, net.has_bias, psd, form))
+            return torch.cat(riccati_solve(terms, _split_layers(rhs, net), damping, chain(net).biases, psd, form))
 
     u = solve(cols)  # (P, m)
     for _ in range(int(refine)):
@@ -152,7 +152,7 @@ class ExactInverseNewton(Solver):
     """
 
     def __init__(
-        self, net: MLP, loss: Loss, lr: float, damping: float = 1e-3, curvature: str = "exact", refine: int = 0
+        self, net: Net, loss: Loss, lr: float, damping: float = 1e-3, curvature: str = "exact", refine: int = 0
     ) -> None:
         super().__init__(net, loss, lr)
         self.damping = _check_damping(damping)

@@ -51,7 +51,7 @@ from torch import Tensor
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.curvature.options import CurvatureOptions
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net, chain
 from curvlab.solvers.base import register
 from curvlab.solvers.blockwise import BlockSolver, LayerSamples
 
@@ -247,7 +247,7 @@ class KFI(BlockSolver):
 
     def __init__(
         self,
-        net: MLP,
+        net: Net,
         loss: Loss,
         lr: float,
         curvature: CurvatureOptions | dict[str, Any] | None = None,
@@ -269,7 +269,7 @@ class KFI(BlockSolver):
         self.update_every = int(update_every)
         self._inverses: list[LayerInverse] | None = None
         self._age = 0  # steps since the stored factors were computed
-        for t, n_in in enumerate(net.widths[:-1]):
+        for t, n_in in enumerate(chain(net).widths[:-1]):
             if n_in <= self.max_input_width or not self.needs_input_cov(t):
                 continue
             hint = (
@@ -292,8 +292,9 @@ class KFI(BlockSolver):
     def input_needs(self, batch: int) -> tuple[set[int], set[int]]:
         if not self._refresh:
             return set(), set()
-        widths = self.net.widths
-        factored = [t for t in range(self.net.depth) if self.needs_input_cov(t)]
+        view = chain(self.net)
+        widths = view.widths
+        factored = [t for t in range(view.depth) if self.needs_input_cov(t)]
         gram = {t for t in factored if gram_is_cheaper(widths[t], widths[t + 1], batch)}
         return set(factored) - gram, gram
 
@@ -305,7 +306,7 @@ class KFI(BlockSolver):
             self._inverses, self._age = layer_inverses(blocks, self.alpha, self.rank_one_first_layer, samples), 0
         assert self._inverses is not None
         self._age += 1
-        d, stats = _apply(self._inverses, blocks, self.net.has_bias, samples)
+        d, stats = _apply(self._inverses, blocks, any(b.has_bias for b in blocks), samples)
         return d, {**stats, "kfi_refreshed": float(refresh)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net, chain
 
 __all__ = [
     "LayerTerms",
@@ -60,21 +61,22 @@ class LayerTerms:
     q_state: Tensor | None
 
 
-def layer_terms(net: MLP, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list[LayerTerms]:
+def layer_terms(net: Net, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list[LayerTerms]:
     """One forward and one backward pass: the per-layer quantities of the Lagrangian."""
     with torch.no_grad():
-        cache = net.forward_cache(x)
-        k, batch, fns = net.depth, cache.output.shape[0], net.fns
-        dsig = [fns.df(z) for z in cache.preacts[:-1]]  # σ'(z^t), t < k: (B, n_t)
+        view = chain(net)  # the Linear modules; σ_t between them (identity for Linear → Linear)
+        cache = view.forward_cache(x)
+        k, batch = view.depth, cache.output.shape[0]
+        dsig = [view.acts[t].df(z) for t, z in enumerate(cache.preacts[:-1])]  # σ'(z^t), t < k: (B, n_t)
         delta = loss.grad(cache.output, y) / batch  # ∂f/∂z^k (B, C)
         q_state: Tensor | None = loss.hessian(cache.output, y) / batch  # (B, C, C)
         terms: list[LayerTerms] = []
         for l in range(k - 1, -1, -1):
             if l < k - 1:  # backprop one layer: ∂f/∂h^t = δ^{t+1} W^{t+1}, δ^t = σ'(z^t) ⊙ ∂f/∂h^t
-                e_h = delta @ net.layers[l + 1].weight  # (B, n_t)
-                q_state = fns.d2f(cache.preacts[l]) * e_h if exact else None
+                e_h = delta @ view.layers[l + 1].weight  # (B, n_t)
+                q_state = view.acts[l].d2f(cache.preacts[l]) * e_h if exact else None
                 delta = dsig[l] * e_h
-            weight = net.layers[l].weight  # (n_t, n_{t-1})
+            weight = view.layers[l].weight  # (n_t, n_{t-1})
             terms.append(
                 LayerTerms(
                     h=cache.inputs[l],
@@ -147,6 +149,11 @@ class _Factor:
         return torch.linalg.solve_triangular(self.chol.T, r, upper=True) if self.chol is not None else r
 
 
+def _bias_flags(bias: bool | Sequence[bool], k: int) -> list[bool]:
+    """One bias flag per layer (a net may mix layers with and without biases)."""
+    return [bool(bias)] * k if isinstance(bias, bool) else [bool(b) for b in bias]
+
+
 class PivotForm(str, Enum):
     """The basis in which one layer's pivot ``R_t = λI + B_tᵀ P_t B_t`` is factorised (docs §6)."""
 
@@ -176,12 +183,13 @@ def pivot_flops(form: PivotForm, batch: int, n_out: int, n_in: int, bias: bool, 
     return flops + (STATE_OVERHEAD_FLOPS if r < m_in else 0.0)
 
 
-def pivot_forms(terms: list[LayerTerms], bias: bool) -> list[PivotForm]:
+def pivot_forms(terms: list[LayerTerms], bias: bool | Sequence[bool]) -> list[PivotForm]:
     """The cheaper :class:`PivotForm` of each layer by :func:`pivot_flops` (PARAM on a tie)."""
+    biases = _bias_flags(bias, len(terms))
     forms = []
     for l, t in enumerate(terms):
         batch, n_in = t.h.shape
-        cost = {f: pivot_flops(f, batch, t.n_out, n_in, bias, first=l == 0) for f in PivotForm}
+        cost = {f: pivot_flops(f, batch, t.n_out, n_in, biases[l], first=l == 0) for f in PivotForm}
         forms.append(PivotForm.STATE if cost[PivotForm.STATE] < cost[PivotForm.PARAM] else PivotForm.PARAM)
     return forms
 
@@ -270,7 +278,12 @@ class _Stage:
 
 
 def riccati_solve(
-    terms: list[LayerTerms], v: list[Tensor], damping: float, bias: bool, psd: bool, form: PivotForm | None = None
+    terms: list[LayerTerms],
+    v: list[Tensor],
+    damping: float,
+    bias: bool | Sequence[bool],
+    psd: bool,
+    form: PivotForm | None = None,
 ) -> list[Tensor]:
     """Solve ``(H + λI) u = v`` layer by layer.
 
@@ -278,7 +291,7 @@ def riccati_solve(
         terms: :func:`layer_terms` of the net (exact Hessian or Gauss-Newton).
         v: right-hand sides per layer, (p_t, m) with rows (vec(dW^t) row-major, db^t).
         damping: λ > 0.
-        bias: whether the layers have biases.
+        bias: whether the layers have biases (one flag, or one per layer).
         psd: whether the pivots are expected positive definite (Cholesky is tried first).
         form: the pivot form of every layer; None chooses per layer by :func:`pivot_forms`.
 
@@ -293,10 +306,11 @@ def riccati_solve(
     q = v[0].new_zeros(batch, n_last, v[0].shape[1])  # (B, C, m)
     stages: list[_Stage] = [None] * k  # type: ignore[list-item]
     feeds: list[Tensor] = [None] * k  # type: ignore[list-item]
-    forms = [form] * k if form is not None else pivot_forms(terms, bias)
+    biases = _bias_flags(bias, k)
+    forms = [form] * k if form is not None else pivot_forms(terms, biases)
     for l in range(k - 1, -1, -1):
         t = terms[l]
-        stages[l] = _Stage(P, t, bias, damping, psd, l == 0, forms[l])
+        stages[l] = _Stage(P, t, biases[l], damping, psd, l == 0, forms[l])
         feeds[l], q = stages[l].feed(v[l], q)  # k_t (p, m), q_{t-1} (B, n_prev, m)
         if l == 0:
             break
@@ -307,10 +321,10 @@ def riccati_solve(
         P = P.reshape(batch, t.h.shape[1], batch, t.h.shape[1])
     # Forward sweep: x_0 = 0 (the input does not move), u_t = k_t − K_t x_{t-1}.
     u = [feeds[0]]
-    x = _b(feeds[0], terms[0].h, terms[0].n_out, bias)
+    x = _b(feeds[0], terms[0].h, terms[0].n_out, biases[0])
     for l in range(1, k):
         t = terms[l]
         u_l = feeds[l] - stages[l].gain(x)
         u.append(u_l)
-        x = torch.einsum("iac,icm->iam", t.jac, x) + _b(u_l, t.h, t.n_out, bias)
+        x = torch.einsum("iac,icm->iam", t.jac, x) + _b(u_l, t.h, t.n_out, biases[l])
     return u
