@@ -513,3 +513,13 @@ def test_write_table_flattens_a_multilevel_index(tmp_path: Path) -> None:
     assert pd.read_csv(tmp_path / "t.csv").to_dict("list") == {"batch": [10, 20], "step": [0, 4], "score": [0.5, 0.25]}
     assert "| batch 20, step 4 | 0.2500 |" in (tmp_path / "t.md").read_text()
 
+
+
+def test_setting_label_of_a_layer_list_net() -> None:
+    from curvlab.report.groups import _setting_label
+
+    key = (("cfg.dataset.name", "digits"), ("cfg.net.widths", "[64, 32, 16, 10]"), ("cfg.net.activation", "sigmoid"),
+           ("cfg.net.layers", "[32, 'gelu', 16, 'sigmoid', 10]"), ("cfg.loss.name", "cross_entropy"))
+    assert _setting_label(key, set()) == "digits · net 64-[32 gelu 16 sigmoid 10] · cross-entropy"
+    plain = tuple(kv for kv in key if kv[0] != "cfg.net.layers")
+    assert _setting_label(plain, set()) == "digits · net 64-32-16-10 sigmoid · cross-entropy"

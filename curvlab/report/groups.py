@@ -118,8 +118,11 @@ def _setting_label(key: tuple[tuple[str, str], ...], varying: set[str]) -> str:
     d = dict(key)
     widths = d.get("cfg.net.widths", "").strip("[]").replace(", ", "-")
     net = f"net {widths} {d.get('cfg.net.activation', '')}".strip() if widths else ""
+    layers = d.get("cfg.net.layers", "").strip("[]").replace("'", "").replace(",", "")
+    if layers and layers != "None":  # a net listed layer by layer: net.activation is not used
+        net = f"net {widths.split('-')[0]}-[{layers}]"
     parts = [p for p in (d.get("cfg.dataset.name", ""), net, d.get("cfg.loss.name", "").replace("_", "-")) if p]
-    shown = {"cfg.dataset.name", "cfg.net.widths", "cfg.net.activation", "cfg.loss.name"}
+    shown = {"cfg.dataset.name", "cfg.net.widths", "cfg.net.activation", "cfg.net.layers", "cfg.loss.name"}
     parts += [f"{c.split('.', 1)[1]}={d.get(c, '-')}" for c in sorted(varying - shown)]
     return " · ".join(parts)
 
