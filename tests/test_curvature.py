@@ -153,3 +153,24 @@ def test_other_depths(widths: tuple[int, ...]) -> None:
     want = ref.ea_blocks(p.net, p.x, p.y, p.loss, ref.abs_eig, lambda r: r.clamp_min(0))
     for blk, w in zip(pch2, want, strict=True):
         assert rel_err(blk.bias, w) < 1e-12
+
+
+@pytest.mark.parametrize("kind,chunk", [("pch1", None), ("exact", 3), ("fisher", None)])
+def test_grad_samples_are_the_per_sample_gradient_shares(float64_default, kind, chunk):
+    """Kept per-sample rows e_i = ∇_{b^t} ξ_i / B: Σ_i e_i = ∇_b, eᵀh = ∇_W, and e equals autograd's
+    gradient of the mean loss with respect to the pre-activations (chunks stay in sample order)."""
+    from curvlab.losses import make_loss
+
+    torch.manual_seed(0)
+    net, x, y = curvlab.MLP([5, 4, 3, 3], "tanh"), torch.randn(7, 5), torch.randint(0, 3, (7,))
+    blocks = curvlab.curvature(net, x, y, kind, chunk_size=chunk, grad_samples={0, 2})
+    assert blocks[1].grad_samples is None
+    with torch.enable_grad():
+        cache = net.forward_cache(x)
+        autograd = torch.autograd.grad(make_loss("cross_entropy")(cache.output, y), [cache.preacts[0], cache.output])
+    for t, ref_e in zip((0, 2), autograd):
+        e = blocks[t].grad_samples
+        assert e.shape == (7, blocks[t].n_out)
+        assert torch.allclose(e, ref_e, atol=1e-14)
+        assert torch.allclose(e.sum(0), blocks[t].grad_bias)
+        assert torch.allclose(e.T @ cache.inputs[t].detach(), blocks[t].grad_weight)

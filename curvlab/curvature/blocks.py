@@ -24,6 +24,8 @@ class LayerCurvature:
         weight: (n_t n_{t-1}, n_t n_{t-1}) exact weight block E_i[(h hᵀ) ⊗ H_i] in
             ``W.flatten()`` (row-major) order, only on request for small nets; else None.
         has_bias: whether the layer has a bias (without one, ``bias`` and ``grad_bias`` are those of z^t).
+        grad_samples: (B, n_t) the samples' shares ∇_{b^t} ξ_i / B of ``grad_bias`` (their sum), on
+            request only (``curvature(..., grad_samples=...)``); else None.
     """
 
     bias: Tensor
@@ -33,6 +35,7 @@ class LayerCurvature:
     grad_weight: Tensor
     weight: Tensor | None = None
     has_bias: bool = True
+    grad_samples: Tensor | None = None
 
     @property
     def n_out(self) -> int:

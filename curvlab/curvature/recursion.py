@@ -16,7 +16,7 @@ the batch-mean gradients come out of the same pass, so a solver needs no autogra
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import Tensor
@@ -45,6 +45,7 @@ def backward(
     scale: float | None = None,
     weight_blocks: bool = False,
     generator: torch.Generator | None = None,
+    keep_samples: Collection[int] = (),
 ) -> list[dict[str, Tensor]]:
     """Run the recursion on one set of samples; return per-layer sums over them times ``scale``.
 
@@ -55,7 +56,8 @@ def backward(
 
     Returns, input side first, dicts with ``block`` (n_t, n_t) Σ_i H_i^t, ``grad_bias``
     (n_t,) Σ_i ∇_{b^t} ξ_i, ``grad_weight`` (n_t, n_{t−1}) Σ_i ∇_{W^t} ξ_i and, with
-    ``weight_blocks``, ``weight`` Σ_i H_i^t ⊗ h_i h_iᵀ (row-major ``W.flatten()`` order).
+    ``weight_blocks``, ``weight`` Σ_i H_i^t ⊗ h_i h_iᵀ (row-major ``W.flatten()`` order); for the
+    0-based layers in ``keep_samples``, ``samples`` (b, n_t): each sample's ∇_{b^t} ξ_i times ``scale``.
     """
     view = net if isinstance(net, Chain) else chain(net)
     k = view.depth
@@ -68,6 +70,8 @@ def backward(
         h = cache.inputs[t]  # (b, n_t) its input h^t
         gs = g * scale  # (b, n_{t+1}); scaling g is cheaper than scaling the (n_{t+1}, n_t) product
         sums[t] = {"block": msg.total(scale), "grad_bias": gs.sum(0), "grad_weight": gs.T @ h}
+        if t in keep_samples:
+            sums[t]["samples"] = gs
         if weight_blocks:
             assert isinstance(msg, PerSampleBlocks)
             sums[t]["weight"] = msg.weight_total(h, scale)  # Eq. (4c)
@@ -124,6 +128,7 @@ def curvature(
     cache: ForwardCache | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    grad_samples: Collection[int] = (),
     **option_overrides: Any,
 ) -> list[LayerCurvature]:
     """Batch-mean curvature blocks and gradients of every linear layer, input side first.
@@ -144,6 +149,9 @@ def curvature(
         cache: a forward pass ``chain(net).forward_cache(x)`` already done by the caller (saves one).
         generator: random generator for the Monte-Carlo Fisher labels.
         chunk_size: samples per chunk for the per-sample kinds (default: from the widths).
+        grad_samples: 0-based layers whose per-sample gradient shares ``grad_samples`` (B, n_t),
+            ∇_{b^t} ξ_i / B with ``grad_weight`` = Σ_i of their outer products with h_i, are kept
+            (KFI's Gram form uses them; the recursion has them anyway).
 
     Returns:
         One :class:`LayerCurvature` per linear layer.
@@ -183,14 +191,18 @@ def curvature(
         part = slice(lo, lo + step)
         sub = ForwardCache([h[part] for h in cache.inputs], [z[part] for z in cache.preacts], cache.output[part])
         sums = backward(
-            view, sub, y[part], loss_fn, pol, opts, scale=1.0 / batch, weight_blocks=weight_blocks, generator=generator
+            view, sub, y[part], loss_fn, pol, opts, scale=1.0 / batch, weight_blocks=weight_blocks, generator=generator,
+            keep_samples=frozenset(grad_samples),
         )
         if totals is None:
             totals = sums
         else:
             for acc, new in zip(totals, sums):
                 for key in acc:
-                    acc[key] += new[key]
+                    if key == "samples":  # per-sample rows: the chunks follow each other
+                        acc[key] = torch.cat([acc[key], new[key]])
+                    else:
+                        acc[key] += new[key]
     assert totals is not None
 
     want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
@@ -206,6 +218,7 @@ def curvature(
                 grad_weight=tot["grad_weight"],
                 weight=tot.get("weight"),
                 has_bias=has_bias,
+                grad_samples=tot.get("samples"),
             )
         )
     return layers

@@ -85,24 +85,18 @@ def compute_blocks(
             computed here from the cached inputs so that no layer pays for it unasked (the
             first layer's E[h hᵀ] does not fit in memory for ImageNet inputs).
         sample_layers: 0-based layer indices whose :class:`LayerSamples` are returned; their
-            ``e`` comes from one autograd pass through the same forward pass (input
-            gradients only, no weight gradients).
+            ``e`` are the per-sample gradient shares the recursion computes anyway.
 
     Returns:
         The batch-mean loss before the update, the per-layer blocks and the samples.
     """
     sample_layers = sample_layers or set()
-    # Without samples the recursion computes the gradients itself: no autograd graph.
-    with torch.set_grad_enabled(bool(sample_layers)):
+    with torch.no_grad():  # the recursion computes the gradients itself: no autograd graph
         cache = chain(net).forward_cache(x)
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
     opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
-    blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache)
-    samples: dict[int, LayerSamples] = {}
-    if sample_layers:
-        layers = sorted(sample_layers)
-        es = torch.autograd.grad(loss(cache.output, y), [cache.preacts[t] for t in layers])
-        samples = {t: LayerSamples(cache.inputs[t].detach(), e) for t, e in zip(layers, es)}
+    blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers)
+    samples = {t: LayerSamples(cache.inputs[t], blocks[t].grad_samples) for t in sorted(sample_layers)}
     with torch.no_grad():
         loss_value = float(loss(cache.output.detach(), y))
         for t in input_cov_layers:
