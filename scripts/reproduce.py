@@ -9,8 +9,9 @@ and every job runs in-process through the plain :func:`curvlab.train.train`. A j
 directory already holds a completed ``summary.json`` is skipped unless ``--force``; an
 interrupted one resumes from its checkpoint. Studies that are not training runs
 (``scripts/study_*.py``) run as subprocesses. Finally ``curvlab report`` renders everything
-into ``results/tables/`` or ``results/figures/`` (``…/ci/`` at ci scale, so that a quick run never
-overwrites the committed record).
+into ``results/tables/`` and ``results/figures/`` (at ci scale into the untracked
+``runs/reproduce/ci/``, so that a quick run never touches the committed record);
+``--render-only`` just renders what ``results/runs`` holds.
 
 Scales:
 - ``ci`` trains a few steps on data subsets (minutes on 2 CPU cores); its runs and renders go to
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=None,
                    help="where runs go (default results/runs; at ci scale the untracked runs/reproduce/ci)")
     p.add_argument("--out", default=None,
-                   help="render into this folder (default results/<kind>; at ci scale runs/reproduce/ci/<kind>)")
+                   help="render tables and figures into this folder (default results/tables and results/figures; "
+                        "at ci scale runs/reproduce/ci/{tables,figures})")
     p.add_argument("--only", action="append", default=None, help="only this experiment or study (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="train.max_steps of every job (overrides the scale)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (overrides the scale)")
@@ -263,13 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     p.add_argument("--list", action="store_true", help="print the jobs and their state, run nothing")
     p.add_argument("--no-render", action="store_true", help="run only")
+    p.add_argument("--render-only", action="store_true", help="render what results/runs holds; run nothing")
     a = p.parse_args(argv)
 
     data_root = None if a.data_root == "none" else Path(a.data_root).resolve()
     # ci scale never writes into results/: its runs and renders stay in the untracked runs/.
     ci_dir = ROOT / "runs" / "reproduce" / "ci"
     runs_dir = Path(a.runs_dir or (ci_dir if a.scale == "ci" else ROOT / "results" / "runs")).resolve()
-    out = Path(a.out or (ci_dir / a.kind if a.scale == "ci" else ROOT / "results" / a.kind))
+    # Tables into <base>/tables, figures into <base>/figures; --out takes both.
+    base = ci_dir if a.scale == "ci" else ROOT / "results"
+    outs = {k: Path(a.out) for k in ("tables", "figures")} if a.out else {k: base / k for k in ("tables", "figures")}
     experiments = TABLES if a.kind == "tables" else FIGURES
     studies = STUDIES[a.kind]
     if a.only:
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from curvlab.report.views import VIEWS
 
     t0, failed, index = time.perf_counter(), 0, 0
-    for exp in experiments:
+    for exp in [] if a.render_only else experiments:
         if exp in VIEWS:  # Figures 9–12 draw their companion figure's runs (its sweep has PCH-2)
             print(f"== {exp}: no jobs of its own, drawn from the runs of {VIEWS[exp].source}", flush=True)
             continue
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {job.name}: {status}", flush=True)
     if a.list:
         return 0
-    for name, (script, args) in studies.items():
+    for name, (script, args) in {} if a.render_only else studies.items():
         status = run_study(name, script, args.get(a.scale, args["full"]), runs_dir / "studies" / name, a.force)
         failed += status.startswith("failed")
         print(f"== study {name}: {status}", flush=True)
@@ -325,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         sources = {VIEWS[e].source if e in VIEWS else e for e in experiments}
         roots = [runs_dir / e for e in sorted(sources) if (runs_dir / e).is_dir()]
         roots += [runs_dir / "studies" / n for n in studies if (runs_dir / "studies" / n).is_dir()]
-        files = report(roots, out, want={a.kind}) if roots else []
-        print(f"rendered {len(files)} file(s) into {out}")
+        for kind, out in outs.items():
+            files = report(roots, out, want={kind}) if roots else []
+            print(f"rendered {len(files)} {kind} file(s) into {out}")
     return 1 if failed else 0
 
 
