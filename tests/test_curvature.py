@@ -164,7 +164,9 @@ def test_grad_samples_are_the_per_sample_gradient_shares(float64_default, kind, 
     torch.manual_seed(0)
     net, x, y = curvlab.MLP([5, 4, 3, 3], "tanh"), torch.randn(7, 5), torch.randint(0, 3, (7,))
     blocks = curvlab.curvature(net, x, y, kind, chunk_size=chunk, grad_samples={0, 2})
-    assert blocks[1].grad_samples is None
+    assert blocks[1].grad_samples is None and blocks[1].grad_weight is not None
+    assert blocks[0].grad_weight is None and blocks[2].grad_weight is None  # formed from the samples instead
+    full = curvlab.curvature(net, x, y, kind, chunk_size=chunk)
     with torch.enable_grad():
         cache = net.forward_cache(x)
         autograd = torch.autograd.grad(make_loss("cross_entropy")(cache.output, y), [cache.preacts[0], cache.output])
@@ -173,4 +175,4 @@ def test_grad_samples_are_the_per_sample_gradient_shares(float64_default, kind, 
         assert e.shape == (7, blocks[t].n_out)
         assert torch.allclose(e, ref_e, atol=1e-14)
         assert torch.allclose(e.sum(0), blocks[t].grad_bias)
-        assert torch.allclose(e.T @ cache.inputs[t].detach(), blocks[t].grad_weight)
+        assert torch.allclose(e.T @ cache.inputs[t].detach(), full[t].grad_weight)

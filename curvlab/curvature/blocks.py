@@ -20,7 +20,8 @@ class LayerCurvature:
         input_mean: (n_{t-1},) E[h^{t-1}], the rank-one weight factor of Eq. (11b).
         input_cov: (n_{t-1}, n_{t-1}) E[h^{t-1} h^{t-1}ᵀ] (Eq. 11a), or None when not requested.
         grad_bias: (n_t,) batch-mean gradient with respect to b^t (z^t without biases).
-        grad_weight: (n_t, n_{t-1}) batch-mean gradient with respect to W^t.
+        grad_weight: (n_t, n_{t-1}) batch-mean gradient with respect to W^t; None where
+            ``grad_samples`` was requested instead (then it is ``grad_samplesᵀ h``).
         weight: (n_t n_{t-1}, n_t n_{t-1}) exact weight block E_i[(h hᵀ) ⊗ H_i] in
             ``W.flatten()`` (row-major) order, only on request for small nets; else None.
         has_bias: whether the layer has a bias (without one, ``bias`` and ``grad_bias`` are those of z^t).
@@ -32,7 +33,7 @@ class LayerCurvature:
     input_mean: Tensor
     input_cov: Tensor | None
     grad_bias: Tensor
-    grad_weight: Tensor
+    grad_weight: Tensor | None
     weight: Tensor | None = None
     has_bias: bool = True
     grad_samples: Tensor | None = None

@@ -126,7 +126,7 @@ class LayerInverse:
     a: Tensor
     h: Tensor | None = None
 
-    def weight(self, grad_weight: Tensor, e: Tensor | None = None) -> Tensor:
+    def weight(self, grad_weight: Tensor | None, e: Tensor | None = None) -> Tensor:
         """d_W = −G⁻¹ ∇_W A⁻¹; ``e`` (B, n_out) with ∇_W = eᵀ h for this ``h`` takes the short form."""
         if self.mode == "gram" and e is not None:
             assert self.h is not None
@@ -197,7 +197,11 @@ def _apply(
     d: list[Tensor] = []
     for t, (inv, blk) in enumerate(zip(inverses, blocks, strict=True)):
         sample = samples.get(t)
-        d.append(inv.weight(blk.grad_weight, sample.e if sample is not None and sample.h is inv.h else None))
+        fresh = sample is not None and sample.h is inv.h
+        if fresh or blk.grad_weight is not None:
+            d.append(inv.weight(blk.grad_weight, sample.e if fresh else None))
+        else:  # this step's samples, the stored factors of an earlier one (solver.update_every)
+            d.append(inv.weight(sample.e.T @ sample.h))
         if bias:
             d.append(inv.bias(blk.grad_bias))
     pis = [inv.pi for inv in inverses]
