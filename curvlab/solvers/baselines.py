@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from curvlab.losses import Loss
-from curvlab.nets import MLP
+from curvlab.modules import Net
 from curvlab.solvers.base import Direction, Solver, StepResult, register
 
 __all__ = ["TorchOptimSolver", "SGD", "Adagrad", "Adadelta", "Adam"]
@@ -19,7 +19,7 @@ class TorchOptimSolver(Solver):
 
     optim_cls: type[torch.optim.Optimizer]
 
-    def __init__(self, net: MLP, loss: Loss, lr: float, **options: Any) -> None:
+    def __init__(self, net: Net, loss: Loss, lr: float, **options: Any) -> None:
         super().__init__(net, loss, lr)
         try:
             self.opt = self.optim_cls(net.parameters(), lr=self.lr, **options)
