@@ -85,6 +85,11 @@ class Job:
     cfg: Any = field(repr=False, default=None)
 
     @property
+    def point(self) -> dict[str, str]:
+        """The sweep point as a mapping, e.g. ``{"solver": "kfi", "seed": "0"}``."""
+        return dict(o.split("=", 1) for o in self.overrides)
+
+    @property
     def name(self) -> str:
         return ",".join(o.replace("/", "_") for o in self.overrides) or "run"
 
@@ -186,13 +191,12 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
 
 def seed_of(job: Job) -> int:
     """The seed of a sweep point (0 when the sweep does not set one)."""
-    return int(dict(o.split("=", 1) for o in job.overrides).get("seed", 0))
+    return int(job.point.get("seed", 0))
 
 
 def matches(job: Job, where: dict[str, set[str]]) -> bool:
     """Whether the job's sweep point has, for every key of ``where``, one of its values."""
-    point = dict(o.split("=", 1) for o in job.overrides)
-    return all(point.get(k) in vs for k, vs in where.items())
+    return all(job.point.get(k) in vs for k, vs in where.items())
 
 
 def run_job(job: Job, run_dir: Path, force: bool) -> str:
