@@ -57,7 +57,8 @@ class HessianLogger:
             else:
                 self.kinds.append(kind)
         mc = options.fisher is FisherType.MC
-        self.fisher_mc = [int(k) for k in fisher_mc] if (fisher_mc and mc) else [options.mc_samples]
+        # The Fisher's MC sample counts to log; [None]: not a Monte-Carlo Fisher (no count).
+        self.fisher_mc: list[int | None] = ([int(k) for k in fisher_mc] or [options.mc_samples]) if mc else [None]
         if fisher_mc and not mc:
             self.notes.append(f"hessian_fisher_mc: ignored, curvature.fisher is {options.fisher.value}, not mc")
 
@@ -72,9 +73,8 @@ class HessianLogger:
         out: list[tuple[Kind, CurvatureOptions, int | None]] = []
         for kind in self.kinds:
             if kind is Kind.FISHER:
-                fisher_mc = self.fisher_mc if self.options.fisher is FisherType.MC else [None]
                 out += [(kind, replace(self.options, kind=kind, **({} if k is None else {"mc_samples": k})), k)
-                        for k in fisher_mc]
+                        for k in self.fisher_mc]
             else:
                 out.append((kind, replace(self.options, kind=kind), None))
         return out
