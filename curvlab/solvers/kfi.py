@@ -197,11 +197,10 @@ def _apply(
     d: list[Tensor] = []
     for t, (inv, blk) in enumerate(zip(inverses, blocks, strict=True)):
         sample = samples.get(t)
+        # Samples exist only on refresh steps, so they always belong to these factors; a layer
+        # with samples has no grad_weight (the short form needs only e).
         fresh = sample is not None and sample.h is inv.h
-        if fresh or blk.grad_weight is not None:
-            d.append(inv.weight(blk.grad_weight, sample.e if fresh else None))
-        else:  # this step's samples, the stored factors of an earlier one (solver.update_every)
-            d.append(inv.weight(sample.e.T @ sample.h))
+        d.append(inv.weight(blk.grad_weight, sample.e if fresh else None))
         if bias:
             d.append(inv.bias(blk.grad_bias))
     pis = [inv.pi for inv in inverses]
