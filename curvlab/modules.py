@@ -102,7 +102,7 @@ def _gelu(m: nn.GELU) -> ActivationFns:
 
 def _fixed(which: Activation) -> Callable[[nn.Module], ActivationFns]:
     fns = ACTIVATIONS[which]
-    return lambda m: ActivationFns(m, fns.df, fns.d2f)
+    return lambda m: ActivationFns(m, fns.df, fns.d2f, fns.both)
 
 
 def _identity_fns() -> ActivationFns:

@@ -107,14 +107,34 @@ def test_precomputed_cache_gives_the_same_blocks() -> None:
             assert not v.bias.requires_grad
 
 
-@pytest.mark.parametrize("width", [300, 600, 1100])  # 1, 2 and 4 blocks of width >= 256
-def test_symmetric_product_equals_full_product(width: int) -> None:
+@pytest.mark.parametrize("rows", [100, 30])  # 30 < 64 rows: one panel
+@pytest.mark.parametrize("width", [300, 600, 1100])  # 1, 2 and 4 panels of width >= 256
+def test_symmetric_product_equals_full_product(width: int, rows: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(100, width, generator=gen, dtype=torch.float64)
-    s = torch.randn(100, 100, generator=gen, dtype=torch.float64)
+    a = torch.randn(rows, width, generator=gen, dtype=torch.float64)
+    s = torch.randn(rows, rows, generator=gen, dtype=torch.float64)
     c = (s + s.T) @ a  # aᵀ c = aᵀ S a is symmetric
-    torch.testing.assert_close(symmetric_product(a, c), a.T @ c)
-    torch.testing.assert_close(symmetric_product(a, c, min_width=64), a.T @ c)  # 4 uneven blocks
+    d = torch.rand(7, width, generator=gen, dtype=torch.float64)
+    for kw in ({}, {"min_width": 64}, {"times": (d, d), "scale": 0.3}):  # min_width 64: 4 uneven panels
+        got = symmetric_product(a, c, **kw)  # type: ignore[arg-type]
+        want = a.T @ c * ((d.T @ d) * 0.3 if "times" in kw else 1)
+        torch.testing.assert_close(got, want)
+        assert torch.equal(got, got.T), kw  # exactly, not to round-off
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "nonconvex"])
+def test_blocks_are_exactly_symmetric(loss: str) -> None:
+    """Every kind's bias blocks are symmetric bit for bit (the solvers rely on it), in float32,
+    with a 520-wide layer on the multi-panel path of :func:`symmetric_product`."""
+    p = make_problem("sigmoid", loss, widths=(6, 520, 80, 5), batch=70, dtype=torch.float32)
+    kinds = ["exact", "fisher", "pch1", "pch2"] + (["gn"] if loss == "cross_entropy" else [])
+    for kind in kinds:
+        for avg in ("per_sample", "mean"):
+            if kind in ("exact", "fisher") and avg == "mean":
+                continue
+            blocks = curvlab.curvature(p.net, p.x, p.y, kind=kind, loss=p.loss, jacobian_average=avg, chunk_size=32)
+            for t, blk in enumerate(blocks):
+                assert torch.equal(blk.bias, blk.bias.T), (kind, avg, t)
 
 
 def test_exact_blocks_of_a_wide_net() -> None:

@@ -3,6 +3,8 @@ matrix, float64: same iterates for truncated and full runs, with splitting, and 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -117,3 +119,17 @@ def test_degenerate_rank_one_cases() -> None:
     for split in (1, 2):
         check(blocks, 3, 1e-10, split)
         check(blocks, 100, 1e-8, split)
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_overwrite_reuses_the_gradients_for_the_same_direction(split: int) -> None:
+    # The solver's path (overwrite=True) writes d_W into the blocks' grad_weight; same result.
+    blocks = random_blocks([6, 5, 4, 3], seed=6)
+    want, want_stats = eacg_solve(blocks, ALPHA, max_cg=4, eps_cg=1e-10, split=split)
+    own = [replace(b, grad_weight=b.grad_weight.clone()) for b in blocks]
+    got, stats = eacg_solve(own, ALPHA, max_cg=4, eps_cg=1e-10, split=split, overwrite=True)
+    assert stats == want_stats
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+    for t, b in enumerate(own):
+        assert got[2 * t].data_ptr() == b.grad_weight.data_ptr()  # d_W lives in the gradient's memory

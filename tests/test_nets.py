@@ -98,3 +98,18 @@ def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
 def test_wrong_input_width_raises() -> None:
     with pytest.raises(ValueError, match="input has 4 features but the net expects 3"):
         MLP([3, 2])(torch.randn(5, 4))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_fused_activation_derivatives_match_the_separate_ones(name: str) -> None:
+    fns = FNS[Activation(name)]
+    assert fns.both is not None
+    z = torch.linspace(-9, 9, 301, dtype=torch.float64)
+    d1, d2 = fns.derivatives(z)
+    torch.testing.assert_close(d1, fns.df(z), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(d2, fns.d2f(z), rtol=1e-12, atol=1e-15)
+    # and both against autograd
+    g1 = torch.func.vmap(torch.func.grad(lambda u: fns.f(u)))(z)
+    g2 = torch.func.vmap(torch.func.grad(torch.func.grad(lambda u: fns.f(u))))(z)
+    torch.testing.assert_close(d1, g1, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(d2, g2, rtol=1e-12, atol=1e-15)

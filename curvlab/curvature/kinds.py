@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual
+from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual, symmetrized
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss
 
@@ -37,8 +37,8 @@ OutputBuilder = Callable[[Loss, Tensor, Tensor, CurvatureOptions, "torch.Generat
 
 def pos_eig(a: Tensor) -> Tensor:
     """Pos-Eig of Chen et al. with γ = −1: a symmetric matrix with |eigenvalues|, Eq. (8a)."""
-    lam, q = torch.linalg.eigh(0.5 * (a + a.T))
-    return (q * lam.abs()) @ q.T
+    lam, q = torch.linalg.eigh(symmetrized(a))
+    return symmetrized((q * lam.abs()) @ q.T)  # exactly symmetric, as a MeanBlock must be
 
 
 def fisher_factors(
@@ -73,7 +73,7 @@ def _exact_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, ge
 
 
 def _mean_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
-    return MeanBlock(loss.hessian(out, y).mean(0), out.shape[0])
+    return MeanBlock(symmetrized(loss.hessian(out, y).mean(0)), out.shape[0])
 
 
 def _pos_eig_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:

@@ -84,12 +84,13 @@ def backward(
         z = cache.preacts[t - 1]  # (b, n_t) z^t, whose σ gave h^t
         fns = view.acts[t - 1]  # σ_t between layer t and t+1 (identity for Linear → Linear)
         back = g @ w  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i
-        dphi = fns.df(z)  # (b, n_t) h^{t'}
+        residual = pol.residual is not Residual.DROP
+        dphi, d2phi = fns.derivatives(z) if residual else (fns.df(z), None)  # (b, n_t) h^{t'}, h^{t''}
         g = back * dphi  # ∇_{b^t} ξ_i
         # The last pull-back (into the first layer) only needs the sum over samples.
         msg = msg.pull_back(w, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
-        if pol.residual is not Residual.DROP:
-            msg = msg.add_residual(back * fns.d2f(z), pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
+        if d2phi is not None:
+            msg = msg.add_residual(back * d2phi, pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
     return sums
 
 
@@ -212,10 +213,9 @@ def curvature(
     want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
     layers = []
     for h, tot, has_bias in zip(cache.inputs, totals, view.biases):
-        block = tot["block"]
         layers.append(
             LayerCurvature(
-                bias=0.5 * (block + block.T),  # symmetric up to rounding; make it exactly so
+                bias=tot["block"],  # exactly symmetric: every message's total is
                 input_mean=h.mean(0),
                 input_cov=h.T @ h / batch if want_cov else None,
                 grad_bias=tot["grad_bias"],

@@ -174,12 +174,13 @@ class _ReducedLayer(NamedTuple):
 
 
 def _reduced_layer(
-    blk: LayerCurvature, alpha: float, rs: RowSplit, slot: int, bias: bool, size: int
+    blk: LayerCurvature, alpha: float, rs: RowSplit, slot: int, bias: bool, size: int, overwrite: bool
 ) -> _ReducedLayer:
     """Ã = α I + scale · diag(0, B_j) and b̃ of one layer's systems, and the map back to d_W, d_b.
 
     The systems are zero-padded from m + 1 to ``size`` unknowns so that layers of different
-    widths can share a batch; as for :class:`RowSplit`, padded unknowns stay exactly 0.
+    widths can share a batch; as for :class:`RowSplit`, padded unknowns stay exactly 0. With
+    ``overwrite`` the layer's weight gradient becomes −G_⊥ and then d_W in place.
     """
     k, m = rs.k, rs.m
     mu = blk.input_mean  # (c,)
@@ -189,7 +190,7 @@ def _reduced_layer(
     g_mu = gw @ mu_hat  # (n_out,) = −G μ̂
     # (n_out, c) = −G_⊥. Formed explicitly: gradient rows lie mostly along μ̂ (their h_i share
     # a large mean), so ‖g‖² − (gᵀμ̂)² would cancel to round-off.
-    perp = torch.addr(gw, g_mu, mu_hat, alpha=-1)
+    perp = gw.addr_(g_mu, mu_hat, alpha=-1) if overwrite else torch.addr(gw, g_mu, mu_hat, alpha=-1)
     row_sq = torch.linalg.vector_norm(perp, dim=1).square()[:, None]  # (n_out, 1)
     norms = rs.rows(row_sq).sum((1, 2)).sqrt()  # (k,) ‖G_⊥‖_F over each row group
 
@@ -270,13 +271,15 @@ def _buckets(splits: list[RowSplit]) -> list[tuple[int, list[int]]]:
     return out
 
 
-def _rank_one_groups(blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool) -> list[_Group]:
+def _rank_one_groups(
+    blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool, overwrite: bool
+) -> list[_Group]:
     """Eq. (11b) systems in reduced form, batched over layers by :func:`_buckets`."""
     splits = [RowSplit(blk.n_out, split, device=blk.bias.device) for blk in blocks]
     per_layer = 2 if bias else 1
     groups = []
     for size, members in _buckets(splits):
-        layers = [_reduced_layer(blocks[t], alpha, splits[t], per_layer * t, bias, size) for t in members]
+        layers = [_reduced_layer(blocks[t], alpha, splits[t], per_layer * t, bias, size, overwrite) for t in members]
         mv = _ReducedMatVec(_cat([lay.blocks for lay in layers]), _cat([lay.scale for lay in layers]), alpha)
         group = _Group(mv, _cat([lay.rhs for lay in layers]))  # (Σ k, nb, 1, size)
         start = 0
@@ -307,6 +310,7 @@ def eacg_solve(
     split: int = 1,
     weight_factor: WeightFactor | str = WeightFactor.RANK_ONE,
     bias: bool = True,
+    overwrite: bool = False,
 ) -> tuple[list[Tensor], dict[str, float]]:
     """Solve Eq. (10a)/(10b) for every layer with (optionally split) batched CG.
 
@@ -318,6 +322,9 @@ def eacg_solve(
         split: number of row-wise sub-blocks per bias and weight (HBP Figure 5).
         weight_factor: ``rank_one`` (Eq. 11b) or ``full`` (Eq. 11a; needs ``input_cov``).
         bias: whether the net has biases (otherwise no bias systems are solved).
+        overwrite: the rank-one path may use the blocks' ``grad_weight`` as its workspace: they
+            are overwritten and become the returned d_W (a solver's own per-step blocks; saves
+            writing a fresh weight-sized tensor, ≈ 6 ms for the first CIFAR-10 layer).
 
     Returns:
         The direction ``[d_W1, d_b1, d_W2, …]`` in ``net.parameters()`` order (no bias
@@ -326,7 +333,7 @@ def eacg_solve(
     if WeightFactor(weight_factor) is WeightFactor.FULL:
         groups = _full_factor_groups(blocks, alpha, split, bias)
     else:
-        groups = _rank_one_groups(blocks, alpha, split, bias)
+        groups = _rank_one_groups(blocks, alpha, split, bias, overwrite)
     results = batched_cg([g.matvec for g in groups], [g.rhs for g in groups], max_cg, eps_cg)
     d: list[Tensor] = [torch.empty(0)] * (len(blocks) * (2 if bias else 1))
     for group, res in zip(groups, results):
@@ -379,5 +386,5 @@ class EACG(BlockSolver):
     ) -> tuple[list[Tensor], dict[str, float]]:
         return eacg_solve(
             blocks, self.alpha, self.max_cg, self.eps_cg, self.split,
-            self.curvature.weight_factor, bias=any(b.has_bias for b in blocks),
+            self.curvature.weight_factor, bias=any(b.has_bias for b in blocks), overwrite=True,
         )
