@@ -59,14 +59,10 @@ def _parse_pivot(pivot: str | PivotForm) -> PivotForm | None:
         raise ValueError(f"unknown pivot {pivot!r} for the exact inverse; allowed: {allowed}") from None
 
 
-def _split_layers(vec: Tensor, net: Net) -> list[Tensor]:
-    """(P, m) in ``parameters_to_vector`` order → per layer (p_t, m) with rows (vec(W) row-major, b)."""
-    out, start = [], 0
-    for layer in chain(net).layers:
-        p_t = sum(p.numel() for p in layer.parameters())
-        out.append(vec[start : start + p_t])
-        start += p_t
-    return out
+def _layer_sizes(net: Net) -> list[int]:
+    """``p_t`` per layer: how ``vec.split`` cuts (P, m) in ``parameters_to_vector`` order into the
+    per-layer (p_t, m) blocks with rows (vec(W) row-major, b)."""
+    return [sum(p.numel() for p in layer.parameters()) for layer in chain(net).layers]
 
 
 def hessian_inverse_product(
@@ -125,10 +121,11 @@ def hessian_inverse_product(
     terms = layer_terms(net, x, y, crit, exact=kind is HessianKind.EXACT)
     psd = kind is HessianKind.GN and crit.convex
     product = hvp if kind is HessianKind.EXACT else gnvp
+    sizes, biases = _layer_sizes(net), chain(net).biases
 
     def solve(rhs: Tensor) -> Tensor:
         with torch.no_grad():  # a linear solve: no graph through the factorisations
-            return torch.cat(riccati_solve(terms, _split_layers(rhs, net), damping, chain(net).biases, psd, form))
+            return torch.cat(riccati_solve(terms, list(rhs.split(sizes)), damping, biases, psd, form))
 
     u = solve(cols)  # (P, m)
     for _ in range(int(refine)):

@@ -67,14 +67,19 @@ def layer_terms(net: Net, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list
         view = chain(net)  # the Linear modules; σ_t between them (identity for Linear → Linear)
         cache = view.forward_cache(x)
         k, batch = view.depth, cache.output.shape[0]
-        dsig = [view.acts[t].df(z) for t, z in enumerate(cache.preacts[:-1])]  # σ'(z^t), t < k: (B, n_t)
+        z = cache.preacts[:-1]  # z^t, t < k: (B, n_t)
+        if exact:  # σ' and σ'' together: they share σ(z) for tanh and sigmoid
+            derivs = [view.acts[t].derivatives(z_t) for t, z_t in enumerate(z)]
+        else:
+            derivs = [(view.acts[t].df(z_t), None) for t, z_t in enumerate(z)]
+        dsig = [d1 for d1, _ in derivs]  # σ'(z^t): (B, n_t)
         delta = loss.grad(cache.output, y) / batch  # ∂f/∂z^k (B, C)
         q_state: Tensor | None = loss.hessian(cache.output, y) / batch  # (B, C, C)
         terms: list[LayerTerms] = []
         for l in range(k - 1, -1, -1):
             if l < k - 1:  # backprop one layer: ∂f/∂h^t = δ^{t+1} W^{t+1}, δ^t = σ'(z^t) ⊙ ∂f/∂h^t
                 e_h = delta @ view.layers[l + 1].weight  # (B, n_t)
-                q_state = view.acts[l].d2f(cache.preacts[l]) * e_h if exact else None
+                q_state = derivs[l][1] * e_h if exact else None
                 delta = dsig[l] * e_h
             weight = view.layers[l].weight  # (n_t, n_{t-1})
             terms.append(
@@ -90,32 +95,42 @@ def layer_terms(net: Net, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list
     return terms[::-1]
 
 
+# Small products are written as matmuls and views rather than einsums: on the shapes where the
+# sweep is cheap, an einsum's overhead (equation parsing, permutes) costs 2–3× the product itself.
+
+
 def _b(Y: Tensor, h: Tensor, n_out: int, bias: bool) -> Tensor:
     """``B_t Y`` for Y (p_t, m): the state perturbation ``dW h_i + db`` per sample, (B, n_t, m)."""
-    n_w = n_out * h.shape[1]
-    out = torch.einsum("adm,id->iam", Y[:n_w].reshape(n_out, h.shape[1], -1), h)
+    (batch, n_in), m = h.shape, Y.shape[1]
+    n_w = n_out * n_in
+    dw_t = Y[:n_w].reshape(n_out, n_in, m).transpose(0, 1).reshape(n_in, -1)  # (n_{t-1}, n_t m)
+    out = (h @ dw_t).view(batch, n_out, m)
     return out + Y[n_w:][None] if bias else out
 
 
-def _blocks(v: Tensor, n_out: int, bias: bool) -> Tensor:
-    """(p_t, m) rows (vec(dW) row-major, db) → (n_t, m_in, m): the rows ``[dW, db]`` of each unit."""
+def _blocks_t(v: Tensor, n_out: int, bias: bool) -> Tensor:
+    """(p_t, m) rows (vec(dW) row-major, db) → (m_in, n_t m): the columns ``[dW, db]ᵀ`` of each unit."""
     m = v.shape[1]
-    if not bias:
-        return v.reshape(n_out, -1, m)
-    return torch.cat([v[:-n_out].reshape(n_out, -1, m), v[-n_out:].reshape(n_out, 1, m)], 1)
+    dw_t = v[: v.shape[0] - n_out * bias].reshape(n_out, -1, m).transpose(0, 1)  # (n_{t-1}, n_t, m)
+    if bias:
+        dw_t = torch.cat([dw_t, v[-n_out:].reshape(1, n_out, m)])
+    return dw_t.reshape(-1, n_out * m)
 
 
-def _unblocks(X: Tensor, bias: bool) -> Tensor:
-    """The inverse of :func:`_blocks`: (n_t, m_in, m) → (p_t, m)."""
+def _unblocks_t(X: Tensor, n_out: int, bias: bool) -> Tensor:
+    """The inverse of :func:`_blocks_t`: (m_in, n_t m) → (p_t, m)."""
+    X = X.reshape(X.shape[0], n_out, -1)  # (m_in, n_t, m)
     m = X.shape[2]
-    return torch.cat([X[:, :-1].reshape(-1, m), X[:, -1]]) if bias else X.reshape(-1, m)
+    if not bias:
+        return X.transpose(0, 1).reshape(-1, m)
+    return torch.cat([X[:-1].transpose(0, 1).reshape(-1, m), X[-1]])
 
 
 def _st(term: LayerTerms, k: Tensor) -> Tensor:
     """``S_tᵀ k`` for k (p_t, m): (B, n_{t-1}, m), ``σ'(z^{t-1}_i) ⊙ (dWᵀ δ_i)`` (bias rows do not enter)."""
-    n_out, n_prev = term.delta.shape[1], term.dsig_prev.shape[1]
-    dw = k[: n_out * n_prev].reshape(n_out, n_prev, -1)
-    return torch.einsum("ia,ic,acm->icm", term.delta, term.dsig_prev, dw)
+    (batch, n_out), n_prev = term.delta.shape, term.dsig_prev.shape[1]
+    dw = k[: n_out * n_prev].reshape(n_out, -1)  # (n_t, n_{t-1} m)
+    return (term.delta @ dw).view(batch, n_prev, -1).mul_(term.dsig_prev[:, :, None])
 
 
 class _Factor:
@@ -246,35 +261,38 @@ class _Stage:
             P_prev.view(batch, n_prev, batch, n_prev).addcmul_(u[:, :, None, :], w[:, None], value=-1.0)
         self.p_prev = P_prev
 
-    def _e(self, c: Tensor, n: int) -> Tensor:
-        """``E c`` for c (r n, m) with rows (ρ, a): (n, m_in, m) blocks."""
-        return torch.einsum("ram,br->abm", c.reshape(self.V.shape[1], n, -1), self.V)
+    def _e_t(self, c: Tensor, n: int) -> Tensor:
+        """``E c`` for c (r n, m) with rows (ρ, a): (m_in, n m) as :func:`_blocks_t` lays it out."""
+        return self.V @ c.reshape(self.V.shape[1], -1)
 
     def feed(self, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor | None]:
         """``k_t = R_t⁻¹ (v − B_tᵀ q) = v_⊥/λ + E C⁻¹ (Eᵀ v − Lᵀ q)`` for v (p_t, m), q (B, n_t, m),
         and ``q_{t-1} = A_tᵀ (q + P B_t k_t) + S_tᵀ k_t`` (None for t = 1)."""
         t, (batch, n, m) = self.term, q.shape
-        X = _blocks(v, n, self.bias)  # (n, m_in, m)
-        rhs = torch.einsum("abm,br->ram", X, self.V) - (self.L.T @ q.reshape(batch, -1)).reshape(-1, n, m)
-        c = self.fac.solve(rhs.reshape(-1, m))  # (r n, m)
-        blocks = self._e(c, n)
+        X = _blocks_t(v, n, self.bias)  # (m_in, n m)
+        rhs = torch.addmm(self.V.T @ X, self.L.T, q.reshape(batch, -1), alpha=-1.0)  # (r, n m)
+        c = self.fac.solve(rhs.view(-1, m))  # (r n, m)
+        blocks = self._e_t(c, n)
         if self.perp is not None:
-            blocks = blocks + torch.einsum("abm,bc->acm", X, self.perp) / self.damping
-        k = _unblocks(blocks, self.bias)
+            blocks = torch.addmm(blocks, self.perp, X, alpha=1.0 / self.damping)
+        k = _unblocks_t(blocks, n, self.bias)
         if self.first:
             return k, None
-        bk = (self.L @ c.reshape(self.V.shape[1], -1)).reshape(batch * n, m)  # B_t k_t = L C⁻¹(…)
-        q_prev = t.jac.transpose(1, 2) @ (q + (self.P.reshape(batch * n, -1) @ bk).reshape(q.shape))
+        bk = (self.L @ c.reshape(self.V.shape[1], -1)).view(batch * n, m)  # B_t k_t = L C⁻¹(…)
+        q_bk = torch.addmm(q.reshape(batch * n, m), self.P.reshape(batch * n, -1), bk)  # q + P B_t k_t
+        q_prev = t.jac.transpose(1, 2) @ q_bk.view(q.shape)
         return k, q_prev + _st(t, k) if t.delta is not None else q_prev
 
     def gain(self, x: Tensor) -> Tensor:
         """``K_t x = S_⊥ x/λ + E C⁻¹ N x`` for x (B, n_{t-1}, m): (p_t, m)."""
         t, n = self.term, self.P.shape[1]
-        blocks = self._e(self.fac.post(self.gain_factor @ x.reshape(-1, x.shape[-1])), n)
+        blocks = self._e_t(self.fac.post(self.gain_factor @ x.reshape(-1, x.shape[-1])), n)  # (m_in, n m)
         if t.delta is not None and self.perp is not None:
-            sx = torch.einsum("ia,ic,icm->acm", t.delta, t.dsig_prev, x)  # S_t x (n, n_prev, m), no bias part
-            blocks = blocks + torch.einsum("acm,cb->abm", sx, self.perp[: x.shape[1]]) / self.damping
-        return _unblocks(blocks, self.bias)
+            # (S_t x)ᵀ [c, (a, m)] = Σ_i σ'_i[c] x_i[c, m] δ_i[a]  (no bias part)
+            y = (t.dsig_prev[:, :, None] * x).permute(1, 2, 0)  # (n_{t-1}, m, B)
+            sx_t = (y @ t.delta).transpose(1, 2).reshape(x.shape[1], -1)  # (n_{t-1}, n m)
+            blocks = torch.addmm(blocks, self.perp[:, : x.shape[1]], sx_t, alpha=1.0 / self.damping)
+        return _unblocks_t(blocks, n, self.bias)
 
 
 def riccati_solve(
@@ -326,5 +344,5 @@ def riccati_solve(
         t = terms[l]
         u_l = feeds[l] - stages[l].gain(x)
         u.append(u_l)
-        x = torch.einsum("iac,icm->iam", t.jac, x) + _b(u_l, t.h, t.n_out, biases[l])
+        x = torch.baddbmm(_b(u_l, t.h, t.n_out, biases[l]), t.jac, x)  # A_t x_{t-1} + B_t u_t
     return u
