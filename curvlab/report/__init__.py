@@ -18,6 +18,7 @@ from pathlib import Path
 from curvlab.report.figures import WALL_NOTE
 from curvlab.report.load import Runs, Study, find_studies, load_runs, load_study
 from curvlab.report.render import render_experiment, render_study
+from curvlab.report.timing import find_step_costs, with_quiet_time
 from curvlab.report.views import VIEWS, select_view
 
 __all__ = ["main", "report", "Runs", "Study", "load_runs", "load_study", "WALL_NOTE"]
@@ -25,7 +26,8 @@ __all__ = ["main", "report", "Runs", "Study", "load_runs", "load_study", "WALL_N
 
 def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
            want: set[str] = frozenset({"tables", "figures"}), experiments: list[str] | None = None,
-           window: tuple[int, int] | None = None, wall_note: str | None = WALL_NOTE) -> list[Path]:
+           window: tuple[int, int] | None = None, wall_note: str | None = WALL_NOTE,
+           step_costs: str | Path | None = None, measured_time: bool = False) -> list[Path]:
     """Render every experiment (and study) found under ``roots`` into ``out``.
 
     Args:
@@ -35,7 +37,11 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
         want: ``{"tables"}``, ``{"figures"}`` or both.
         experiments: restrict to these experiment names (default: all found).
         window: average the layer-wise errors over updates ``window[0] ≤ step ≤ window[1]`` only.
-        wall_note: footnote of the wall-clock panels (None: no footnote).
+        wall_note: footnote of the measured wall-clock panels (None: no footnote on any time panel).
+        step_costs: the quiet Table 1 study folder (``table1_measured``) whose per-update costs give
+            the time panels' quiet-machine time; default: found as :func:`curvlab.report.timing.find_step_costs`
+            says (under or next to ``roots``). Runs of methods it lacks keep their measured time.
+        measured_time: draw the measured (contended) solver time, ignoring any quiet study.
 
     Returns:
         The files written, in a fixed order.
@@ -46,15 +52,17 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
     out = Path(out)
     _check_out(roots, out)
     runs = load_runs(roots)
+    costs = None if measured_time else find_step_costs(roots, step_costs)
+    runs = with_quiet_time(runs, costs)
     written: list[Path] = []
     present = runs.experiments()
     for exp in present:
         if experiments is None or exp in experiments:
-            written += render_experiment(runs.select(exp), exp, out, steps, set(want), window, wall_note)
+            written += render_experiment(runs.select(exp), exp, out, steps, set(want), window, wall_note, costs)
     for name, view in VIEWS.items():  # Figures 9–12: a selection of Figures 1–8's runs
         picked = select_view(runs, view)
         if name not in present and len(picked.runs) and (experiments is None or name in experiments):
-            written += render_experiment(picked, name, out, steps, set(want), window, wall_note)
+            written += render_experiment(picked, name, out, steps, set(want), window, wall_note, costs)
     for path in find_studies(roots):
         st = load_study(path)
         if experiments is None or st.meta.get("name", st.name) in experiments:
@@ -96,12 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", action="append", default=None,
                    help="render only this experiment (repeatable); default: every one found")
     p.add_argument("--no-wall-note", action="store_true",
-                   help="leave out the footnote that the wall-clock runs shared the machine")
+                   help="leave out the footnote of the time panels (measured or quiet-machine time)")
+    p.add_argument("--step-costs", default=None, metavar="DIR",
+                   help="the quiet Table 1 study (table1_measured) whose per-update costs give the time panels' "
+                        "quiet-machine time (default: one under the inputs or in studies/ next to them)")
+    p.add_argument("--measured-time", action="store_true",
+                   help="draw the runs' measured (contended) solver time instead of quiet-machine time")
     a = p.parse_args(argv)
     want = {a.only} if a.only else {"tables", "figures"}
     try:
         files = report(a.runs, a.out, a.steps, want, a.experiment, a.error_steps,
-                       None if a.no_wall_note else WALL_NOTE)
+                       None if a.no_wall_note else WALL_NOTE, a.step_costs, a.measured_time)
     except ValueError as e:
         print(f"curvlab report: error: {e}")
         return 2

@@ -24,7 +24,7 @@ __all__ = ["mean_std", "curve_stats", "plot_curves", "legend_outside", "legend_r
            "scaling_figure", "save", "fit_loglog_slope", "WALL_NOTE"]
 
 _AXIS_NAMES = {
-    "wall_time": "solver wall-clock time", "epoch": "epoch", "step": "iteration",
+    "wall_time": "solver wall-clock time", "quiet_time": "quiet-machine time", "epoch": "epoch", "step": "iteration",
     "train_loss": "training loss", "test_acc": "test accuracy (%)", "batch_loss": "mini-batch loss",
     "step_size": "learning rate", "test_loss": "test loss",
 }
@@ -103,8 +103,8 @@ def plot_curves(ax: plt.Axes, stats: pd.DataFrame, colors: dict[str, str], x_sca
             ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
 
 
-def _axis(ax: plt.Axes, x: str, y: str, x_unit: str = "", log: bool = False) -> None:
-    ax.set_xlabel(_AXIS_NAMES.get(x, x) + (f" ({x_unit})" if x_unit else ""))
+def _axis(ax: plt.Axes, x: str, y: str, x_unit: str = "", log: bool = False, x_name: str | None = None) -> None:
+    ax.set_xlabel((x_name or _AXIS_NAMES.get(x, x)) + (f" ({x_unit})" if x_unit else ""))
     ax.set_ylabel(_AXIS_NAMES.get(y, y))
     if log:
         ax.set_yscale("log")
@@ -139,28 +139,31 @@ def colors_for(names: list[str]) -> dict[str, str]:
 
 
 def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wall_note: str | None = WALL_NOTE,
-                    legend_labels: dict[str, str] | None = None) -> Figure:
-    """Training loss and test accuracy (%) against solver wall-clock time (top) and epochs (bottom).
+                    legend_labels: dict[str, str] | None = None, time: str = "wall_time",
+                    time_name: str | None = None) -> Figure:
+    """Training loss and test accuracy (%) against time (top) and epochs (bottom).
 
     EA-CG Figures 1–12 and HBP Figure 5 show the time and epoch panels of the same runs,
     mean and spread over seeds (linear: ± 1 std; the log loss axis: geometric mean ×/÷ the
-    geometric std). ``legend_labels`` renames curves in the legend (e.g. to add seed counts).
+    geometric std). ``time`` is the column of the top row (seconds; measured solver time, or
+    the quiet-machine time of :mod:`curvlab.report.timing`), ``time_name`` its axis label
+    and ``wall_note`` its footnote. ``legend_labels`` renames curves in the legend (e.g. to add seed counts).
     """
     colors = colors_for(list(metrics[group].dropna().unique()))
     log = _wants_log(metrics.get("train_loss", pd.Series(dtype=float)))
-    div, unit = time_unit(float(pd.to_numeric(metrics["wall_time"], errors="coerce").max() or 0.0))
+    div, unit = time_unit(float(pd.to_numeric(metrics[time], errors="coerce").max() or 0.0))
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
-    for row, x in enumerate(("wall_time", "epoch")):
+    for row, x in enumerate((time, "epoch")):
         loss = curve_stats(metrics, x, "train_loss", group, log=log)
         acc = curve_stats(metrics, x, "test_acc", group)
         pct = 100.0 if acc["y"].max() <= 1.0 else 1.0  # fractions → %
-        scale = div if x == "wall_time" else 1.0
+        scale, x_unit = (div, unit) if x == time else (1.0, "")
         plot_curves(axes[row, 0], loss, colors, x_scale=scale, lower=None if log else 0.0)
         plot_curves(axes[row, 1], acc, colors, x_scale=scale, y_scale=pct, lower=0.0, upper=100.0)
-        _axis(axes[row, 0], x, "train_loss", unit if x == "wall_time" else "", log=log)
-        _axis(axes[row, 1], x, "test_acc", unit if x == "wall_time" else "")
+        _axis(axes[row, 0], x, "train_loss", x_unit, log=log, x_name=time_name if x == time else None)
+        _axis(axes[row, 1], x, "test_acc", x_unit, x_name=time_name if x == time else None)
     if wall_note:
-        axes[0, 0].set_title("by wall-clock time†", fontsize=9, loc="left")
+        axes[0, 0].set_title(f"by {time_name or 'wall-clock time'}†", fontsize=9, loc="left")
         fig.supxlabel(f"† {wall_note}", fontsize=7, wrap=True)
     axes[1, 0].set_title("by epoch", fontsize=9, loc="left")
     _legend_with_names(fig, legend_labels)

@@ -35,6 +35,7 @@ from curvlab.report.tables import (
     cr_rate_table, final_metrics_table, hessian_error_table, paper_match_table, relative_error_table, runs_table,
     select_steps, side_by_side, write_table,
 )
+from curvlab.report.timing import StepCosts, time_axis
 
 __all__ = ["render_experiment", "render_study", "seed_phrase", "STUDY_RENDERERS"]
 
@@ -78,12 +79,13 @@ def _only(r: Runs, runs: pd.DataFrame) -> Runs:
 
 def render_experiment(r: Runs, exp: str, out: Path, steps: int | None = None,
                       want: set[str] = frozenset({"tables", "figures"}), window: tuple[int, int] | None = None,
-                      wall_note: str | None = F.WALL_NOTE) -> list[Path]:
+                      wall_note: str | None = F.WALL_NOTE, costs: StepCosts | None = None) -> list[Path]:
     """Render one experiment's runs into ``out``; returns the files written.
 
     Runs are grouped by config (:func:`curvlab.report.groups.group_runs`); each setting
     (dataset × net × loss) gets its own files, named ``<exp>`` when the experiment has one
-    setting and ``<exp>__<setting>`` otherwise.
+    setting and ``<exp>__<setting>`` otherwise. With ``costs`` (and ``quiet_time`` filled in by
+    :func:`curvlab.report.timing.with_quiet_time`) the time panels show quiet-machine time.
     """
     grouping = group_runs(r.runs)
     settings = sorted(grouping.runs["setting"].unique())
@@ -93,13 +95,13 @@ def render_experiment(r: Runs, exp: str, out: Path, steps: int | None = None,
         dropped = grouping.dropped[grouping.dropped["setting"] == setting]
         name = exp if len(settings) == 1 else f"{exp}__{slug(setting)}"
         written += _render_setting(_only(r, runs), dropped, exp, setting, name, Path(out), steps, set(want),
-                                   window, wall_note)
+                                   window, wall_note, costs)
     return written
 
 
 def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name: str, out: Path,
                     steps: int | None, want: set[str], window: tuple[int, int] | None,
-                    wall_note: str | None) -> list[Path]:
+                    wall_note: str | None, costs: StepCosts | None = None) -> list[Path]:
     counts = r.runs.groupby("label").size()
     title = f"{exp} · {setting} · {seed_phrase(counts)}"
     written = write_table(runs_table(r.runs, r.metrics, dropped), out, f"{name}_runs",
@@ -109,8 +111,11 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
         written += write_table(final_metrics_table(r.runs, r.metrics), out, f"{name}_final",
                                f"{title}: final metrics, mean ± std over seeds", floatfmt=".4g")
     if "figures" in want and has_acc:
-        legend = None if counts.nunique() == 1 else {k: f"{k} ({seed_phrase(counts[[k]])})" for k in counts.index}
-        written += F.save(F.training_figure(r.metrics, title, wall_note=wall_note, legend_labels=legend), out, name)
+        axis = time_axis(r.metrics, costs, wall_note)
+        legend = {k: k + (f" ({seed_phrase(counts[[k]])})" if counts.nunique() > 1 else "")
+                  + (" *" if k in axis.measured else "") for k in counts.index}
+        written += F.save(F.training_figure(axis.metrics, title, wall_note=axis.note, legend_labels=legend,
+                                            time=axis.column, time_name=axis.name), out, name)
     if not r.errors.empty:
         written += _render_errors(r, exp, setting, name, out, steps, want, window)
     cr_labels = sorted(r.runs.loc[r.runs["solver"] == "cr", "label"].unique())

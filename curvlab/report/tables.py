@@ -220,13 +220,14 @@ def _numeric(df: pd.DataFrame | pd.Series, col: str) -> pd.Series:
 def per_run_stats(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run (index ``run_dir``): final metrics, times in seconds and mean CG iterations.
 
-    Columns ``steps, train_loss, test_acc`` (in %), ``wall_time`` (solver time), ``elapsed`` and
+    Columns ``steps, train_loss, test_acc`` (in %), ``wall_time`` (measured solver time),
+    ``quiet_time`` (the quiet-machine time of :mod:`curvlab.report.timing`; NaN without a cost), ``elapsed`` and
     ``log_time`` (Hessian-error logging; NaN for runs written before they existed),
     ``cg_iters`` / ``cg_iters_mean`` (mean over updates of the most / mean CG iterations of a
     system; NaN where the solver logs none).
     """
     out = pd.DataFrame(index=runs["run_dir"])
-    for col in ("steps", "train_loss", "test_acc", "wall_time", "elapsed", "log_time"):
+    for col in ("steps", "train_loss", "test_acc", "wall_time", "quiet_time", "elapsed", "log_time"):
         out[col] = _numeric(runs, col).to_numpy()
     out["test_acc"] *= 100
     for col in ("cg_iters", "cg_iters_mean"):
@@ -238,9 +239,10 @@ def per_run_stats(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd
 
 
 _STAT_NAMES = {"steps": "steps", "train_loss": "train loss", "test_acc": "test acc (%)",
-               "wall_time": "solver time", "elapsed": "elapsed", "log_time": "Hessian-log time",
+               "wall_time": "solver time", "quiet_time": "quiet-machine time", "elapsed": "elapsed",
+               "log_time": "Hessian-log time",
                "cg_iters": "CG iters (max)", "cg_iters_mean": "CG iters (mean)"}
-_TIMES = ("wall_time", "elapsed", "log_time")
+_TIMES = ("wall_time", "quiet_time", "elapsed", "log_time")
 
 
 def _present(stats: pd.DataFrame) -> tuple[list[str], float, str]:
