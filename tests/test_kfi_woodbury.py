@@ -48,8 +48,8 @@ def assert_matches_dense(d: list[torch.Tensor], blocks: list[LayerCurvature], ra
 
 @pytest.mark.parametrize("rank_one_first_layer", [False, True])
 def test_gram_form_equals_explicit_kronecker_inverse(rank_one_first_layer: bool) -> None:
-    # Batch 4 < every input width: each layer's A⁻¹ goes through the 4×4 Gram matrix
-    # (except layer 1 under Eq. 13, which keeps Sherman–Morrison).
+    # Batch 4 < every input width: each layer's A⁻¹ goes through the 4×4 Gram matrix (layer 1
+    # under Eq. 13: Sherman–Morrison applied to the samples, G⁻¹ on the (n_out, B) side).
     blocks, samples = sampled_blocks([9, 7, 6, 3], batch=4)
     for blk in blocks:
         blk.input_cov = None  # the Gram form must not need E[h hᵀ]
@@ -85,7 +85,7 @@ def test_solver_uses_the_gram_form_for_wide_layers(rank_one_first_layer: bool) -
     curv = {"kind": "fisher", "fisher": "exact"}  # deterministic: no Monte-Carlo labels
     solver = KFI(net, loss, 0.1, curvature=curv, alpha=ALPHA, rank_one_first_layer=rank_one_first_layer)
     cov, gram = solver.input_needs(5)
-    assert gram == ({1} if rank_one_first_layer else {0, 1}) and not cov
+    assert gram == {0, 1} and not cov  # Eq. (13)'s layer 1 takes the samples too
     dr = solver.direction(x, y)
     blocks = curvature(net, x, y, "fisher", loss, fisher="exact", input_cov=True)
     assert_matches_dense(dr.d, blocks, rank_one_first_layer)
@@ -165,3 +165,14 @@ def test_gram_form_and_resume_on_gpu(tmp_path: Path) -> None:
     resumed.step(x, y)
     for a, b in zip(solver.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
+
+
+def test_rank_one_layer_with_samples_equals_its_gradient_form() -> None:
+    # Eq. (13) from the samples (this step) and from ∇_W (stored factors, later steps): equal.
+    blocks, samples = sampled_blocks([11, 6, 3], batch=4, seed=3)
+    with_samples = layer_inverses(blocks, ALPHA, rank_one_first_layer=True, samples=samples)[0]
+    without = layer_inverses(blocks, ALPHA, rank_one_first_layer=True)[0]
+    assert with_samples.mode == without.mode == "rank_one" and without.h is None
+    got = with_samples.weight(None, samples[0].e)
+    torch.testing.assert_close(got, without.weight(blocks[0].grad_weight), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(got, dense_kfi(blocks[0], ALPHA, rank_one=True)[0], rtol=1e-9, atol=1e-12)

@@ -114,9 +114,9 @@ class LayerInverse:
         chol_g: (n_out, n_out) Cholesky factor of G = B + (√α/π) I.
         mode: how A⁻¹ is applied: ``cholesky`` (``a`` = Cholesky factor of A), ``gram``
             (``a`` = Cholesky factor of K = H Hᵀ + c B I, ``h`` = H) or ``rank_one``
-            (``a`` = E[h], Eq. 13).
+            (``a`` = E[h], Eq. 13; ``h`` = H when this step's samples came along).
         a: see ``mode``.
-        h: (B, n_in) the inputs behind A (``gram`` only).
+        h: (B, n_in) the inputs behind A (``gram``) or this step's inputs (``rank_one``).
     """
 
     pi: float
@@ -128,11 +128,17 @@ class LayerInverse:
 
     def weight(self, grad_weight: Tensor | None, e: Tensor | None = None) -> Tensor:
         """d_W = −G⁻¹ ∇_W A⁻¹; ``e`` (B, n_out) with ∇_W = eᵀ h for this ``h`` takes the short form."""
-        if self.mode == "gram" and e is not None:
+        if e is not None:
             assert self.h is not None
             ge = torch.cholesky_solve(e.T, self.chol_g)  # (n_out, B) G⁻¹ Eᵀ
-            # −B (G⁻¹ Eᵀ K⁻¹) H, scaled while still (n_out, B): no extra pass over (n_out, n_in).
-            return _right_solve(ge, self.a).mul_(-self.h.shape[0]) @ self.h
+            if self.mode == "gram":
+                # −B (G⁻¹ Eᵀ K⁻¹) H, scaled while still (n_out, B): no extra pass over (n_out, n_in).
+                return _right_solve(ge, self.a).mul_(-self.h.shape[0]) @ self.h
+            # Eq. (13): −(G⁻¹ Eᵀ)(H (μμᵀ + cI)⁻¹), Sherman–Morrison on the (B, n_in) side; the
+            # (n_out, n_out) solve then costs n_out² B instead of n_out² n_in.
+            mu = self.a
+            h_inv = torch.addr(self.h, self.h @ mu, mu, alpha=-1 / (self.c + float(mu @ mu)))  # (B, n_in)
+            return ge.mul_(-1 / self.c) @ h_inv
         x = torch.cholesky_solve(grad_weight, self.chol_g)  # (n_out, n_in) G⁻¹ ∇_W
         if self.mode == "cholesky":
             return -_right_solve(x, self.a)
@@ -164,6 +170,7 @@ def layer_inverses(
         if rank_one_first_layer and t == 0:
             mode, a0 = "rank_one", blk.input_mean  # (n_in,)
             trace_a = float(a0 @ a0)
+            h = samples[t].h if t in samples else None
         elif t in samples:
             mode, h = "gram", samples[t].h  # (B, n_in)
             trace_a = float(torch.linalg.vector_norm(h).square()) / h.shape[0]
@@ -299,7 +306,9 @@ class KFI(BlockSolver):
         widths = view.widths
         factored = [t for t in range(view.depth) if self.needs_input_cov(t)]
         gram = {t for t in factored if gram_is_cheaper(widths[t], widths[t + 1], batch)}
-        return set(factored) - gram, gram
+        # Eq. (13): the samples make G⁻¹ ∇_W cost n_out² B instead of n_out² n_in.
+        rank_one = {0} if self.rank_one_first_layer and batch < widths[0] else set()
+        return set(factored) - gram, gram | rank_one
 
     def solve(
         self, blocks: list[LayerCurvature], samples: dict[int, LayerSamples]
