@@ -80,11 +80,15 @@ def _median(v: list[float]) -> float:
 
 
 def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares line seconds = c0 + c1 · iterations through (iterations, seconds) points."""
+    """Least-squares line seconds = c0 + c1 · iterations through (iterations, seconds) points.
+
+    A CG iteration cannot cost less than nothing: when timing noise makes the slope negative the
+    fit is the constant mean (c1 = 0).
+    """
     n = len(points)
     mx, my = sum(p[0] for p in points) / n, sum(p[1] for p in points) / n
     sxx = sum((p[0] - mx) ** 2 for p in points)
-    c1 = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else 0.0
+    c1 = max(0.0, sum((p[0] - mx) * (p[1] - my) for p in points) / sxx) if sxx else 0.0
     return my - c1 * mx, c1
 
 
@@ -161,12 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="EA-CG: the larger fixed CG iteration count of the cost fit (default 50, the presets' max_cg)")
     p.add_argument("--only", action="append", default=None, choices=METHODS, metavar="METHOD",
                    help=f"measure only this method (repeatable); default all: {', '.join(METHODS)}")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per measured step (default torch's; the CPU campaign's workers use 1)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one method
     p.add_argument("--widths", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     widths = [int(w) for w in a.widths.split(",")] if a.widths else ([256, 64, 32, 10] if a.quick else WIDTHS)
     if a.quick:
         a.batch, a.steps = min(a.batch, 32), 1
+    if a.threads is not None:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if a.one:
         print(json.dumps(one(a.one, widths, a.batch, a.steps, a.device, a.cg_high)))
         return 0
@@ -175,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     t0, rows = time.perf_counter(), []
     for method in a.only or (TABLE1 if a.quick else METHODS):
         cmd = [sys.executable, __file__, "--one", method, "--widths", ",".join(map(str, widths)),
-               "--batch", str(a.batch), "--steps", str(a.steps), "--device", a.device, "--cg-high", str(a.cg_high)]
+               "--batch", str(a.batch), "--steps", str(a.steps), "--device", a.device, "--cg-high", str(a.cg_high),
+               *(["--threads", str(a.threads)] if a.threads is not None else [])]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             rows.append({"method": method, "error": res.stderr.strip().splitlines()[-1][:200]})
