@@ -207,7 +207,7 @@ class _Run:
         row["train_loss"], _ = evaluate(self.net, self.loss, d.x_train[self.eval_idx], d.y_train[self.eval_idx], bs)
         row["test_loss"], row["test_acc"] = evaluate(self.net, self.loss, d.x_test, d.y_test, bs)
 
-    def log_hessian(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def log_hessian(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
         """:meth:`_log_hessian`, timed; a NaN/Inf or breakdown in it fails the run like a NaN loss."""
         t0 = time.perf_counter()
         try:
@@ -228,13 +228,14 @@ class _Run:
             "log.hessian_first=0)"
         )
 
-    def _log_hessian(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _log_hessian(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
         """Hessian errors on this batch; the Fisher's label sampling must not move the training RNG,
         so that a run trains the same with or without this logging."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.step)
             if not self.cfg.log.hessian_batches:
+                assert x is not None and y is not None  # the training batch
                 self.hessian_rows += self.hessian.rows(self.net, x, y, self.step)
             n = len(self.data.y_train)
             for size in self.cfg.log.hessian_batches:  # fresh samples of the training set, off the training RNG
@@ -339,8 +340,19 @@ class _Run:
                     return self.write("running")
         finally:
             bar.close()
+        self.log_final_hessian()
         self.checkpoint()
         return self.write("completed")
+
+    def log_final_hessian(self) -> None:
+        """Errors at the final θ^T too, when due and not yet logged (also on resuming a finished
+        run), so that errors along training reach the last update. Only with fresh logging batches
+        (``log.hessian_batches``): the errors on the training batch need a batch no update uses."""
+        if not self.cfg.log.hessian_batches or not self.hessian.due(self.step):
+            return
+        if any(r["step"] == self.step for r in self.hessian_rows):
+            return
+        self.log_hessian(None, None)  # fresh samples: no training batch needed
 
 
 def _step_error(err: Exception, step: int) -> str:

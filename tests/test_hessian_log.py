@@ -11,7 +11,7 @@ from curvlab.curvature.options import CurvatureOptions, Kind
 from curvlab.hessian_log import HessianLogger
 from curvlab.losses import make_loss
 from curvlab.nets import MLP
-from curvlab.train import train
+from curvlab.train import _Run, train
 from tests.test_train import TINY, config
 
 
@@ -50,7 +50,7 @@ def test_run_logs_every_batch_size_without_changing_training(tmp_path):
     train(config(*base), tmp_path / "b")
     df = pd.read_csv(tmp_path / "a" / rf.HESSIAN_ERRORS)
     assert list(df.columns) == rf.HESSIAN_COLUMNS
-    assert sorted(df["batch"].unique()) == [16, 40] and sorted(df["step"].unique()) == [0, 2]
+    assert sorted(df["batch"].unique()) == [16, 40] and sorted(df["step"].unique()) == [0, 2]  # 3 not due
     assert sorted(df.loc[df.kind == "fisher", "mc_samples"].unique()) == [1, 4]
     assert (df["reference"] > 0).all()
     # The extra logging draws its samples off the training RNG: the training curve is the same.
@@ -62,3 +62,23 @@ def test_run_logs_every_batch_size_without_changing_training(tmp_path):
 def test_bad_logging_sizes_are_refused(bad):
     with pytest.raises(ValueError, match=bad.split("=")[0]):
         config(*TINY, bad)
+
+
+def test_final_state_is_logged_when_due_and_on_resuming_a_finished_run(tmp_path, monkeypatch):
+    base = [*TINY, "solver=sgd", "log.hessian_every=2", "log.hessian_first=0", "log.hessian_kinds=[pch1]",
+            "log.hessian_batches=[16]", "train.max_steps=4"]
+    train(config(*base), tmp_path / "a")  # θ^0, θ^2 and the final θ^4
+    steps = pd.read_csv(tmp_path / "a" / rf.HESSIAN_ERRORS)["step"]
+    assert sorted(steps.unique()) == [0, 2, 4] and (steps == 4).sum() == (steps == 2).sum()
+    train(config(*base), tmp_path / "a")  # resuming the finished run adds nothing
+    assert pd.read_csv(tmp_path / "a" / rf.HESSIAN_ERRORS)["step"].tolist() == steps.tolist()
+    # A run finished without its final state (as older code wrote them) gets it on resuming.
+    with monkeypatch.context() as m:
+        m.setattr(_Run, "log_final_hessian", lambda self: None)
+        train(config(*base), tmp_path / "c")
+    assert 4 not in set(pd.read_csv(tmp_path / "c" / rf.HESSIAN_ERRORS)["step"])
+    train(config(*base), tmp_path / "c")
+    assert pd.read_csv(tmp_path / "c" / rf.HESSIAN_ERRORS)["step"].tolist() == steps.tolist()
+    # On the training batch (no logging batches) the final state is not logged: no batch is left.
+    train(config(*[b for b in base if "hessian_batches" not in b]), tmp_path / "b")
+    assert sorted(pd.read_csv(tmp_path / "b" / rf.HESSIAN_ERRORS)["step"].unique()) == [0, 2]
