@@ -58,16 +58,11 @@ from curvlab.hvp import flatten, hvp
 from curvlab.nets import MLP
 from curvlab.solvers.exact_inverse import hessian_inverse_product
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_exact_inverse import CONFIGS, N_CLASSES  # noqa: E402  (the same shapes: input, width, depth, batch)
+
 REFERENCE_REPO = "a-rahimi/hessian (https://github.com/a-rahimi/hessian)"
 REFERENCE_FILES = ("block_partitioned_matrices", "hessian")  # import order: hessian imports the other
-CONFIGS = [  # (input, width, depth, batch), as bench_exact_inverse.py
-    (8, 8, 8, 4),
-    (8, 8, 64, 4),
-    (16, 16, 16, 8),
-    (32, 32, 16, 8),
-    (64, 32, 16, 16),
-]
-N_CLASSES = 10
 
 
 def _dispatch_on_first_argument(original: Callable[..., Any]) -> Callable[..., Any]:
