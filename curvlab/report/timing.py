@@ -129,6 +129,12 @@ def find_step_costs(roots: Iterable[str | Path], explicit: str | Path | None = N
     """The quiet study's costs: ``explicit``, else a ``table1_measured`` study under ``roots``, else one in
     ``studies/table1_measured`` next to a root (see the module docstring); None when there is none."""
     if explicit is not None:
+        meta = Path(explicit) / "study.json"
+        if not meta.is_file() or json.loads(meta.read_text()).get("study") != STUDY:
+            raise ValueError(
+                f"--step-costs {explicit}: not a {STUDY} study folder (no study.json of it there); pass the "
+                f"folder scripts/study_table1.py writes, e.g. results/runs/studies/{STUDY}"
+            )
         return load_step_costs(load_study(explicit))
     roots = [Path(r) for r in roots]
     candidates = [*find_studies(roots), *(r.resolve().parent / "studies" / STUDY for r in roots)]
