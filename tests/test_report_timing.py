@@ -151,7 +151,9 @@ def test_the_study_measures_every_method_the_figure_presets_train() -> None:
 def test_a_wrong_step_costs_folder_is_named_in_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from curvlab.report import main
 
-    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--step-costs", str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "runs").mkdir()
+    args = [str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--step-costs", str(tmp_path / "nowhere")]
+    assert main(args) == 2
     assert "--step-costs" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not a table1_measured study folder"):
         find_step_costs([], tmp_path)
