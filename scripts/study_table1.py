@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     widths = [int(w) for w in a.widths.split(",")] if a.widths else ([256, 64, 32, 10] if a.quick else WIDTHS)
     if a.quick:
         a.batch, a.steps = min(a.batch, 32), 1
+    if a.threads is not None and a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
     if a.threads is not None:
         import torch
 

@@ -157,3 +157,10 @@ def test_a_wrong_step_costs_folder_is_named_in_a_clear_error(tmp_path: Path, cap
     assert "--step-costs" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not a table1_measured study folder"):
         find_step_costs([], tmp_path)
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_study_refuses_a_bad_thread_count(threads: str) -> None:
+    with pytest.raises(SystemExit) as done:
+        _script("study_table1").main(["--threads", threads, "--quick", "--out", "/nonexistent"])
+    assert done.value.code == 2
