@@ -134,20 +134,21 @@ class LayerInverse:
             if self.mode == "gram":
                 # −B (G⁻¹ Eᵀ K⁻¹) H, scaled while still (n_out, B): no extra pass over (n_out, n_in).
                 return _right_solve(ge, self.a).mul_(-self.h.shape[0]) @ self.h
-            # Eq. (13): −(G⁻¹ Eᵀ)(H (μμᵀ + cI)⁻¹), Sherman–Morrison on the (B, n_in) side; the
-            # (n_out, n_out) solve then costs n_out² B instead of n_out² n_in.
-            mu = self.a
-            h_inv = torch.addr(self.h, self.h @ mu, mu, alpha=-1 / (self.c + float(mu @ mu)))  # (B, n_in)
-            return ge.mul_(-1 / self.c) @ h_inv
+            # Eq. (13): −(G⁻¹ Eᵀ)(H A⁻¹), A⁻¹ applied on the (B, n_in) side; the (n_out, n_out)
+            # solve then costs n_out² B instead of n_out² n_in.
+            return ge.neg_() @ self._rank_one_right(self.h)
         x = torch.cholesky_solve(grad_weight, self.chol_g)  # (n_out, n_in) G⁻¹ ∇_W
         if self.mode == "cholesky":
             return -_right_solve(x, self.a)
         if self.mode == "gram":  # X A⁻¹ = (X − (X Hᵀ) K⁻¹ H) / c
             assert self.h is not None
             return -(x - _right_solve(x @ self.h.T, self.a) @ self.h) / self.c
-        # Sherman–Morrison: X (μμᵀ + cI)⁻¹ = (X − (X μ) μᵀ / (c + μᵀμ)) / c.
+        return -self._rank_one_right(x)
+
+    def _rank_one_right(self, x: Tensor) -> Tensor:
+        """X A⁻¹ for Eq. (13)'s A = μμᵀ + cI (Sherman–Morrison): (X − (X μ) μᵀ / (c + μᵀμ)) / c."""
         mu = self.a
-        return -(x - torch.outer(x @ mu, mu) / (self.c + float(mu @ mu))) / self.c
+        return torch.addr(x, x @ mu, mu, alpha=-1 / (self.c + float(mu @ mu))).div_(self.c)
 
     def bias(self, grad_bias: Tensor) -> Tensor:
         """d_b = −G⁻¹ ∇_b."""
