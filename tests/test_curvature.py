@@ -8,7 +8,7 @@ from conftest import ACTIVATIONS, LOSSES, make_problem, rel_err
 
 import curvlab
 from curvlab.curvature import reference as ref
-from curvlab.curvature.messages import symmetric_product
+from curvlab.symmetric import symmetric_product
 from curvlab.curvature.options import FisherType, JacobianAverage
 
 CASES = [(a, l, b) for a in ACTIVATIONS for l in LOSSES for b in (True, False)]

@@ -26,9 +26,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual, symmetrized
+from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss
+from curvlab.symmetric import symmetrized
 
 __all__ = ["Batching", "KindPolicy", "KINDS", "EA_EXACT", "policy", "pos_eig", "fisher_factors"]
 

@@ -29,46 +29,9 @@ import torch
 from torch import Tensor
 
 from curvlab.curvature.options import JacobianAverage
+from curvlab.symmetric import symmetric_product, symmetrized
 
-__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "MeanBlock", "symmetric_product",
-           "symmetrized"]
-
-
-def symmetrized(a: Tensor, scale: float = 1.0) -> Tensor:
-    """``scale`` · (a + aᵀ)/2, a new and exactly symmetric matrix (floating-point + commutes)."""
-    return (a + a.T).mul_(0.5 * scale)
-
-
-def symmetric_product(
-    a: Tensor, c: Tensor, *, times: tuple[Tensor, Tensor] | None = None, scale: float = 1.0, min_width: int = 256
-) -> Tensor:
-    """``scale`` · aᵀ c (∘ a₂ᵀ c₂ with ``times=(a₂, c₂)``) for products known to be symmetric.
-
-    ``a``, ``c`` are (K, n), ``a₂``, ``c₂`` (K₂, n). The result is computed in row panels of
-    width ≥ ``min_width`` (at most 4): panel i holds columns i… only, so the GEMMs skip the
-    blocks below the diagonal (5/8 of the flops for 4 panels), the Hadamard factor and the
-    scale act on the panel, and each panel is written once as it is and once transposed. The
-    diagonal tiles are symmetrised, so the result is **exactly** symmetric: the recursion's
-    messages stay so without a pass over the full block (a transposed pass over a 1024² block
-    costs ≈ 10× an aligned one on the 2-core CPU).
-    """
-    n = a.shape[1]
-    parts = max(1, min(4, n // min_width)) if a.shape[0] >= 64 else 1
-    edges = [n * i // parts for i in range(parts + 1)]
-    out = a.new_empty(n, n)
-    for lo, hi in zip(edges, edges[1:]):
-        panel = a[:, lo:hi].T @ c[:, lo:]  # (hi − lo, n − lo)
-        if times is not None:
-            panel.mul_(times[0][:, lo:hi].T @ times[1][:, lo:])
-        if scale != 1:
-            panel.mul_(scale)
-        tile = panel[:, : hi - lo]
-        out[lo:hi, lo:hi] = symmetrized(tile)
-        if hi < n:
-            rest = panel[:, hi - lo :]
-            out[lo:hi, hi:] = rest
-            out[hi:, lo:hi] = rest.T
-    return out
+__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "MeanBlock"]
 
 
 class Residual(str, Enum):
