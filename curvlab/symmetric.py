@@ -35,9 +35,9 @@ def symmetric_product(
     ``a``, ``c`` are (K, n), ``a₂``, ``c₂`` (K₂, n), ``base`` (n, n) or None (zero). The result
     is computed in row panels of width ≥ ``min_width`` (at most 4): panel i holds columns i…
     only, so the GEMMs skip the blocks below the diagonal (5/8 of the flops for 4 panels) and
-    only the upper triangle of ``base`` is read; the Hadamard factor and the scale act on the
-    panel, and each panel is written once as it is and once transposed. The diagonal tiles are
-    symmetrised, so the result is **exactly** symmetric.
+    only ``base``'s panels on and above the diagonal are read; the Hadamard factor and the
+    scale act on the panel, and each panel is written once as it is and once transposed. The
+    diagonal tiles are symmetrised, so the result is **exactly** symmetric.
     """
     if base is not None and times is not None:
         raise ValueError("symmetric_product: base and times cannot be combined")

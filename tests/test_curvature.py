@@ -8,7 +8,6 @@ from conftest import ACTIVATIONS, LOSSES, make_problem, rel_err
 
 import curvlab
 from curvlab.curvature import reference as ref
-from curvlab.symmetric import symmetric_product
 from curvlab.curvature.options import FisherType, JacobianAverage
 
 CASES = [(a, l, b) for a in ACTIVATIONS for l in LOSSES for b in (True, False)]
@@ -105,21 +104,6 @@ def test_precomputed_cache_gives_the_same_blocks() -> None:
         for u, v in zip(a, b):
             torch.testing.assert_close(u.bias, v.bias, rtol=0, atol=0)
             assert not v.bias.requires_grad
-
-
-@pytest.mark.parametrize("rows", [100, 30])  # 30 < 64 rows: one panel
-@pytest.mark.parametrize("width", [300, 600, 1100])  # 1, 2 and 4 panels of width >= 256
-def test_symmetric_product_equals_full_product(width: int, rows: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(rows, width, generator=gen, dtype=torch.float64)
-    s = torch.randn(rows, rows, generator=gen, dtype=torch.float64)
-    c = (s + s.T) @ a  # aᵀ c = aᵀ S a is symmetric
-    d = torch.rand(7, width, generator=gen, dtype=torch.float64)
-    for kw in ({}, {"min_width": 64}, {"times": (d, d), "scale": 0.3}):  # min_width 64: 4 uneven panels
-        got = symmetric_product(a, c, **kw)  # type: ignore[arg-type]
-        want = a.T @ c * ((d.T @ d) * 0.3 if "times" in kw else 1)
-        torch.testing.assert_close(got, want)
-        assert torch.equal(got, got.T), kw  # exactly, not to round-off
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "nonconvex"])

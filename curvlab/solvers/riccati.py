@@ -157,7 +157,7 @@ class _Factor:
         return torch.linalg.lu_solve(self.lu, self.piv, rhs)
 
     def downdate(self, base: Tensor, N: Tensor) -> tuple[Tensor, Tensor]:
-        """``base − Nᵀ C⁻¹ N``, exactly symmetric from ``base``'s upper triangle, and T with
+        """``base − Nᵀ C⁻¹ N``, exactly symmetric (from ``base``'s upper panels), and T with
         ``C⁻¹ N x = self.post(T x)`` (Cholesky: T = L⁻¹N)."""
         if self.chol is not None:
             T = torch.linalg.solve_triangular(self.chol, N, upper=False)
