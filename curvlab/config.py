@@ -268,9 +268,13 @@ class LoopConfig:
     divergence_factor: float = 1e3  # fail when a batch loss exceeds this × the initial loss
     checkpoint_every: int = 200
     stop_after: int | None = None  # test hook: stop (as if killed) after N steps of this session
+    # On CPU, float32 values below 1.2e-38 (denormals) become 0: the CPU handles them ≈ 100× slower,
+    # and a sigmoid net near saturation is full of them (a step ≈ 4× slower, Hessian logging ≈ 28×).
+    flush_denormal: bool = True
 
     def __post_init__(self) -> None:
         self.schedule = parse_enum(Schedule, self.schedule, "train.schedule")
+        _check(isinstance(self.flush_denormal, bool), f"train.flush_denormal must be true or false, got {self.flush_denormal!r}")
         _check(int(self.epochs) >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(int(self.batch_size) >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         for name in ("max_steps", "eval_every", "stop_after"):

@@ -36,7 +36,7 @@ __all__ = ["TrainingFailed", "RunDirBusy", "train", "build_solver", "resolve_dev
 # Keys that may change between a run and its resumption (everything else must match).
 _RESUMABLE_CHANGES = {
     "resume", "run_dir", "device", "log.progress", "train.stop_after", "train.epochs", "train.max_steps",
-    "train.checkpoint_every", "train.eval_batch_size",
+    "train.checkpoint_every", "train.eval_batch_size", "train.flush_denormal",
 }
 
 
@@ -415,4 +415,11 @@ def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path | None = None)
         else:
             for name in (rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
                 (run_dir / name).unlink(missing_ok=True)
-        return run.run()
+        flush = cfg.train.flush_denormal and run.device.type == "cpu"
+        if flush:  # process-wide (torch has no getter): set for this run, back to torch's default after it
+            torch.set_flush_denormal(True)
+        try:
+            return run.run()
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)

@@ -185,6 +185,30 @@ def test_hessian_errors_use_the_batch_of_the_step(tmp_path):
     assert logged == pytest.approx([float(e) for e in errs], rel=1e-10)
 
 
+def _flushes() -> bool:
+    """Whether float32 denormals are flushed to zero right now (1e-39 is a float32 denormal)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
+def test_cpu_runs_flush_denormals_only_while_they_run(tmp_path, monkeypatch):
+    """``train.flush_denormal`` (default on): denormals are 0 during a CPU run (a sigmoid net near
+    saturation steps ≈ 4× faster so), torch's default is back after it; off keeps them."""
+    seen: list[bool] = []
+    step = SOLVERS["sgd"].step
+    monkeypatch.setattr(SOLVERS["sgd"], "step", lambda self, x, y: (seen.append(_flushes()), step(self, x, y))[1])
+    assert not _flushes()
+    train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=2"), tmp_path / "on")
+    assert seen == [True, True] and not _flushes()
+    seen.clear()
+    train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=2", "train.flush_denormal=false"), tmp_path / "off")
+    assert seen == [False, False]
+    # Switching it between sessions of one run is allowed (checkpoints from before the option resume too).
+    resumed = train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=3"), tmp_path / "off")
+    assert resumed["status"] == "completed" and resumed["steps"] == 3 and seen == [False, False, True]
+    with pytest.raises(ValueError, match="train.flush_denormal must be true or false"):
+        config(*TINY, "train.flush_denormal=2")
+
+
 def test_dtype_and_device(tmp_path):
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     train(config(*TINY, *NO_HESSIAN, "solver=sgd", "dtype=float64", "train.max_steps=1"), tmp_path)
