@@ -23,10 +23,11 @@ __all__ = ["Grouping", "group_runs", "method_label", "FIRST_ORDER", "CURVATURE_S
 FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
 CURVATURE_SOLVERS = {"eacg", "kfi"}  # the solvers that read the `curvature` group (curvlab.train.build_solver)
 
-# Fields that do not change what a run computes: identity, paths, length, logging, hardware.
+# Fields that do not change what a run computes: identity, paths, length, logging, hardware (and
+# flushing float32 denormals, < 1.2e-38, to 0: runs before that option share curves with runs after).
 _BOOKKEEPING = re.compile(
     r"^cfg\.(seed|run_dir|resume|device|experiment_name|log\..*"
-    r"|train\.(epochs|max_steps|stop_after|checkpoint_every|eval_every|eval_batch_size)"
+    r"|train\.(epochs|max_steps|stop_after|checkpoint_every|eval_every|eval_batch_size|flush_denormal)"
     r"|dataset\.(root|path|download))$"
 )
 _SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")
