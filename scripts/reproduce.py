@@ -17,8 +17,9 @@ Scales:
 - ``ci`` trains a few steps on data subsets (minutes on 2 CPU cores); its runs and renders go to
   the untracked ``runs/reproduce/ci/`` and never touch ``results/``.
 - ``cpu`` is the campaign that builds the committed record on a CPU over several sessions:
-  every curve of the figures at ≥ 2,000 updates and ≥ 3 seeds (HBP Fig. 5: 5 seeds), the tables'
-  error logging along ≥ 4,000 updates (:data:`CPU_SIZES`). Runs go to ``results/runs/<experiment>/
+  every curve of the figures at ≥ 2,000 updates and ≥ 3 seeds (HBP Fig. 5: 5 seeds; the reduced
+  grid search ``eacg_grid_reduced``: 1 seed per point), the tables' error logging along ≥ 4,000
+  updates (:data:`CPU_SIZES`). Runs go to ``results/runs/<experiment>/
   <job>/`` (config.yaml, summary.json, metrics.csv, hessian_errors.csv are committed; checkpoints
   are not), finished ones are skipped, interrupted ones resume from their run directory, and the
   tables and figures are rendered from ``results/runs`` alone.
@@ -53,7 +54,7 @@ FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
 TABLES = ["eacg_table2", "eacg_table3", "eacg_table4", "eacg_table5"]
 FIGURES = ["eacg_fig1_3", "eacg_fig2_4", "eacg_fig5_7", "eacg_fig6_8", "eacg_fig9", "eacg_fig10", "eacg_fig11",
            "eacg_fig12", "hbp_fig5", "lowrank_fig1", "lowrank_fig2", "lowrank_fig3", "lowrank_fig4", "lowrank_fig5",
-           "lowrank_adam", "rahimi_newton"]
+           "lowrank_adam", "rahimi_newton", "eacg_grid_reduced"]
 STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     "tables": {"table1_measured": ("study_table1.py", {"ci": ["--quick"], "full": []})},
     "figures": {
@@ -64,7 +65,8 @@ STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     },
 }
 # Sizes at ci scale by experiment family: (max_steps, batch_size or None, seeds).
-CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "hbp_fig5": (3, 100, 2),
+CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "eacg_grid_reduced": (3, 100, 1),
+            "hbp_fig5": (3, 100, 2),
             "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
 # The CPU campaign by experiment family: (max_steps, seeds, extra overrides). Figures: 2,000
 # updates = 20 epochs of CIFAR-10 at batch 500 (≈ 105 epochs of the 9,469 Imagenette images).
@@ -74,6 +76,7 @@ CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
     "eacg_table": (4000, 1, ["log.hessian_first=10", "log.hessian_every=250", "log.hessian_batches=[100,500,1000]",
                              "log.hessian_fisher_mc=[1,10]", "train.eval_every=250"]),
     "eacg_fig": (2000, 3, []),
+    "eacg_grid_reduced": (2000, 1, []),  # lr × α around the figures' settings, one seed (issue 10 §2)
     "hbp_fig5": (2000, 5, []),
 }
 
