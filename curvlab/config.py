@@ -274,7 +274,8 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         self.schedule = parse_enum(Schedule, self.schedule, "train.schedule")
-        _check(isinstance(self.flush_denormal, bool), f"train.flush_denormal must be true or false, got {self.flush_denormal!r}")
+        _check(isinstance(self.flush_denormal, bool),
+               f"train.flush_denormal must be true or false, got {self.flush_denormal!r}")
         _check(int(self.epochs) >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(int(self.batch_size) >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         for name in ("max_steps", "eval_every", "stop_after"):

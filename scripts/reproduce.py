@@ -66,8 +66,7 @@ STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
 }
 # Sizes at ci scale by experiment family: (max_steps, batch_size or None, seeds).
 CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "eacg_grid_reduced": (3, 100, 1),
-            "hbp_fig5": (3, 100, 2),
-            "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
+            "hbp_fig5": (3, 100, 2), "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
 # The CPU campaign by experiment family: (max_steps, seeds, extra overrides). Figures: 2,000
 # updates = 20 epochs of CIFAR-10 at batch 500 (≈ 105 epochs of the 9,469 Imagenette images).
 # Tables: the layer-wise errors along 4,000 updates, every 250 and at each of the first 10,
