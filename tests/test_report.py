@@ -13,6 +13,7 @@ import pytest
 
 from curvlab.report import load_runs, main, report
 from curvlab.report.figures import curve_stats, fit_loglog_slope, hessian_error_figure, mean_std, training_figure
+from curvlab.report.grid import grid_axes, grid_tables
 from curvlab.report.groups import group_runs, method_label
 from curvlab.report.paper import EACG_TABLES
 from curvlab.report.render import seed_phrase
@@ -284,6 +285,40 @@ def test_labels_say_what_differs(tmp_path: Path) -> None:
     labels = group_runs(load_runs([tmp_path / "runs"]).runs).runs.groupby("label")["seed"].apply(sorted).to_dict()
     assert labels == {"EA-CG · PCH-1 · lr=0.05": [0], "EA-CG · PCH-1 · lr=0.1": [0], "KFI · Fisher (KFAC)": [0],
                       "SGD": [0, 1]}
+
+
+def test_grid_search_renders_as_grid(tmp_path: Path) -> None:
+    """A method swept over two fields gets its grid: rows × columns of final metrics, mean over seeds."""
+    expect: dict[tuple[float, float], list[tuple[float, float]]] = {}
+    for lr in (0.05, 0.1, 0.2):
+        for alpha in (0.01, 0.02):
+            if (lr, alpha) == (0.2, 0.02):
+                continue  # a point that never ran is shown as "-"
+            for seed in (0, 1):
+                d = write_run(tmp_path / "runs", f"p{lr}_{alpha}_{seed}", experiment="g", curvature="pch1",
+                              solver="eacg", seed=seed, cfg_extra={"solver": {"name": "eacg", "lr": lr, "alpha": alpha}})
+                summary = json.loads((d / "summary.json").read_text())
+                loss, acc = 10 * lr + alpha + 0.5 * seed, 0.3 + alpha + 0.1 * seed
+                (d / "summary.json").write_text(json.dumps({**summary, "train_loss": loss, "test_acc": acc}))
+                expect.setdefault((lr, alpha), []).append((loss, 100 * acc))
+    write_run(tmp_path / "runs", "sgd", experiment="g", curvature=None, solver="sgd", seed=0)  # no grid of its own
+    files = {f.name for f in report([tmp_path / "runs"], tmp_path / "o", want={"tables"})}
+    assert "g_grid.csv" in files and "g_grid.md" in files
+    tab = pd.read_csv(tmp_path / "o" / "g_grid.csv", index_col=0)
+    assert list(tab.index) == ["lr=0.05", "lr=0.1", "lr=0.2"] and list(tab.columns) == ["alpha=0.01", "alpha=0.02"]
+    assert tab.loc["lr=0.2", "alpha=0.02"] == "-"
+    for (lr, alpha), vals in expect.items():
+        loss, acc = (float(x) for x in tab.loc[f"lr={lr:g}", f"alpha={alpha:g}"].split(" / "))
+        assert loss == pytest.approx(np.mean([v[0] for v in vals]), rel=1e-3)
+        assert acc == pytest.approx(np.mean([v[1] for v in vals]), abs=0.05)
+
+
+def test_one_swept_field_gives_no_grid(tmp_path: Path) -> None:
+    for lr in (0.05, 0.1):
+        write_run(tmp_path / "runs", f"e{lr}", experiment="g", curvature="pch1", solver="eacg", seed=0,
+                  cfg_extra={"solver": {"name": "eacg", "lr": lr, "alpha": 0.02}})
+    kept = group_runs(load_runs([tmp_path / "runs"]).runs).runs
+    assert grid_axes(kept) == ["cfg.solver.lr"] and grid_tables(kept) == {}
 
 
 @pytest.mark.parametrize("counts, phrase", [([1], "1 run"), ([3], "3 seeds"), ([1, 1], "1 seed per curve"),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from curvlab.report.tables import KIND_NAMES
 
-__all__ = ["Grouping", "group_runs", "method_label", "FIRST_ORDER", "CURVATURE_SOLVERS"]
+__all__ = ["Grouping", "computing_columns", "group_runs", "method_label", "FIRST_ORDER", "CURVATURE_SOLVERS", "SETTING"]
 
 FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
 CURVATURE_SOLVERS = {"eacg", "kfi"}  # the solvers that read the `curvature` group (curvlab.train.build_solver)
@@ -30,7 +30,7 @@ _BOOKKEEPING = re.compile(
     r"|train\.(epochs|max_steps|stop_after|checkpoint_every|eval_every|eval_batch_size|flush_denormal)"
     r"|dataset\.(root|path|download))$"
 )
-_SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")
+SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")  # prefixes of the config fields that make the setting
 _KIND_NAMES = {**KIND_NAMES, "exact": "H"}  # a method on the exact Hessian: "Newton (H)", "EA-CG · H"
 _SOLVER_NAMES = {"sgd": "SGD", "adagrad": "Adagrad", "adadelta": "Adadelta", "adam": "Adam",
                  "eacg": "EA-CG", "kfi": "KFI"}
@@ -97,7 +97,7 @@ def _method_keys(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], 
     keep = [("solver", str(_get(row, "solver"))), *([("curvature", str(_get(row, "curvature")))]
                                                     if _uses_curvature(row) else [])]
     for c in cfg_cols:
-        if c.startswith(_SETTING):
+        if c.startswith(SETTING):
             continue
         if c.startswith("cfg.curvature.") and (not _uses_curvature(row) or (
                 c in ("cfg.curvature.fisher", "cfg.curvature.mc_samples") and kind != "fisher")):
@@ -110,7 +110,7 @@ def _method_keys(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], 
 
 def _setting_key(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], ...]:
     ident = [("cfg.dataset.name", str(_get(row, "dataset"))), ("cfg.loss.name", str(_get(row, "loss")))]
-    cfg = [(c, _num(_get(row, c))) for c in cfg_cols if c.startswith(_SETTING) and _get(row, c) is not None]
+    cfg = [(c, _num(_get(row, c))) for c in cfg_cols if c.startswith(SETTING) and _get(row, c) is not None]
     return tuple(dict([*ident, *cfg]).items())  # the config's value where it has one
 
 
@@ -161,6 +161,11 @@ def _length(row: pd.Series) -> tuple[float, int, str]:
     return (float(steps), int(row.get("status") == "completed"), str(row["run_dir"]))
 
 
+def computing_columns(runs: pd.DataFrame) -> list[str]:
+    """The flattened config columns (``cfg.*``) that change what a run computes: all but bookkeeping."""
+    return sorted(c for c in runs.columns if c.startswith("cfg.") and not _BOOKKEEPING.match(c))
+
+
 def group_runs(runs: pd.DataFrame) -> Grouping:
     """Assign settings, groups and labels (see the module docstring) to one experiment's runs.
 
@@ -169,11 +174,11 @@ def group_runs(runs: pd.DataFrame) -> Grouping:
     """
     if runs.empty:
         return Grouping(runs.assign(setting=[], group=[], label=[]), runs.assign(kept=[]))
-    cfg_cols = sorted(c for c in runs.columns if c.startswith("cfg.") and not _BOOKKEEPING.match(c))
+    cfg_cols = computing_columns(runs)
     runs = runs.copy()
     settings = [_setting_key(r, cfg_cols) for _, r in runs.iterrows()]
     methods = [_method_keys(r, cfg_cols) for _, r in runs.iterrows()]
-    setting_varying = {c for c in cfg_cols if c.startswith(_SETTING)
+    setting_varying = {c for c in cfg_cols if c.startswith(SETTING)
                        and len({dict(s).get(c) for s in settings}) > 1}
     runs["setting"] = [_setting_label(s, setting_varying) for s in settings]
     order = sorted(set(zip(runs["setting"], methods)))

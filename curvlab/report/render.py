@@ -8,6 +8,8 @@ group, labelled by what differs; :mod:`curvlab.report.groups`), and each setting
 - every run → a per-run table (``_runs``: final metrics, times, CG iterations, and which
   runs a longer run of the same seed replaced) and, with evaluated ``test_acc``, the
   training-curve figure (by wall-clock and by epoch) and a per-curve table (``_final``);
+  a method swept over two numeric fields (a grid search) also gets its grid (``_grid``,
+  :mod:`curvlab.report.grid`);
 - runs with ``hessian_errors.csv`` rows → per curve and logging batch, the layer-wise error
   table (Tables 2–5 of Chen et al.), its relative version (when ``reference`` was logged),
   the paper's numbers beside ours with their ratio (experiments named ``…table2…`` –
@@ -27,6 +29,7 @@ from typing import Callable
 import pandas as pd
 
 from curvlab.report import figures as F
+from curvlab.report.grid import grid_tables
 from curvlab.report.groups import group_runs
 from curvlab.report.load import Runs, Study
 from curvlab.report.paper import EACG_TABLES
@@ -110,6 +113,11 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
     if has_acc:
         written += write_table(final_metrics_table(r.runs, r.metrics), out, f"{name}_final",
                                f"{title}: final metrics, mean ± std over seeds", floatfmt=".4g")
+        grids = grid_tables(r.runs, r.metrics)
+        for method, tab in grids.items():
+            stem = f"{name}_grid" + ("" if len(grids) == 1 else f"_{slug(method)}")
+            written += write_table(tab, out, stem, f"{title}: {method}, grid of the swept fields — final train loss "
+                                   "/ test accuracy (%), mean over the seeds of each point", floatfmt=".4g")
     if "figures" in want and has_acc:
         axis = time_axis(r.metrics, costs, wall_note)
         legend = {k: k + (f" ({seed_phrase(counts[[k]])})" if counts.nunique() > 1 else "")
