@@ -4,8 +4,9 @@ A Hydra multirun (``-m solver.lr=0.05,0.1 solver.alpha=0.01,0.02``) or a grid pr
 (``eacg_grid_reduced``, Chen et al. "Experimental Evaluation") gives one curve per point,
 labelled ``EA-CG · PCH-1 · alpha=0.01 lr=0.05``; the curve tables list them one per row. Where
 the runs of one method differ in exactly two numeric config fields, this module lays their
-final training loss and test accuracy out as a table of the first field (rows) against the
-second (columns), so the best point and the trend along each axis read at a glance.
+final training loss and test accuracy out as a table of one field (rows: the one with more
+values) against the other (columns), so the best point and the trend along each axis read at
+a glance.
 """
 
 from __future__ import annotations
