@@ -54,7 +54,7 @@ FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
 TABLES = ["eacg_table2", "eacg_table3", "eacg_table4", "eacg_table5"]
 FIGURES = ["eacg_fig1_3", "eacg_fig2_4", "eacg_fig5_7", "eacg_fig6_8", "eacg_fig9", "eacg_fig10", "eacg_fig11",
            "eacg_fig12", "hbp_fig5", "lowrank_fig1", "lowrank_fig2", "lowrank_fig3", "lowrank_fig4", "lowrank_fig5",
-           "lowrank_adam", "rahimi_newton", "eacg_grid_reduced"]
+           "lowrank_adam", "rahimi_newton", "eacg_grid_reduced", "eacg_fig1_3_e200"]
 STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     "tables": {"table1_measured": ("study_table1.py", {"ci": ["--quick"], "full": []})},
     "figures": {
@@ -72,6 +72,8 @@ CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "eacg_grid_reduce
 # Tables: the layer-wise errors along 4,000 updates, every 250 and at each of the first 10,
 # on fresh logging batches of 100, 500 and 1,000 samples, the Fisher with 1 and 10 MC samples.
 CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
+    # The papers' 200 epochs (issue 22 §2), before the 2,000-update family it shares a prefix with.
+    "eacg_fig1_3_e200": (20000, 1, []),
     "eacg_table": (4000, 1, ["log.hessian_first=10", "log.hessian_every=250", "log.hessian_batches=[100,500,1000]",
                              "log.hessian_fisher_mc=[1,10]", "train.eval_every=250"]),
     "eacg_fig": (2000, 3, []),
