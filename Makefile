@@ -34,10 +34,10 @@ test-gpu: $(STAMP) ## Run the CUDA tests, a short GPU benchmark and a short cuda
 bench: $(STAMP) ## Run every benchmark script in scripts/ and print its figures
 	@set -e; for f in scripts/bench_*.py; do echo "=== $$f"; $(BIN)/python $$f; done
 
-reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|full, FORCE=1) into results/tables/ (SCALE=ci: results/tables/ci/)
+reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|cpu|full, FORCE=1): runs in results/runs/, renders in results/tables/ (SCALE=ci: runs/reproduce/ci/)
 	$(BIN)/python scripts/reproduce.py tables --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,)
 
-reproduce-figures: $(STAMP) ## Run the figure experiments (SCALE=ci|full, FORCE=1) into results/figures/ (SCALE=ci: results/figures/ci/)
+reproduce-figures: $(STAMP) ## Run the figure experiments (SCALE=ci|cpu|full, FORCE=1): runs in results/runs/, renders in results/figures/ (SCALE=ci: runs/reproduce/ci/)
 	$(BIN)/python scripts/reproduce.py figures --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,)
 
 clean: ## Remove caches and scratch run folders (keeps .venv and results/)

@@ -9,29 +9,24 @@ the fix.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from curvlab.curvature.options import CurvatureOptions, Kind, parse_enum
-from curvlab.losses import LossKind
+from curvlab.curvature.options import CurvatureOptions, FisherType, Kind, parse_enum
+from curvlab.losses import LossKind, make_loss
 from curvlab.nets import Activation, Init, parse_layers
+from curvlab.registry import solver_class, solver_names
 from curvlab.typecheck import INT_LIMIT, check_fields, check_value, type_hints
 
 __all__ = [
     "DatasetName", "DataSource", "Schedule", "DType", "DatasetConfig", "NetConfig", "LossConfig",
-    "SolverConfig", "LoopConfig", "LogConfig", "RunConfig", "parse_config", "KNOWN_SOLVERS",
-    "CURVATURE_SOLVERS", "solver_option_types", "known_keys", "compose_error_message",
+    "SolverConfig", "LoopConfig", "LogConfig", "RunConfig", "parse_config", "known_keys", "compose_error_message",
 ]
-
-# Solvers the configs know about; some are registered by modules that may land later.
-KNOWN_SOLVERS = ("sgd", "adagrad", "adadelta", "adam", "kfi", "eacg", "cr", "exact_inverse")
-CURVATURE_SOLVERS = ("kfi", "eacg")  # take ``curvature=CurvatureOptions(...)``
 
 # Resolvers the configs use: ``${prod:3,${dataset.image_size},${dataset.image_size}}`` is the
 # flattened image width; ``${if_null:${run_dir},runs/...}`` falls back when run_dir is null.
@@ -39,6 +34,8 @@ if not OmegaConf.has_resolver("prod"):
     OmegaConf.register_new_resolver("prod", lambda *xs: _prod(xs))
 if not OmegaConf.has_resolver("if_null"):
     OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value)
+if not OmegaConf.has_resolver("solver_names"):  # `curvlab train --help` lists the registered solvers
+    OmegaConf.register_new_resolver("solver_names", lambda: ", ".join(solver_names()))
 if not OmegaConf.has_resolver("one_dir"):  # an override value may hold '/' or '..': keep it one folder name
     OmegaConf.register_new_resolver("one_dir", lambda name: str(name).replace("/", "_").replace("\\", "_"))
 
@@ -110,6 +107,8 @@ class DatasetConfig:
             value = getattr(self, name)
             _check(value is None or int(value) >= 1, f"dataset.{name} must be >= 1 or null, got {value}")
         _check(int(self.image_size) >= 1, f"dataset.image_size must be >= 1, got {self.image_size}")
+        _check(int(self.num_classes) >= 2, f"dataset.num_classes must be >= 2, got {self.num_classes}")
+        _check(int(self.input_dim) >= 1, f"dataset.input_dim must be >= 1, got {self.input_dim}")
         _check(0 < float(self.test_fraction) < 1, f"dataset.test_fraction must lie in (0, 1), got {self.test_fraction}")
 
 
@@ -166,91 +165,28 @@ class LossConfig:
         return {"delta": self.delta, "eps": self.eps} if self.name is LossKind.NONCONVEX else {}
 
 
-# Range checks on solver options that several solvers share: (test, allowed, fix).
-_SOLVER_CHECKS: dict[str, tuple[Any, str]] = {
-    "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "damping": (lambda v: v >= 0, ">= 0"),
-    "sigma": (lambda v: v > 0, "> 0"),
-    "max_cg": (lambda v: int(v) >= 1, ">= 1"),
-    "eps_cg": (lambda v: v > 0, "> 0"),
-    "momentum": (lambda v: v >= 0, ">= 0"),
-}
-
-
 @dataclass
 class SolverConfig:
-    """A registered solver (``name``), its learning rate and its keyword ``options``."""
+    """A registered solver (``name``), its learning rate and its keyword ``options``.
+
+    The names, option types and ranges are the solver's own (:mod:`curvlab.registry`), the same
+    checks its constructor makes, so that a config that passes here builds.
+    """
 
     name: str = "sgd"
     lr: float = 0.1
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(
-            self.name in KNOWN_SOLVERS,
-            f"solver.name: unknown solver {self.name!r}; allowed: {', '.join(KNOWN_SOLVERS)}",
-        )
+        cls = solver_class(self.name)
         self.lr = check_value(self.lr, float, "solver.lr")
         _check(self.lr > 0, f"solver.lr must be > 0, got {self.lr}; pick e.g. solver.lr=0.1")
-        self.options = _check_options(self.name, check_value(self.options, dict[str, Any], "solver"), "solver")
-        for key, value in self.options.items():
-            if key in _SOLVER_CHECKS and value is not None:
-                ok, allowed = _SOLVER_CHECKS[key]
-                _check(ok(float(value)), f"solver.{key} must be {allowed}, got {value}")
-        if self.name == "exact_inverse":
-            kind = self.options.get("curvature", "exact")
-            _check(kind in ("exact", "gn"), f"solver.curvature: exact_inverse takes 'exact' or 'gn', got {kind!r}")
+        self.options = cls.check_options(check_value(self.options, dict[str, Any], "solver"), "solver")
 
     @property
     def base(self) -> str:
         """The solver whose direction is used (``cr`` wraps ``solver.base``)."""
-        return str(self.options.get("base", "sgd")) if self.name == "cr" else self.name
-
-
-def solver_option_types(name: str) -> dict[str, Any]:
-    """The keyword options of the registered solver ``name`` and their annotated types.
-
-    Read from the solver's constructor (for the ``torch.optim`` baselines, from the optimizer's),
-    so an option added there is accepted and type-checked without further code. The runner
-    passes ``net``, ``loss``, ``lr`` and, to curvature solvers, the ``curvature`` group itself.
-    """
-    from curvlab.solvers import SOLVERS
-
-    target = SOLVERS[name]
-    params = inspect.signature(target.__init__).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()) and hasattr(target, "optim_cls"):
-        target = target.optim_cls  # TorchOptimSolver passes **options on to torch.optim
-        params = inspect.signature(target.__init__).parameters
-    hints = type_hints(target.__init__)
-    given = {"self", "params", "net", "loss", "lr"} | ({"curvature"} if name in CURVATURE_SOLVERS else set())
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {k: hints.get(k, Any) for k, p in params.items() if k not in given and p.kind in keyword}
-
-
-def _check_options(name: str, options: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Solver ``name``'s options, each checked against its constructor's annotation."""
-    from curvlab.solvers import SOLVERS
-
-    if name not in SOLVERS:  # train.build_solver says that it is not installed
-        return options
-    types_ = solver_option_types(name)
-    for key in options:
-        if key not in types_:
-            hint = "; the curvature is chosen with curvature=NAME" if key == "curvature" else ""
-            raise ValueError(
-                f"{prefix}.{key}: unknown option for solver {name}; allowed: {', '.join(sorted(types_))}{hint}"
-            )
-    out = {k: check_value(v, types_[k], f"{prefix}.{k}") for k, v in options.items()}
-    if name == "cr":
-        base = out.get("base", "sgd")
-        _check(
-            base in KNOWN_SOLVERS and base != "cr",
-            f"{prefix}.base: unknown base solver {base!r} for cr; allowed: "
-            f"{', '.join(s for s in KNOWN_SOLVERS if s != 'cr')}",
-        )
-        if out.get("base_options") is not None:
-            out["base_options"] = _check_options(base, out["base_options"], f"{prefix}.base_options")
-    return out
+        return solver_class(self.name).curvature_reader(self.options).name
 
 
 @dataclass
@@ -271,9 +207,15 @@ class LoopConfig:
     # On CPU, float32 values below 1.2e-38 (denormals) become 0: the CPU handles them ≈ 100× slower,
     # and a sigmoid net near saturation is full of them (a step ≈ 4× slower, Hessian logging ≈ 28×).
     flush_denormal: bool = True
+    # torch's CPU threads (curvlab.threads): auto = all cores for one run, the launcher's share of them
+    # (one per job at joblib's n_jobs=-1, cpus_per_task for submitit) when jobs run side by side
+    threads: int | Literal["auto"] | None = "auto"
 
     def __post_init__(self) -> None:
         self.schedule = parse_enum(Schedule, self.schedule, "train.schedule")
+        _check(self.threads in (None, "auto") or int(self.threads) >= 1,
+               f"train.threads must be an integer >= 1 or auto (all cores; one per job when a launcher runs "
+               f"jobs side by side), got {self.threads}")
         _check(isinstance(self.flush_denormal, bool),
                f"train.flush_denormal must be true or false, got {self.flush_denormal!r}")
         _check(int(self.epochs) >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -298,12 +240,17 @@ class LogConfig:
     hessian_kinds: list[Kind] = field(default_factory=lambda: [Kind.FISHER, Kind.GN, Kind.PCH1, Kind.PCH2])
     hessian_batches: list[int] = field(default_factory=list)  # logging batch sizes; []: the training batch
     hessian_fisher_mc: list[int] = field(default_factory=list)  # MC Fisher sample counts; []: curvature's
+    hessian_fisher_types: list[FisherType] = field(default_factory=list)  # Fisher definitions; []: curvature's
+    compact: bool = False  # tables as float32-precision CSV, gzip-compressed (metrics.csv.gz): ≈ 8× smaller
 
     def __post_init__(self) -> None:
         _check(int(self.hessian_every) >= 0, f"log.hessian_every must be >= 0, got {self.hessian_every}")
         _check(int(self.hessian_first) >= 0, f"log.hessian_first must be >= 0, got {self.hessian_first}")
         self.hessian_kinds = [parse_enum(Kind, k, "log.hessian_kinds") for k in self.hessian_kinds]
+        self.hessian_fisher_types = [parse_enum(FisherType, f, "log.hessian_fisher_types")
+                                     for f in self.hessian_fisher_types]
         _check(Kind.EXACT not in self.hessian_kinds, "log.hessian_kinds: 'exact' is the reference; drop it")
+        _check(isinstance(self.compact, bool), f"log.compact must be true or false, got {self.compact!r}")
         for name in ("hessian_batches", "hessian_fisher_mc"):
             values = getattr(self, name)
             _check(all(int(v) >= 1 for v in values), f"log.{name} must list sizes >= 1, got {values}")
@@ -333,7 +280,10 @@ class RunConfig:
             self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"),
             f"device: unknown value {self.device!r}; allowed: auto, cpu, cuda, cuda:N",
         )
-        _check(self.resume in ("auto", True, False), f"resume: unknown value {self.resume!r}; allowed: auto, true, false")
+        _check(  # `is`: 0 and 1 equal False and True, but resume=0 must not discard a checkpoint
+            self.resume is True or self.resume is False or self.resume == "auto",
+            f"resume: unknown value {self.resume!r}; allowed: auto, true, false",
+        )
         _check(
             self.net.widths[0] == self.dataset.input_dim,
             f"net.widths[0]={self.net.widths[0]} but dataset.input_dim={self.dataset.input_dim}; "
@@ -344,29 +294,20 @@ class RunConfig:
             f"net.widths[-1]={self.net.widths[-1]} but dataset.num_classes={self.dataset.num_classes}; "
             "write the last width as ${dataset.num_classes}",
         )
-        self._check_psd()
+        self._check_kind()
+        split = self.solver.options.get("split")
+        rows = max(self.net.widths[1:])
+        _check(
+            split is None or int(split) <= rows,
+            f"solver.split={split}: more groups than the {rows} rows of the widest layer; pick split <= {rows} "
+            "(split is capped per layer at its number of rows)",
+        )
 
-    def _check_psd(self) -> None:
-        """GN is not PSD for the nonconvex loss (EA-CG Eq. 14), so CG/KFI on it are ill-posed."""
-        if self.solver.base == "kfi" and self.curvature.kind is Kind.EXACT:
-            raise ValueError(
-                "curvature.kind=exact with solver kfi: the exact blocks are indefinite, so KFI's factors "
-                "have no inverse; allowed: fisher, gn, pch, pch1, pch2"
-            )
-        if self.loss.name is not LossKind.NONCONVEX:
-            return
-        fix = "use curvature=pch1, pch2 or fisher (or loss=cross_entropy)"
-        if self.solver.base in CURVATURE_SOLVERS and self.curvature.kind is Kind.GN:
-            allowed = "fisher, pch, pch1, pch2" + ("" if self.solver.base == "kfi" else ", exact")
-            raise ValueError(
-                f"curvature.kind=gn with solver {self.solver.base}: GN is not PSD for the nonconvex "
-                f"loss; allowed kinds there: {allowed}; {fix}"
-            )
-        if self.solver.base == "exact_inverse" and self.solver.options.get("curvature") == "gn":
-            raise ValueError(
-                "solver.curvature=gn with exact_inverse: GN is not PSD for the nonconvex loss; "
-                "allowed: exact (or loss=cross_entropy)"
-            )
+    def _check_kind(self) -> None:
+        """The solver (CR: its base) must accept the curvature kind with this loss, by its own rule
+        (e.g. GN is not PSD for the nonconvex loss of EA-CG Eq. 14, so CG/KFI on it are ill-posed)."""
+        reader = solver_class(self.solver.name).curvature_reader(self.solver.options)
+        reader.check_kind(self.curvature.kind, make_loss(self.loss.name, **self.loss.options))
 
 
 def _resolve(cfg: Any) -> dict[str, Any]:
@@ -409,7 +350,7 @@ def known_keys(section: str) -> list[str] | None:
         return sorted([f.name for f in dataclasses.fields(RunConfig)] + ["hydra"])
     cls = type_hints(RunConfig).get(section)
     if cls is SolverConfig or not dataclasses.is_dataclass(cls):
-        return None  # a solver's keys depend on the solver (solver_option_types)
+        return None  # a solver's keys depend on the solver (Solver.option_types)
     return sorted(f.name for f in dataclasses.fields(cls))
 
 

@@ -10,7 +10,8 @@ it), so a torchvision and an npz copy give the same layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from curvlab.config import DatasetConfig, DatasetName, DataSource
 from curvlab.datafiles import DatasetError, as_images, check_labels, load_npz, read_idx
+from curvlab.prepare import find_npz, prepare_hint, torchvision_arrays
 
 __all__ = ["Dataset", "DatasetError", "load_dataset", "load_npz"]
 
@@ -34,6 +36,8 @@ class Dataset:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    # where the data came from and the sha256 of the arrays read (a resume on other data is refused)
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_dim(self) -> int:
@@ -47,16 +51,20 @@ class Dataset:
         return Dataset(
             self.name,
             self.x_train.to(device, dtype), self.y_train.to(device),
-            self.x_test.to(device, dtype), self.y_test.to(device),
+            self.x_test.to(device, dtype), self.y_test.to(device), self.fingerprint,
         )
 
 
 def _how_to_get(cfg: DatasetConfig) -> str:
-    name = cfg.name.value
+    """What to do about a missing dataset: the prepared npz when it is there, else how to make one."""
+    name, size = cfg.name.value, cfg.image_size if cfg.name is DatasetName.IMAGENET10 else None
+    found = find_npz(name, cfg.root, size)
+    if found is not None:
+        return f"{found} is there: train on it with dataset.source=npz dataset.path={found}"
     return (
-        f"offline, point dataset.root at a folder that already holds torchvision's {name} files "
-        f"(e.g. dataset.root=../shared/data) or use dataset.source=npz dataset.path=FILE.npz (uint8 "
-        f"x_train, y_train, x_test, y_test); online, dataset.download=true fetches it into dataset.root={cfg.root}"
+        f"{prepare_hint(name, cfg.root, size)}; offline, copy torchvision's {name} files into dataset.root={cfg.root}, "
+        "or pass an npz of uint8 x_train, y_train, x_test, y_test as dataset.source=npz dataset.path=FILE.npz; "
+        "online, dataset.download=true also fetches torchvision's files into dataset.root"
     )
 
 
@@ -107,9 +115,15 @@ def _digits(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)  # (1797, 64), (1797,)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=cfg.test_fraction, random_state=_SUBSET_SEED, stratify=y
-    )
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            x, y, test_size=cfg.test_fraction, random_state=_SUBSET_SEED, stratify=y
+        )
+    except ValueError as err:  # e.g. fewer test rows than classes: scikit-learn's words name test_size
+        raise DatasetError(
+            f"dataset.test_fraction={cfg.test_fraction}: the digits split fails ({err}); pick a fraction in "
+            "[0.01, 0.99] (at least one test and one training image per class)"
+        ) from None
     return x_tr, y_tr, x_te, y_te
 
 
@@ -123,22 +137,9 @@ def _torchvision(cfg: DatasetConfig) -> dict[str, np.ndarray]:
     if cfg.name is DatasetName.CIFAR10:
         tr, te = (tvd.CIFAR10(root, train=t, download=cfg.download) for t in (True, False))
         return {"x_train": tr.data, "y_train": np.asarray(tr.targets), "x_test": te.data, "y_test": np.asarray(te.targets)}
-    return _imagenette(tvd, root, cfg)
-
-
-def _imagenette(tvd, root: str, cfg: DatasetConfig):  # type: ignore[no-untyped-def]
-    """Imagenette resized (shorter side) and centre-cropped to ``image_size`` (224 in EA-CG)."""
-    from torchvision import transforms
-
-    size = "320px" if cfg.image_size <= 320 else "full"
-    tf = transforms.Compose([transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size)])
-    out = []
-    for split in ("train", "val"):  # val serves as the test set
-        ds = tvd.Imagenette(root, split=split, size=size, download=cfg.download, transform=tf)
-        pairs = [ds[i] for i in range(len(ds))]
-        out += [np.stack([np.asarray(img.convert("RGB"), dtype=np.uint8) for img, _ in pairs])]
-        out += [np.asarray([label for _, label in pairs])]
-    return dict(zip(("x_train", "y_train", "x_test", "y_test"), out))
+    # Imagenette resized (shorter side) and centre-cropped to image_size (224 in EA-CG); val is the test set.
+    arrays = torchvision_arrays(cfg.name.value, root, cfg.download, cfg.image_size)
+    return {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")}
 
 
 def _subset_index(n: int, size: int | None) -> np.ndarray | None:
@@ -156,6 +157,10 @@ def _take(size: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 def _load_images(cfg: DatasetConfig) -> tuple[dict[str, np.ndarray], str]:
     """The raw arrays of an image dataset and where they came from (for messages)."""
     if cfg.source is DataSource.NPZ:
+        if not Path(cfg.path or "").is_file():
+            name, size = cfg.name.value, cfg.image_size if cfg.name is DatasetName.IMAGENET10 else None
+            root = Path(cfg.path or "").parent
+            raise DatasetError(f"dataset.path: no file at {cfg.path}; {prepare_hint(name, root, size)}")
         return load_npz(cfg.path or ""), f"dataset.path={cfg.path}"
     try:
         arrays = _torchvision(cfg)
@@ -177,6 +182,16 @@ def _check_classes(y: np.ndarray, where: str, cfg: DatasetConfig) -> None:
         )
 
 
+def _fingerprint(source: str, *arrays: np.ndarray) -> dict[str, str]:
+    """SHA-256 of the arrays a run trains and tests on (shapes, dtypes and bytes), and where they came from."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return {"source": source, "sha256": h.hexdigest()}
+
+
 def load_dataset(cfg: DatasetConfig) -> Dataset:
     """Load, normalise, flatten and subset the dataset that ``cfg`` names (float32, CPU).
 
@@ -188,6 +203,9 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         a_tr, l_tr, a_te, l_te = _digits(cfg)
         a_tr, l_tr = _take(cfg.train_subset, a_tr, l_tr)
         a_te, l_te = _take(cfg.test_subset, a_te, l_te)
+        where = "scikit-learn's digits"
+        for key, labels in (("y_train", l_tr), ("y_test", l_te)):
+            _check_classes(labels, f"{where} ({key})", cfg)
         x_tr, x_te = (torch.from_numpy(a).float().div_(16.0) for a in (a_tr, a_te))
     else:
         arrays, where = _load_images(cfg)
@@ -207,7 +225,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
             img_tr, img_te = _standardise(img_tr, img_te)
         x_tr, x_te = img_tr.flatten(1), img_te.flatten(1)
     y_tr, y_te = torch.as_tensor(l_tr, dtype=torch.long), torch.as_tensor(l_te, dtype=torch.long)
-    data = Dataset(cfg.name.value, x_tr, y_tr, x_te, y_te)
+    data = Dataset(cfg.name.value, x_tr, y_tr, x_te, y_te, _fingerprint(where, a_tr, l_tr, a_te, l_te))
     if data.input_dim != cfg.input_dim:
         raise DatasetError(
             f"dataset.input_dim={cfg.input_dim} but the {cfg.name.value} data have {data.input_dim} features; "

@@ -77,8 +77,8 @@ def check_labels(y: np.ndarray, where: str) -> np.ndarray:
     if len(y) == 0:
         raise DatasetError(f"{where}: no labels; expected class indices 0..num_classes-1")
     if y.dtype.kind == "f":
-        if np.isnan(y).any():
-            raise DatasetError(f"{where}: {int(np.isnan(y).sum())} NaN label(s); expected class indices")
+        if not np.isfinite(y).all():
+            raise DatasetError(f"{where}: {int((~np.isfinite(y)).sum())} NaN/Inf label(s); expected class indices")
         bad = y[y != np.round(y)]
         if len(bad):
             raise DatasetError(f"{where}: non-integer labels such as {bad[0]}; expected class indices 0, 1, ...")
@@ -86,7 +86,12 @@ def check_labels(y: np.ndarray, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: labels of dtype {y.dtype}; expected integer class indices")
     if y.min() < 0:
         raise DatasetError(f"{where}: negative label {y.min()}; expected class indices 0..num_classes-1")
+    if y.max() > _MAX_LABEL:  # compared before the cast: 1e20 or a uint64 >= 2**63 would wrap to a negative int64
+        raise DatasetError(f"{where}: label {y.max()} is no class index (at most {_MAX_LABEL}); fix the labels")
     return y.astype(np.int64)
+
+
+_MAX_LABEL = 2**31 - 1
 
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -113,6 +118,8 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
         x, key = arrays[f"x_{split}"], f"{path} (x_{split})"
         if x.dtype != np.uint8:
             raise DatasetError(f"dataset.path={key}: images of dtype {x.dtype}; expected uint8 pixels 0..255")
+        if x.ndim < 2:
+            raise DatasetError(f"dataset.path={key}: an array of shape {x.shape}; expected images (N, H, W, C) or (N, D)")
         if x.size == 0:
             raise DatasetError(f"dataset.path={key}: no images (shape {x.shape})")
         arrays[f"y_{split}"] = check_labels(arrays[f"y_{split}"], f"dataset.path={path} (y_{split})")

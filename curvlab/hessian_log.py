@@ -7,7 +7,11 @@ also carries ``reference`` = ‖B_t‖_F (= ‖|B_t|‖_F), so that the relative
 error / reference can be read off: near θ⁰ the lower layers' |B_t| nearly vanish and the
 absolute errors alone hide a ~100 % relative error. ``batch`` is the logging batch's size
 (``log.hessian_batches`` may log several) and ``mc_samples`` the Fisher's Monte-Carlo
-sample count (``log.hessian_fisher_mc`` may log several; blank for the other kinds).
+sample count (``log.hessian_fisher_mc`` may log several; blank for the other kinds), and
+``fisher`` the Fisher's definition (``log.hessian_fisher_types`` may log several: the Monte-Carlo
+Fisher E_{ŷ~p}[∇ξ(ŷ) ∇ξ(ŷ)ᵀ] of Chen et al.'s Tables, the empirical Fisher with the true labels as
+EA-CG's text writes it, or the exact expectation over the predictive distribution; blank for the
+other kinds).
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ class HessianLogger:
         first: ... and at each of the first ``first`` updates.
         fisher_mc: Monte-Carlo sample counts to log the MC Fisher with (empty: the run's
             ``curvature.mc_samples``).
+        fisher_types: Fisher definitions to log (empty: the run's ``curvature.fisher``).
 
     ``notes`` says what was skipped and why.
     """
 
     def __init__(
         self, kinds: list[Kind], options: CurvatureOptions, loss: Loss, every: int, first: int,
-        fisher_mc: Sequence[int] = (),
+        fisher_mc: Sequence[int] = (), fisher_types: Sequence[FisherType | str] = (),
     ) -> None:
         self.options = options
         self.loss = loss
@@ -56,11 +61,12 @@ class HessianLogger:
                 self.notes.append(f"hessian_kinds: skipped gn, GN is not PSD for the {loss.kind.value} loss")
             else:
                 self.kinds.append(kind)
-        mc = options.fisher is FisherType.MC
-        # The Fisher's MC sample counts to log; [None]: not a Monte-Carlo Fisher (no count).
-        self.fisher_mc: list[int | None] = ([int(k) for k in fisher_mc] or [options.mc_samples]) if mc else [None]
-        if fisher_mc and not mc:
-            self.notes.append(f"hessian_fisher_mc: ignored, curvature.fisher is {options.fisher.value}, not mc")
+        self.fisher_types = list(dict.fromkeys(FisherType(t) for t in fisher_types)) or [options.fisher]
+        # The MC Fisher's sample counts to log.
+        self.fisher_mc = [int(k) for k in fisher_mc] or [options.mc_samples]
+        if fisher_mc and FisherType.MC not in self.fisher_types:
+            self.notes.append(f"hessian_fisher_mc: ignored, no Monte-Carlo Fisher is logged "
+                              f"(fisher: {', '.join(t.value for t in self.fisher_types)})")
 
     def due(self, step: int) -> bool:
         """Whether to log before update ``step + 1`` (``step`` updates done so far)."""
@@ -68,15 +74,19 @@ class HessianLogger:
             return False
         return step < self.first or (self.every > 0 and step % self.every == 0)
 
-    def _variants(self) -> list[tuple[Kind, CurvatureOptions, int | None]]:
-        """(kind, options, mc_samples or None) of every logged approximation."""
-        out: list[tuple[Kind, CurvatureOptions, int | None]] = []
+    def _variants(self) -> list[tuple[Kind, CurvatureOptions, int | None, FisherType | None]]:
+        """(kind, options, mc_samples or None, Fisher definition or None) of every logged approximation."""
+        out: list[tuple[Kind, CurvatureOptions, int | None, FisherType | None]] = []
         for kind in self.kinds:
-            if kind is Kind.FISHER:
-                out += [(kind, replace(self.options, kind=kind, **({} if k is None else {"mc_samples": k})), k)
-                        for k in self.fisher_mc]
-            else:
-                out.append((kind, replace(self.options, kind=kind), None))
+            if kind is not Kind.FISHER:
+                out.append((kind, replace(self.options, kind=kind), None, None))
+                continue
+            for ftype in self.fisher_types:
+                if ftype is FisherType.MC:
+                    out += [(kind, replace(self.options, kind=kind, fisher=ftype, mc_samples=k), k, ftype)
+                            for k in self.fisher_mc]
+                else:
+                    out.append((kind, replace(self.options, kind=kind, fisher=ftype), None, ftype))
         return out
 
     def rows(self, net: torch.nn.Module, x: Tensor, y: Tensor, step: int) -> list[dict[str, Any]]:
@@ -84,11 +94,11 @@ class HessianLogger:
         exact = curvature(net, x, y, Kind.EXACT, self.loss, options=replace(self.options, kind=Kind.EXACT))
         refs = [float(torch.linalg.matrix_norm(layer.bias)) for layer in exact]
         out: list[dict[str, Any]] = []
-        for kind, options, mc in self._variants():
+        for kind, options, mc, ftype in self._variants():
             approx = curvature(net, x, y, kind, self.loss, options=options)
             for layer, (err, ref) in enumerate(zip(layerwise_errors(approx, exact), refs), start=1):
                 out.append({
                     "step": step, "layer": layer, "kind": kind.value, "error": float(err), "reference": ref,
-                    "batch": len(y), "mc_samples": mc,
+                    "batch": len(y), "mc_samples": mc, "fisher": None if ftype is None else ftype.value,
                 })
         return out

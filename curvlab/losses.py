@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["LossKind", "Loss", "CrossEntropy", "NonConvex", "make_loss"]
+__all__ = ["LossKind", "OwnLossKind", "Loss", "CrossEntropy", "NonConvex", "MSE", "FunctionLoss", "make_loss", "as_loss"]
 
 
 class LossKind(str, Enum):
@@ -20,10 +21,17 @@ class LossKind(str, Enum):
     NONCONVEX = "nonconvex"
 
 
+class OwnLossKind(str, Enum):
+    """Losses of the optimizer API (:mod:`curvlab.optim`) that the runner's configs do not name."""
+
+    MSE = "mse"
+    FUNCTION = "function"  # any loss given as a function of the logits
+
+
 class Loss(ABC):
     """A criterion on softmax outputs. Shapes: ``out`` (B, C), ``y`` (B,) integer labels."""
 
-    kind: LossKind
+    kind: LossKind | OwnLossKind
     convex: bool  # convex in the logits, so that the Gauss-Newton matrix is PSD
 
     @abstractmethod
@@ -119,6 +127,99 @@ class NonConvex(Loss):
 
     def __repr__(self) -> str:
         return f"NonConvex(delta={self.delta}, eps={self.eps})"
+
+
+class MSE(Loss):
+    """Mean squared error as ``torch.nn.functional.mse_loss``: ξ_i = ‖h_i − t_i‖² / C.
+
+    ∇ξ_i = 2 (h_i − t_i) / C and ∇²ξ_i = (2 / C) I, so that the batch mean is
+    ``mse_loss(out, t)``. Targets ``y`` are (B, C) values, or (B,) class labels (one-hot targets).
+    """
+
+    kind = OwnLossKind.MSE
+    convex = True
+
+    @staticmethod
+    def _target(out: Tensor, y: Tensor) -> Tensor:
+        if y.dim() == 1 and not y.is_floating_point():
+            return torch.nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
+        if y.shape != out.shape:
+            raise ValueError(f"mse loss: targets must be (B, C) = {tuple(out.shape)} or (B,) labels, got {tuple(y.shape)}")
+        return y.to(out.dtype)
+
+    def values(self, out: Tensor, y: Tensor) -> Tensor:
+        return (out - self._target(out, y)).pow(2).mean(-1)
+
+    def grad(self, out: Tensor, y: Tensor) -> Tensor:
+        return 2 * (out - self._target(out, y)) / out.shape[-1]
+
+    def hessian(self, out: Tensor, y: Tensor) -> Tensor:
+        b, c = out.shape
+        return (2.0 / c) * torch.eye(c, dtype=out.dtype, device=out.device).expand(b, c, c)
+
+
+class FunctionLoss(Loss):
+    """Any twice-differentiable loss ``fn(out, y)`` of the logits, derivatives by ``torch.func``.
+
+    ``fn`` takes a batch (``out`` (B, C), ``y`` (B, …)) and returns the batch *mean* of
+    per-sample terms, as torch's losses with ``reduction="mean"`` over the batch do; sample
+    i's term is then ``ξ_i = fn(out[i:i+1], y[i:i+1])``. Values, gradients and Hessians are
+    that function of one sample, vmapped over the batch (``torch.func.vmap`` of ``grad`` /
+    ``hessian``), so ``fn`` must be vmappable (no ``.item()``, no data-dependent Python control flow).
+
+    Args:
+        fn: the loss function, e.g. ``torch.nn.functional.cross_entropy`` or an ``nn.Module`` loss.
+        convex: whether ``fn`` is convex in the logits (then the Gauss-Newton matrix is PSD, and
+            ``curvature="gn"`` is allowed).
+    """
+
+    kind = OwnLossKind.FUNCTION
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], convex: bool = False) -> None:
+        if not callable(fn):
+            raise ValueError(f"loss must be a callable fn(logits, targets), got {type(fn).__name__}")
+        self.fn = fn
+        self.convex = bool(convex)
+
+    def _one(self, out: Tensor, y: Tensor) -> Tensor:
+        return self.fn(out[None], y[None]).reshape(())  # ξ_i: fn on a batch of one
+
+    def _vmapped(self, f: Callable[[Tensor, Tensor], Tensor], out: Tensor, y: Tensor) -> Tensor:
+        try:
+            return torch.func.vmap(f)(out, y)
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+            raise ValueError(
+                f"loss {self!r} cannot be vmapped over samples ({str(err).splitlines()[0][:120]}); write it without "
+                ".item(), data-dependent branches or F.one_hot (index with torch.eye(C)[y] or gather instead)"
+            ) from None
+
+    def values(self, out: Tensor, y: Tensor) -> Tensor:
+        return self._vmapped(self._one, out, y)  # (B,)
+
+    def grad(self, out: Tensor, y: Tensor) -> Tensor:
+        return self._vmapped(torch.func.grad(self._one), out, y)  # (B, C)
+
+    def hessian(self, out: Tensor, y: Tensor) -> Tensor:
+        return self._vmapped(torch.func.hessian(self._one), out, y)  # (B, C, C)
+
+    def __repr__(self) -> str:
+        return f"FunctionLoss({getattr(self.fn, '__name__', type(self.fn).__name__)}, convex={self.convex})"
+
+
+def as_loss(loss: str | LossKind | Loss | Callable[[Tensor, Tensor], Tensor]) -> Loss:
+    """A :class:`Loss` from a loss, a name (``cross_entropy``, ``nonconvex``, ``mse``) or a function."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        if loss == OwnLossKind.MSE.value:
+            return MSE()
+        if loss not in {k.value for k in LossKind}:
+            allowed = ", ".join([*(k.value for k in LossKind), OwnLossKind.MSE.value])
+            raise ValueError(f"loss: unknown name {loss!r}; allowed: {allowed}, or a function fn(logits, targets)")
+        return make_loss(loss)
+    return FunctionLoss(loss)
 
 
 def make_loss(name: str | LossKind | Loss, **options: float) -> Loss:

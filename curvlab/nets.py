@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from curvlab.modules.elementwise import RELU, SIGMOID, TANH, ActivationFns
+
 __all__ = [
     "Activation", "ActivationFns", "ACTIVATIONS", "ACTIVATION_MODULES", "Init", "initialise", "MLP", "ForwardCache",
     "LAYER_NAMES", "parse_layers", "sequential", "make_net",
@@ -30,60 +32,11 @@ class Activation(str, Enum):
     RELU = "relu"
 
 
-@dataclass(frozen=True)
-class ActivationFns:
-    """An activation σ with its first and second derivative, all element-wise on ``z``.
-
-    ``both`` optionally gives (σ', σ'') in one go, sharing their work (σ(z) for sigmoid and
-    tanh: 3 passes over z instead of 9, which the recursion repeats on every layer).
-    """
-
-    f: Callable[[Tensor], Tensor]
-    df: Callable[[Tensor], Tensor]
-    d2f: Callable[[Tensor], Tensor]
-    both: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
-
-    def derivatives(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(σ'(z), σ''(z))."""
-        return self.both(z) if self.both is not None else (self.df(z), self.d2f(z))
-
-
-def _sigmoid_d1(z: Tensor) -> Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 - s)
-
-
-def _sigmoid_d2(z: Tensor) -> Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 - s) * (1 - 2 * s)
-
-
-def _sigmoid_both(z: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(z)
-    d1 = torch.addcmul(s, s, s, value=-1)  # s (1 − s)
-    return d1, torch.addcmul(d1, d1, s, value=-2)  # s (1 − s)(1 − 2s)
-
-
-def _tanh_both(z: Tensor) -> tuple[Tensor, Tensor]:
-    t = torch.tanh(z)
-    d1 = torch.addcmul(torch.ones_like(t), t, t, value=-1)  # 1 − t²
-    return d1, torch.mul(t, d1).mul_(-2)  # −2 t (1 − t²)
-
-
-def _tanh_d1(z: Tensor) -> Tensor:
-    return 1 - torch.tanh(z) ** 2
-
-
-def _tanh_d2(z: Tensor) -> Tensor:
-    t = torch.tanh(z)
-    return -2 * t * (1 - t**2)
-
-
+# σ, σ', σ'' of the MLP's activations live with the other element-wise rules.
 ACTIVATIONS: dict[Activation, ActivationFns] = {
-    Activation.SIGMOID: ActivationFns(torch.sigmoid, _sigmoid_d1, _sigmoid_d2, _sigmoid_both),
-    Activation.TANH: ActivationFns(torch.tanh, _tanh_d1, _tanh_d2, _tanh_both),
-    # ReLU's second derivative is zero almost everywhere; its first is the step (0 at 0).
-    Activation.RELU: ActivationFns(torch.relu, lambda z: (z > 0).to(z.dtype), torch.zeros_like),
+    Activation.SIGMOID: SIGMOID,
+    Activation.TANH: TANH,
+    Activation.RELU: RELU,
 }
 
 

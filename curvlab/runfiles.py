@@ -11,23 +11,26 @@ import contextlib
 import csv
 import errno
 import fcntl
+import gzip
 import hashlib
 import io
 import json
 import os
 import pickle
+import stat
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 __all__ = [
     "CONFIG", "METRICS", "HESSIAN_ERRORS", "SUMMARY", "CHECKPOINT", "METRIC_COLUMNS", "HESSIAN_COLUMNS",
     "atomic_write_bytes", "atomic_write_text", "write_csv", "write_json", "read_json",
     "save_checkpoint", "load_checkpoint", "CheckpointError", "RunDirBusy", "lock_run_dir", "remove_stale_temporaries",
-    "RUN_FILES", "LOCK",
+    "RUN_FILES", "WRITTEN_FILES", "LOCK", "COMPACT_SUFFIX", "table_path", "table_name", "compact_text", "float32_text",
 ]
 
 CONFIG = "config.yaml"
@@ -36,14 +39,17 @@ HESSIAN_ERRORS = "hessian_errors.csv"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"  # held with an exclusive flock for the life of a run (never deleted: that would race)
+COMPACT_SUFFIX = ".gz"  # a compact table: float32-precision CSV, gzip-compressed (``log.compact``)
 RUN_FILES = (CONFIG, METRICS, HESSIAN_ERRORS, SUMMARY, CHECKPOINT)
+# Every name a run may write (a run writes one form of each table: plain or compact).
+WRITTEN_FILES = (*RUN_FILES, METRICS + COMPACT_SUFFIX, HESSIAN_ERRORS + COMPACT_SUFFIX)
 
 # Stable column names: the report reads these. Solver stats are appended after them.
 METRIC_COLUMNS = [
     "step", "epoch", "wall_time", "batch_loss", "step_size", "lr", "train_loss", "test_loss", "test_acc",
     "elapsed", "log_time",  # appended later: older files lack them
 ]
-HESSIAN_COLUMNS = ["step", "layer", "kind", "error", "reference", "batch", "mc_samples"]
+HESSIAN_COLUMNS = ["step", "layer", "kind", "error", "reference", "batch", "mc_samples", "fisher"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -78,7 +84,7 @@ def _umask() -> int:
     return mask
 
 
-def remove_stale_temporaries(run_dir: str | Path, names: Iterable[str] = RUN_FILES) -> list[Path]:
+def remove_stale_temporaries(run_dir: str | Path, names: Iterable[str] = WRITTEN_FILES) -> list[Path]:
     """Delete ``.NAME.*.tmp`` left by writes that were killed, for the run's own file ``names``.
 
     Call it only while holding the run directory's lock (:func:`lock_run_dir`): another
@@ -87,6 +93,8 @@ def remove_stale_temporaries(run_dir: str | Path, names: Iterable[str] = RUN_FIL
     removed = []
     for name in names:
         for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            if tmp.is_dir() and not tmp.is_symlink():  # named like one, but no file of ours: leave it
+                continue
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -96,11 +104,65 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: list[str]) -> None:
+def table_name(name: str, compact: bool) -> str:
+    """The file name of table ``name`` (``metrics.csv``, ``hessian_errors.csv``) in either format."""
+    return name + COMPACT_SUFFIX if compact else name
+
+
+def table_path(run_dir: str | Path, name: str) -> Path | None:
+    """The run's table ``name``, plain or compact (``name.gz``), or None when it has neither.
+
+    pandas reads both (``pd.read_csv`` infers the compression from the suffix).
+    """
+    for candidate in (Path(run_dir) / name, Path(run_dir) / (name + COMPACT_SUFFIX)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def float32_text(v: float) -> str:
+    """The shortest text that reads back as the float32 nearest ``v`` (≤ 9 significant digits)."""
+    return str(np.float32(v))
+
+
+def compact_text(text: str) -> str:
+    """A CSV text with every non-integer number cell rewritten by :func:`float32_text`.
+
+    Integer cells (steps, counts) and text cells are kept as they are, so a table read back
+    differs from the original only below float32 precision (relative 6e-8).
+    """
+    rows = csv.reader(io.StringIO(text))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(next(rows, []))
+    for row in rows:
+        writer.writerow([_compact_cell(c) for c in row])
+    return buf.getvalue()
+
+
+def _compact_cell(cell: str) -> str:
+    if not cell or cell.lstrip("-").isdigit():
+        return cell
+    try:
+        return float32_text(float(cell))
+    except ValueError:
+        return cell
+
+
+def _gzip(text: str) -> bytes:
+    """Deterministic gzip (no time stamp, no file name): equal tables give equal bytes."""
+    return gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)
+
+
+def write_csv(
+    path: str | Path, rows: Iterable[Mapping[str, Any]], columns: list[str], compact: bool = False
+) -> None:
     """Write ``rows`` under ``columns`` first, then any extra keys in first-seen order.
 
     Missing values are written as empty cells (for example evaluation columns on rows
-    without an evaluation).
+    without an evaluation). With ``compact`` the table goes to ``path + ".gz"`` at float32
+    precision, gzip-compressed (about 8× smaller), and a plain ``path`` is removed, so that a
+    run directory holds one form of each table.
     """
     rows = list(rows)
     header = list(columns)
@@ -110,8 +172,15 @@ def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: list
     writer = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+        writer.writerow({k: ("" if v is None else float32_text(v) if compact and isinstance(v, float) else v)
+                         for k, v in row.items()})
+    path = Path(path)
+    if compact:
+        atomic_write_bytes(path.with_name(path.name + COMPACT_SUFFIX), _gzip(buf.getvalue()))
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_text(path, buf.getvalue())
+        path.with_name(path.name + COMPACT_SUFFIX).unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -232,7 +301,7 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
             _HELD[key][1] -= 1
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(run_dir / LOCK)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -259,3 +328,25 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
 
 
 _HELD: dict[str, list[int]] = {}  # resolved run_dir -> [lock fd, depth]
+
+
+def _open_lock(path: Path) -> int:
+    """Open (create) the lock file without following a link or blocking on a FIFO; it must be a plain file.
+
+    Raises:
+        RunDirError: ``path`` is a link, a directory, a FIFO or another special file.
+    """
+    from curvlab.rundirs import RunDirError
+
+    fix = f"remove {path} (a run makes its own), or pass another run_dir"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EISDIR):
+            kind = "a symbolic link" if err.errno == errno.ELOOP else "a directory"
+            raise RunDirError(f"{path} is {kind}, not the run's lock file; {fix}") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"{path} is a FIFO or other special file, not the run's lock file; {fix}")
+    return fd

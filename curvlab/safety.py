@@ -17,9 +17,10 @@ import threading
 import time
 from typing import Any, Iterable
 
-__all__ = ["ALLOW_ENV", "check_experiment_name", "check_overrides", "single_run_dir", "exit_with_parent"]
+__all__ = ["ALLOW_ENV", "LAUNCHER_ENV", "check_experiment_name", "check_overrides", "exit_with_parent"]
 
 ALLOW_ENV = "CURVLAB_ALLOW_HYDRA_CALLBACKS"
+LAUNCHER_ENV = "CURVLAB_LAUNCHER_PID"  # set by `curvlab train` for the processes it launches
 
 
 def check_experiment_name(name: Any) -> None:
@@ -85,51 +86,64 @@ def check_overrides(argv: Iterable[str]) -> None:
             )
 
 
-def single_run_dir(argv: Iterable[str]) -> str | None:
-    """The ``run_dir=PATH`` of a single run (no ``-m``), or None: the directory Hydra will write.
-
-    The CLI locks it before Hydra writes its ``.hydra/`` copy there, so that a refused
-    second run leaves a running one's directory untouched.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    args = list(argv)
-    if any(a in ("-m", "--multirun") for a in args) or any(a.startswith("hydra.run.dir=") for a in args):
-        return None
-    found = None
-    for arg in args:
-        if arg.startswith("run_dir="):
-            try:
-                (override,) = OverridesParser.create().parse_overrides([arg])
-            except Exception:
-                return None
-            value = override.value()
-            found = None if value is None or override.is_sweep_override() else str(value)
-    return found or None
-
-
 _WATCHING = False
 
 
 def exit_with_parent(poll: float = 1.0) -> None:
-    """Exit this process (as if killed: resumable) soon after its parent process dies.
+    """Exit this process (as if killed: resumable) soon after the process that launched it dies.
 
-    A joblib (loky) or submitit worker is a child of the ``curvlab train -m`` process; when that
-    one is killed the worker is re-parented, which ``os.getppid`` shows. The run directory's
-    lock is released by the OS and the run resumes from its last checkpoint.
+    A joblib (loky) worker is a child of the ``curvlab train -m`` process; when that one is
+    killed the worker is re-parented, which ``os.getppid`` shows. A ``submitit_local`` job is a
+    child of submitit's controller, which outlives the launcher: so the launcher's pid
+    (``CURVLAB_LAUNCHER_PID``, inherited through the environment) is watched as well. The run
+    directory's lock is released by the OS and the run resumes from its last checkpoint.
     """
     global _WATCHING
     if _WATCHING:
         return
     _WATCHING = True
     parent = os.getppid()
+    launcher = _launcher(os.environ.get(LAUNCHER_ENV, ""))
 
     def watch() -> None:
         while True:
             time.sleep(poll)
             if os.getppid() != parent:
-                print(f"curvlab: launcher process {parent} is gone; stopping job process {os.getpid()}",
-                      file=sys.stderr, flush=True)
-                os._exit(143)  # like SIGTERM's exit status; no cleanup that could write half a file
+                gone = parent
+            elif launcher is not None and not _alive(*launcher):
+                gone = launcher[0]
+            else:
+                continue
+            print(f"curvlab: launcher process {gone} is gone; stopping job process {os.getpid()}",
+                  file=sys.stderr, flush=True)
+            os._exit(143)  # like SIGTERM's exit status; no cleanup that could write half a file
 
     threading.Thread(target=watch, name="curvlab-exit-with-parent", daemon=True).start()
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused pid apart), or None when it is gone or a zombie."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _launcher(value: str) -> tuple[int, str | None] | None:
+    """``(pid, start time)`` of the launcher named by ``CURVLAB_LAUNCHER_PID``; None when unset, us, or bad."""
+    if not value.isdigit() or int(value) in (os.getpid(), 0):
+        return None
+    return int(value), _start_time(int(value))
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if started is None:  # no /proc: signal 0 says whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _start_time(pid) == started

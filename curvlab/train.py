@@ -21,13 +21,17 @@ from tqdm.auto import tqdm
 
 from curvlab import runfiles as rf
 from curvlab.runfiles import RunDirBusy
-from curvlab.config import CURVATURE_SOLVERS, RunConfig, Schedule, parse_config, to_dict
+from curvlab.config import RunConfig, Schedule, parse_config, to_dict
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
 from curvlab.losses import Loss, make_loss
 from curvlab.modules import Net
 from curvlab.nets import make_net
+from curvlab.registry import solver_class
+from curvlab.resume import check_data, check_solver_state, check_state
+from curvlab.rundirs import RunDirError, check_run_dir, os_error_line
 from curvlab.safety import check_experiment_name
+from curvlab.threads import torch_threads
 
 log = logging.getLogger("curvlab")
 
@@ -36,12 +40,16 @@ __all__ = ["TrainingFailed", "RunDirBusy", "train", "build_solver", "resolve_dev
 # Keys that may change between a run and its resumption (everything else must match).
 _RESUMABLE_CHANGES = {
     "resume", "run_dir", "device", "log.progress", "train.stop_after", "train.epochs", "train.max_steps",
-    "train.checkpoint_every", "train.eval_batch_size", "train.flush_denormal",
+    "train.checkpoint_every", "train.eval_batch_size", "train.flush_denormal", "train.threads",
 }
 
 
 class TrainingFailed(RuntimeError):
     """The run stopped (NaN/Inf, diverging loss, a failed write); ``summary.json`` says why when it could be written."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``summary.json`` says ``interrupted``, and the message how to resume."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,22 +70,10 @@ def lr_at(cfg: RunConfig, step: int) -> float:
 
 
 def build_solver(cfg: RunConfig, net: Net, loss: Loss) -> Any:
-    """The configured solver; curvature solvers (also as CR's base) get ``cfg.curvature``."""
-    from curvlab.solvers import SOLVERS, make_solver
-
-    options = dict(cfg.solver.options)
-    if cfg.solver.name in CURVATURE_SOLVERS:
-        options.setdefault("curvature", cfg.curvature)
-    if cfg.solver.name == "cr" and cfg.solver.base in CURVATURE_SOLVERS:
-        base_options = dict(options.get("base_options") or {})
-        base_options.setdefault("curvature", cfg.curvature)
-        options["base_options"] = base_options
-    if cfg.solver.name not in SOLVERS:
-        raise ValueError(
-            f"solver.name: {cfg.solver.name!r} is not available in this install; registered: "
-            f"{', '.join(sorted(SOLVERS))}"
-        )
-    return make_solver(cfg.solver.name, net, loss, lr=cfg.solver.lr, **options)
+    """The configured solver; one that reads the ``curvature`` group (also as CR's base) gets
+    ``cfg.curvature``, the only place a run's curvature is set (and what ``summary.json`` records)."""
+    cls = solver_class(cfg.solver.name)
+    return cls(net, loss, lr=cfg.solver.lr, **cls.with_curvature(cfg.solver.options, cfg.curvature))
 
 
 @torch.no_grad()
@@ -96,7 +92,7 @@ class _Run:
 
     def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
         self.cfg, self.dir = cfg, run_dir
-        self.started = time.perf_counter()  # this session's start; elapsed = earlier sessions + this one
+        self.started = time.perf_counter()  # this session's start (reset in _loop); elapsed = earlier sessions + this one
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype.value)
         torch.manual_seed(cfg.seed)
@@ -113,13 +109,14 @@ class _Run:
         self.solver = build_solver(cfg, self.net, self.loss)
         self.hessian = HessianLogger(
             cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every, cfg.log.hessian_first,
-            cfg.log.hessian_fisher_mc,
+            cfg.log.hessian_fisher_mc, cfg.log.hessian_fisher_types,
         )
         self.batches = torch.Generator().manual_seed(cfg.seed)  # batch order, on CPU for every device
         self.steps_per_epoch = math.ceil(n / cfg.train.batch_size)
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps or total)
         self.step, self.pos, self.wall_time = 0, 0, 0.0
+        self.saved_step = 0  # the update of the last checkpoint (a resume continues from there)
         self.elapsed_before, self.log_time = 0.0, 0.0  # seconds: earlier sessions; Hessian-error logging
         self.perm = torch.empty(0, dtype=torch.long)
         self.initial_loss: float | None = None
@@ -134,10 +131,15 @@ class _Run:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "perm": self.perm, "pos": self.pos, "step": self.step, "wall_time": self.wall_time,
             "elapsed": self.elapsed(), "log_time": self.log_time, "initial_loss": self.initial_loss, "metrics": self.metrics, "hessian_rows": self.hessian_rows,
+            "data": self.data.fingerprint,
         }
         rf.save_checkpoint(self.dir / rf.CHECKPOINT, state)
+        self.saved_step = self.step
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` after checking that it fits this run (:mod:`curvlab.resume`)."""
+        path = self.dir / rf.CHECKPOINT
+        check_state(state, self.net, len(self.data.y_train), self.steps_per_epoch, path)
         old, new = _flatten(state["config"]), _flatten(to_dict(self.cfg))
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
         if changed:
@@ -145,16 +147,26 @@ class _Run:
                 f"resume: the config in {self.dir} differs in {', '.join(changed)}; "
                 "use a new run_dir, or resume=false to start this directory over"
             )
+        check_data(state.get("data"), self.data.fingerprint, path)
+        if state["step"] > self.total_steps:  # the files must describe what ran, not the shorter run asked for
+            raise ValueError(
+                f"resume: {self.dir} already holds {state['step']} updates, more than the {self.total_steps} that "
+                "train.max_steps/train.epochs ask for; pass at least as many to continue it, or use a new run_dir"
+            )
         self.net.load_state_dict(state["net"])
-        self.solver.load_state_dict(state["solver"])
-        torch.set_rng_state(state["rng"])
-        self.batches.set_state(state["batch_rng"])
+        check_solver_state(self.solver, state["solver"], self.net, path)
+        try:
+            torch.set_rng_state(state["rng"])
+            self.batches.set_state(state["batch_rng"])
+        except RuntimeError as err:
+            raise rf.CheckpointError(f"{path}: a random generator state does not load ({err}); start over with resume=false") from None
         if state["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.perm, self.pos, self.step = state["perm"], state["pos"], state["step"]
         self.wall_time, self.initial_loss = state["wall_time"], state["initial_loss"]
         self.elapsed_before, self.log_time = state.get("elapsed", 0.0), state.get("log_time", 0.0)
         self.metrics, self.hessian_rows = state["metrics"], state["hessian_rows"]
+        self.saved_step = self.step
 
     def elapsed(self) -> float:
         """Seconds since the run started, over all its sessions (resumes)."""
@@ -167,8 +179,9 @@ class _Run:
     # --- files -----------------------------------------------------------------------
     def write(self, status: str, failure: str | None = None) -> dict[str, Any]:
         """Rewrite the CSVs, then ``summary.json`` (last: a summary never announces rows not yet written)."""
-        rf.write_csv(self.dir / rf.METRICS, self.metrics, rf.METRIC_COLUMNS)
-        rf.write_csv(self.dir / rf.HESSIAN_ERRORS, self.hessian_rows, rf.HESSIAN_COLUMNS)
+        compact = self.cfg.log.compact
+        rf.write_csv(self.dir / rf.METRICS, self.metrics, rf.METRIC_COLUMNS, compact=compact)
+        rf.write_csv(self.dir / rf.HESSIAN_ERRORS, self.hessian_rows, rf.HESSIAN_COLUMNS, compact=compact)
         summary = self.summary(status, failure)
         rf.write_json(self.dir / rf.SUMMARY, summary)
         return summary
@@ -183,7 +196,7 @@ class _Run:
             "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"), "test_acc": last.get("test_acc"),
             "experiment": cfg.experiment_name, "dataset": cfg.dataset.name.value, "loss": cfg.loss.name.value,
             "curvature": cfg.curvature.kind.value, "solver": cfg.solver.name, "seed": cfg.seed,
-            "device": str(self.device), "notes": list(self.hessian.notes),
+            "device": str(self.device), "threads": torch.get_num_threads(), "notes": list(self.hessian.notes),
         }
 
     def fail(self, reason: str) -> TrainingFailed:
@@ -275,6 +288,8 @@ class _Run:
         """Train to the end (or ``train.stop_after``); a failed write (disk full) fails the run."""
         try:
             return self._loop()
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
             raise self.fail(
@@ -283,8 +298,20 @@ class _Run:
                 "last checkpoint"
             ) from err
 
+    def interrupted(self) -> RunInterrupted:
+        """Ctrl-C: record ``interrupted`` (best effort) and return the one line to print."""
+        line = f"interrupted at update {self.step}; resume with the same command"
+        if self.saved_step != self.step:
+            line += f" (it continues from the checkpoint at update {self.saved_step})"
+        try:
+            self.write("interrupted", line)
+        except OSError:
+            pass
+        return RunInterrupted(line)
+
     def _loop(self) -> dict[str, Any]:
         cfg, loop = self.cfg, self.cfg.train
+        self.started = time.perf_counter()  # elapsed times training, not start-up (imports, data, a worker's spawn)
         rf.atomic_write_text(self.dir / rf.CONFIG, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
         if not self.metrics:  # step 0: evaluate the initialisation
             row: dict[str, Any] = {"step": 0, "epoch": 0.0, **self.times()}
@@ -391,14 +418,14 @@ def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path | None = None)
     if not isinstance(cfg, RunConfig):
         cfg = parse_config(cfg)
     check_experiment_name(cfg.experiment_name)
-    run_dir = Path(run_dir or cfg.run_dir or "")
-    if not str(run_dir) or str(run_dir) == ".":
-        raise ValueError("run_dir: no output directory given; pass run_dir=PATH")
+    run_dir = Path(check_run_dir(run_dir or cfg.run_dir or "", "run_dir"))  # no links, no '.', no file
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"run_dir: cannot create {run_dir} ({err.strerror}); pass a writable run_dir") from err
-    with rf.lock_run_dir(run_dir):  # held until the run ends; the OS drops it if the process dies
+        raise RunDirError(os_error_line(err, run_dir)) from None
+    threads = cfg.train.threads if isinstance(cfg.train.threads, int) else None  # auto: torch's default
+    # The lock is held until the run ends; the OS drops it if the process dies.
+    with rf.lock_run_dir(run_dir), torch_threads(threads):
         rf.remove_stale_temporaries(run_dir)
         run = _Run(cfg, run_dir)
         ckpt = run_dir / rf.CHECKPOINT
@@ -406,14 +433,15 @@ def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path | None = None)
             raise ValueError(f"resume=true but {ckpt} does not exist; use resume=auto or resume=false")
         if cfg.resume in (True, "auto") and ckpt.exists():
             try:
-                state = rf.load_checkpoint(ckpt)
+                run.restore(rf.load_checkpoint(ckpt))
             except rf.CheckpointError as err:  # the run cannot go on as it is: say so where a sweep looks
                 summary = rf.read_json(run_dir / rf.SUMMARY) if (run_dir / rf.SUMMARY).exists() else {}
                 rf.write_json(run_dir / rf.SUMMARY, {**summary, "status": "failed", "failure": str(err)})
                 raise
-            run.restore(state)
         else:
-            for name in (rf.METRICS, rf.HESSIAN_ERRORS, rf.SUMMARY, rf.CHECKPOINT):
+            if ckpt.exists():  # resume=false: the one word that throws a checkpoint away, said out loud
+                log.warning("resume=false: discarding %s and the run's files; starting over", ckpt)
+            for name in (n for n in rf.WRITTEN_FILES if n != rf.CONFIG):  # Hydra has just written config.yaml
                 (run_dir / name).unlink(missing_ok=True)
         flush = cfg.train.flush_denormal and run.device.type == "cpu"
         if flush:  # process-wide (torch has no getter): set for this run, back to torch's default after it

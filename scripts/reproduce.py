@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
 
 # What each kind runs: training presets and studies (script, arguments per scale).
 TABLES = ["eacg_table2", "eacg_table3", "eacg_table4", "eacg_table5"]
 FIGURES = ["eacg_fig1_3", "eacg_fig2_4", "eacg_fig5_7", "eacg_fig6_8", "eacg_fig9", "eacg_fig10", "eacg_fig11",
            "eacg_fig12", "hbp_fig5", "lowrank_fig1", "lowrank_fig2", "lowrank_fig3", "lowrank_fig4", "lowrank_fig5",
-           "lowrank_adam", "rahimi_newton", "eacg_grid_reduced", "eacg_fig1_3_e200"]
+           "lowrank_adam", "rahimi_newton", "eacg_grid_reduced", "eacg_fig1_3_e200", "eacg_fig2_4_e200",
+           "eacg_fig6_8_e200", "eacg_fig5_7_grid", "hbp_fig5_e40", "hbp_eq6_eq7", "eacg_grid_cg"]
 STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     "tables": {"table1_measured": ("study_table1.py", {"ci": ["--quick"], "full": []})},
     "figures": {
@@ -69,13 +69,20 @@ CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "eacg_grid_reduce
             "hbp_fig5": (3, 100, 2), "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
 # The CPU campaign by experiment family: (max_steps, seeds, extra overrides). Figures: 2,000
 # updates = 20 epochs of CIFAR-10 at batch 500 (≈ 105 epochs of the 9,469 Imagenette images).
-# Tables: the layer-wise errors along 4,000 updates, every 250 and at each of the first 10,
-# on fresh logging batches of 100, 500 and 1,000 samples, the Fisher with 1 and 10 MC samples.
+# Tables: the layer-wise errors along 4,000 updates, every 250 and at each of the first 10, on fresh
+# logging batches of 100, 500 and 1,000 samples, the Fisher with 1 and 10 MC samples and the empirical one.
 CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
     # The papers' 200 epochs (issue 22 §2), before the 2,000-update family it shares a prefix with.
     "eacg_fig1_3_e200": (20000, 1, []),
-    "eacg_table": (4000, 1, ["log.hessian_first=10", "log.hessian_every=250", "log.hessian_batches=[100,500,1000]",
-                             "log.hessian_fisher_mc=[1,10]", "train.eval_every=250"]),
+    "eacg_fig2_4_e200": (3800, 1, []),  # 200 epochs of the 9,469 Imagenette images
+    "eacg_fig6_8_e200": (3800, 1, []),
+    "eacg_fig5_7_grid": (20000, 1, []),  # --seeds 3 for the EA-CG curves
+    "hbp_fig5_e40": (4000, 5, []),
+    "hbp_eq6_eq7": (2000, 3, []),
+    "eacg_grid_cg": (2000, 1, []),
+    "eacg_table": (4000, 3, ["log.hessian_first=10", "log.hessian_every=250", "log.hessian_batches=[100,500,1000]",
+                             "log.hessian_fisher_mc=[1,10]", "log.hessian_fisher_types=[mc,empirical]",
+                             "train.eval_every=250"]),
     "eacg_fig": (2000, 3, []),
     "eacg_grid_reduced": (2000, 1, []),  # lr × α around the figures' settings, one seed (issue 10 §2)
     "hbp_fig5": (2000, 5, []),
@@ -99,22 +106,30 @@ class Job:
 
 
 def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
-    """Point a dataset at the local copies (``../shared/data/README.md``); [] without a root."""
+    """Point a dataset at its npz in ``data_root`` (``curvlab data prepare`` writes them); [] without a root."""
     if data_root is None or dataset == "digits":
         return []
-    files = {"cifar10": "cifar10_jpeg.npz", "imagenet10": "imagenette_32.npz", "mnist": "mnist.npz"}
-    path = data_root / files[dataset]
-    if path.is_file():
+    from curvlab.prepare import find_npz, npz_name
+
+    path = find_npz(dataset, data_root, 32 if dataset == "imagenet10" else None)  # the presets use 32 px
+    if path is not None:
         extra = ["dataset.image_size=32"] if dataset == "imagenet10" else []
         return ["dataset.source=npz", f"dataset.path={path}", *extra]
     if dataset == "mnist" and (data_root / "MNIST" / "raw").is_dir():
         return [f"dataset.root={data_root}"]  # torchvision's IDX layout
-    raise SystemExit(f"reproduce: --data-root {data_root} has no {files[dataset]}"
-                     f"{' nor MNIST/raw' if dataset == 'mnist' else ''}; point --data-root at ../shared/data")
+    raise SystemExit(f"reproduce: --data-root {data_root} has no {npz_name(dataset, 32)}"
+                     f"{' nor MNIST/raw' if dataset == 'mnist' else ''}; write it with "
+                     f"`curvlab data prepare {dataset} --root {data_root}` or point --data-root at a folder that has it")
 
 
 def scale_overrides(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[str], int]:
     """Overrides that size ``exp`` for ``scale``, and the number of seeds (0: the preset's own)."""
+    sized, seeds = _scale_sizes(exp, scale, a)
+    # The committed record keeps its tables compact (float32 CSV, gzip; scripts/compact_record.py).
+    return (["log.compact=true", *sized] if scale in ("cpu", "full") else sized), seeds
+
+
+def _scale_sizes(exp: str, scale: str, a: argparse.Namespace) -> tuple[list[str], int]:
     if scale == "cpu":
         family = next((k for k in CPU_SIZES if exp.startswith(k)), None)
         steps, seeds, extra = CPU_SIZES[family] if family else (None, 0, [])
@@ -169,6 +184,7 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
 
     import curvlab.config  # noqa: F401  (registers the ${prod:...} resolver the presets use)
     from curvlab.cli import CONFIG_DIR
+    from curvlab.registry import curvature_fields
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         head = compose("config", overrides=[f"experiment={exp}", *base], return_hydra_config=True)
@@ -184,8 +200,9 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
         for point in itertools.product(*axes):
             cfg = compose("config", overrides=[f"experiment={exp}", *base, *point])
             plain = OmegaConf.to_container(cfg, resolve=True)
-            if plain["solver"]["name"] in FIRST_ORDER:  # the curvature group does not reach these
-                plain.pop("curvature")
+            options = {k: v for k, v in plain["solver"].items() if k != "name"}
+            reads = curvature_fields(plain["solver"]["name"], options)  # SGD: none; exact_inverse: the kind
+            plain["curvature"] = {k: v for k, v in plain["curvature"].items() if k in reads}
             key = json.dumps(plain, sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
@@ -203,13 +220,29 @@ def matches(job: Job, where: dict[str, set[str]]) -> bool:
     return all(job.point.get(k) in vs for k, vs in where.items())
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | str | None:
+    """A run directory's ``summary.json`` (bounded, :mod:`curvlab.report.files`), the reason it is
+    unreadable, or None when there is none."""
+    from curvlab.report.files import BadFile, load_json
+
+    path = run_dir / "summary.json"
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        return load_json(path)
+    except BadFile as e:
+        return str(e)
+
+
 def run_job(job: Job, run_dir: Path, force: bool) -> str:
     """Train one job unless its run directory already holds a completed run."""
     from curvlab.config import parse_config
     from curvlab.train import TrainingFailed, train
 
-    summary = run_dir / "summary.json"
-    if not force and summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+    summary = read_summary(run_dir)
+    if not force and isinstance(summary, str):
+        return f"failed: {summary}; move the run directory away or rerun it with --force"
+    if not force and isinstance(summary, dict) and summary.get("status") == "completed":
         return "skipped (completed)"
     cfg = parse_config(job.cfg)
     cfg.log.progress = False
@@ -226,10 +259,11 @@ def run_job(job: Job, run_dir: Path, force: bool) -> str:
 
 def job_state(run_dir: Path) -> str:
     """What ``--list`` prints for a job: completed, running/failed with its steps, or to do."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
+    s = read_summary(run_dir)
+    if s is None:
         return "to do"
-    s = json.loads(summary.read_text())
+    if isinstance(s, str):
+        return f"unreadable: {s}"
     return f"{s.get('status')} ({s.get('steps')} steps)"
 
 
@@ -243,25 +277,80 @@ def run_study(name: str, script: str, args: list[str], out: Path, force: bool) -
     return "done"
 
 
+def _pairs(p: argparse.ArgumentParser, option: str, values: list[str], example: str) -> dict[str, str]:
+    """``KEY=VALUE`` arguments of a repeatable option as a mapping; one clear error for any other form."""
+    out = {}
+    for kv in values:
+        key, eq, value = kv.partition("=")
+        if not eq or not key.strip():
+            p.error(f"{option} {kv!r}: expected KEY=VALUE, e.g. {option} {example}")
+        out[key.strip()] = value
+    return out
+
+
+def plan(experiments: list[str], a: argparse.Namespace, data_root: Path | None,
+         sweep: dict[str, str], where: dict[str, set[str]]) -> list[tuple[str, list[Job]]]:
+    """Every experiment's jobs, composed and validated before any runs: a bad ``--set``/``--sweep``
+    value or ``--where`` key stops here with one line (exit 2), not after hours of other jobs."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from curvlab.config import parse_config
+    from curvlab.report.views import VIEWS
+
+    out, keys = [], set()
+    for exp in experiments:
+        if exp in VIEWS:
+            out.append((exp, []))
+            continue
+        try:
+            sized, seeds = scale_overrides(exp, a.scale, a)
+            data = data_overrides(dataset_of(exp, a.set), data_root)
+            jobs = expand(exp, [*data, *sized, *a.set], seeds, sweep)
+            for job in jobs:
+                parse_config(job.cfg)
+        except (HydraException, OmegaConfBaseException, ValueError) as e:
+            text = " ".join(str(e).split())
+            raise SystemExit(_fail(f"{exp}: {text} (from --set {' --set '.join(a.set) or '-'}"
+                                   f"{''.join(f' --sweep {k}={v}' for k, v in sweep.items())})"))
+        keys.update(k for j in jobs for k in j.point)
+        # Seed-major: every curve's first seed before any curve's second, so a partial campaign is useful.
+        out.append((exp, sorted((j for j in jobs if matches(j, where)), key=lambda j: seed_of(j))))
+    unknown = sorted(set(where) - keys)
+    if unknown and any(exp not in VIEWS for exp in experiments):
+        raise SystemExit(_fail(f"--where {', '.join(unknown)}: not a sweep key of {', '.join(experiments)}; "
+                               f"their keys: {', '.join(sorted(keys)) or 'none'}"))
+    return out
+
+
+def _fail(message: str) -> int:
+    """Print one error line; the exit code of a bad command line."""
+    print(f"reproduce: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    from curvlab.report import positive_int as _positive  # sizes and counts: integers ≥ 1
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=["tables", "figures"])
     p.add_argument("--scale", choices=["ci", "cpu", "full"], default="ci")
     p.add_argument("--force", action="store_true", help="rerun jobs and studies that already have results")
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"),
-                   help="folder with cifar10_jpeg.npz, imagenette_32.npz, MNIST/raw or mnist.npz "
-                        "(default ../shared/data); 'none' keeps the presets' dataset settings")
+                   help="folder with cifar10.npz (or cifar10_jpeg.npz), imagenette_32.npz, MNIST/raw or mnist.npz, "
+                        "as `curvlab data prepare NAME --root DIR` writes them (default ../shared/data); "
+                        "'none' keeps the presets' dataset settings")
     p.add_argument("--runs-dir", default=None,
                    help="where runs go (default results/runs; at ci scale the untracked runs/reproduce/ci)")
     p.add_argument("--out", default=None,
                    help="render tables and figures into this folder (default results/tables and results/figures; "
                         "at ci scale runs/reproduce/ci/{tables,figures})")
     p.add_argument("--only", action="append", default=None, help="only this experiment or study (repeatable)")
-    p.add_argument("--steps", type=int, default=None, help="train.max_steps of every job (overrides the scale)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (overrides the scale)")
-    p.add_argument("--train-subset", type=int, default=None, help="first N training samples")
-    p.add_argument("--test-subset", type=int, default=None, help="first N test samples")
-    p.add_argument("--hessian-every", type=int, default=None,
+    p.add_argument("--steps", type=_positive, default=None, help="train.max_steps of every job (overrides the scale)")
+    p.add_argument("--seeds", type=_positive, default=None, help="seeds per configuration (overrides the scale)")
+    p.add_argument("--train-subset", type=_positive, default=None, help="first N training samples")
+    p.add_argument("--test-subset", type=_positive, default=None, help="first N test samples")
+    p.add_argument("--hessian-every", type=_positive, default=None,
                    help="tables: log the errors every N updates of the s (default: at each of them)")
     p.add_argument("--keep-batch", action="store_true", help="keep the presets' batch sizes at ci scale")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override")
@@ -270,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--where", action="append", default=[], metavar="KEY=V1,V2",
                    help="run only the sweep points whose KEY is one of the values, e.g. --where solver=eacg,sgd")
     p.add_argument("--shard", default="0/1", metavar="K/N", help="run only every N-th job, starting at the K-th")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch threads of this process (default: torch's)")
     p.add_argument("--list", action="store_true", help="print the jobs and their state, run nothing")
     p.add_argument("--no-render", action="store_true", help="run only")
     p.add_argument("--render-only", action="store_true", help="render what results/runs holds; run nothing")
@@ -292,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"allowed: {', '.join([*experiments, *studies])}")
         experiments = [e for e in a.only if e in experiments]  # in the order given: most valuable first
         studies = {k: v for k, v in studies.items() if k in a.only}
+    _pairs(p, "--set", a.set, "solver.lr=0.05")
+    sweep = _pairs(p, "--sweep", a.sweep, "curvature=pch1")
+    where = {k: set(v.split(",")) for k, v in _pairs(p, "--where", a.where, "solver=eacg,sgd").items()}
     try:
-        where = {k: set(v.split(",")) for k, v in (kv.split("=", 1) for kv in a.where)}
         shard, shards = (int(v) for v in a.shard.split("/"))
         assert 0 <= shard < shards
     except (ValueError, AssertionError):
@@ -307,15 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     from curvlab.report.views import VIEWS
 
     t0, failed, index = time.perf_counter(), 0, 0
-    for exp in [] if a.render_only else experiments:
+    for exp, jobs in [] if a.render_only else plan(experiments, a, data_root, sweep, where):
         if exp in VIEWS:  # Figures 9–12 draw their companion figure's runs (its sweep has PCH-2)
             print(f"== {exp}: no jobs of its own, drawn from the runs of {VIEWS[exp].source}", flush=True)
             continue
-        sized, seeds = scale_overrides(exp, a.scale, a)
-        data = data_overrides(dataset_of(exp, a.set), data_root)
-        jobs = expand(exp, [*data, *sized, *a.set], seeds, dict(kv.split("=", 1) for kv in a.sweep))
-        # Seed-major: every curve's first seed before any curve's second, so a partial campaign is useful.
-        jobs = sorted((j for j in jobs if matches(j, where)), key=lambda j: seed_of(j))
         print(f"== {exp}: {len(jobs)} job(s)", flush=True)
         for job in jobs:
             index += 1
@@ -339,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         roots = [runs_dir / e for e in sorted(sources) if (runs_dir / e).is_dir()]
         roots += [runs_dir / "studies" / n for n in studies if (runs_dir / "studies" / n).is_dir()]
         for kind, out in outs.items():
-            files = report(roots, out, want={kind}) if roots else []
+            try:
+                files = report(roots, out, want={kind}) if roots else []
+            except (ValueError, OSError) as e:  # --out a file, a link under an output's name, a full disk
+                return _fail(f"rendering {kind} into {out}: {e}")
             print(f"rendered {len(files)} {kind} file(s) into {out}")
     return 1 if failed else 0
 

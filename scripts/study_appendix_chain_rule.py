@@ -33,6 +33,7 @@ from torch.func import functional_call, hessian, jacrev
 from curvlab import runfiles as rf
 from curvlab.losses import make_loss
 from curvlab.nets import MLP
+from curvlab.registry import LOSSES
 
 
 def digits_batch(n: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=int, default=13)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "nonconvex"])
+    p.add_argument("--loss", default="cross_entropy", choices=list(LOSSES))
     p.add_argument("--fit-max", type=float, default=0.05, help="fit slopes on c <= this (asymptotic range)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for tests")
     a = p.parse_args(argv)

@@ -12,6 +12,7 @@ import pytest
 
 from curvlab import cli
 from curvlab import runfiles as rf
+from curvlab.threads import cpu_cores
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["log.progress=false"]
@@ -66,6 +67,8 @@ def test_multirun_joblib_2x2(tmp_path):
         ("eacg", "pch1"), ("eacg", "gn"), ("kfi", "pch1"), ("kfi", "gn")
     }
     assert all(s["status"] == "completed" and s["steps"] == 2 for s in runs.values())
+    # train.threads=auto: the two jobs side by side share the cores
+    assert all(s["threads"] == max(1, cpu_cores() // 2) for s in runs.values()), runs
 
 
 def test_failed_job_does_not_stop_the_sweep(tmp_path):
@@ -90,6 +93,8 @@ def test_multirun_submitit_local_2x2(tmp_path):
     assert out.returncode == 0, out.stderr
     runs = summaries(tmp_path)
     assert len(runs) == 4 and all(s["status"] == "completed" for s in runs.values())
+    assert not [p for p in tmp_path.rglob("*") if "%" in p.name]  # no folder literally named %j
+    assert list((tmp_path / ".submitit").glob("*_log.out"))  # the jobs' logs, in one folder
 
 
 def test_dispatch(monkeypatch, capsys):
@@ -127,7 +132,7 @@ CONFIG_ERRORS = [
     (["net.widths=[64,2.5,10]"], "net.widths[1] must be an integer, got 2.5"),
     (["solver=cr", "solver.base_options=5"], "solver.base_options must be a mapping (key: value) or null, got 5"),
     (["+solver.foo=1"], "solver.foo: unknown option for solver eacg; allowed: alpha, eps_cg, max_cg, split"),
-    (["dataset=mnist", "dataset.root=/nonexistent"], "offline, point dataset.root at a folder"),
+    (["dataset=mnist", "dataset.root=/nonexistent"], "`curvlab data prepare mnist --root /nonexistent` downloads"),
 ]
 
 
@@ -168,13 +173,14 @@ def test_help_and_readme_list_solver_variants_and_launchers(capsys):
         assert solver in help_text and f"`{solver}`" in readme, solver
     for launcher in launchers:
         assert f"{launcher} " in help_text and f"`{launcher}`" in readme, launcher
-    assert "dataset.root=../shared/data" in help_text
+    assert "curvlab data prepare NAME --root DIR" in help_text and "shared/data" not in help_text
 
 
 def test_readme_mnist_examples_work_offline():
     readme = (REPO / "README.md").read_text()
     mnist_commands = [c for c in readme.split("curvlab train")[1:] if "dataset=mnist" in c.split("\n\n")[0]]
     assert mnist_commands, "the README shows no MNIST command"
-    for command in mnist_commands:
+    for command in mnist_commands:  # read files that `curvlab data prepare mnist` wrote: no download at run time
         block = command.split("```")[0]
-        assert "dataset.root=../shared/data" in block and "dataset.download=true" not in block, block
+        assert "dataset.root=data" in block and "dataset.download=true" not in block, block
+    assert "curvlab data prepare mnist --root data" in readme and "shared/data" not in "".join(mnist_commands)

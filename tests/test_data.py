@@ -41,7 +41,7 @@ def test_mnist_from_synthetic_idx(tmp_path):
 def test_missing_dataset_says_how_to_get_it(tmp_path, name):
     with pytest.raises(DatasetError) as err:
         load_dataset(DatasetConfig(name=name, source="torchvision", root=str(tmp_path / "none"), input_dim=784))
-    for hint in ("offline", "dataset.root=../shared/data", "dataset.source=npz dataset.path=", "online",
+    for hint in ("offline", f"curvlab data prepare {name} --root", "dataset.source=npz dataset.path=", "online",
                  "dataset.download=true"):
         assert hint in str(err.value)
 
@@ -189,7 +189,7 @@ BAD_IDX = [
     ("label count", "train-labels-idx1-ubyte", _idx_header(0x801, 29) + bytes(29), "29 labels but train-images-idx3-ubyte has 30"),
     ("label range", "t10k-labels-idx1-ubyte", _idx_header(0x801, 12) + bytes([11] * 12),
      "labels go up to 11 but dataset.num_classes=10"),
-    ("missing file", "t10k-labels-idx1-ubyte", None, "dataset.root=../shared/data"),
+    ("missing file", "t10k-labels-idx1-ubyte", None, "curvlab data prepare mnist --root"),
 ]
 
 

@@ -3,8 +3,10 @@
 A message stands for the curvature with respect to the pre-activation ``z^t`` of one layer
 (equal to the bias block, since ∂z/∂b = I). The recursion only ever asks a message to
 
-* ``pull_back(w, dphi)``: the first ("Gauss-Newton") term of Eq. (4b) of Chen et al.,
-  diag(h')·Wᵀ·H·W·diag(h'), under the message's own batch treatment;
+* ``pull_back(rule, module, dphi)``: the first ("Gauss-Newton") term of Eq. (4b) of Chen et al.,
+  diag(h')·Jᵀ·H·J·diag(h') with the layer's Jacobian J (W for ``nn.Linear``), under the
+  message's own batch treatment; the layer's :class:`~curvlab.modules.base.LayerRule` does the
+  product (a message only picks the verb for its batch treatment);
 * ``add_residual(r, residual)``: the second, diagonal term diag(h'' ⊙ Wᵀ∇_{b^t}ξ) of Eq. (4b),
   passed through the kind's residual policy;
 * ``total(scale)``: ``scale`` times the sum of the per-sample blocks it stands for; with
@@ -24,12 +26,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from curvlab.curvature.options import JacobianAverage
 from curvlab.symmetric import symmetric_product, symmetrized
+
+if TYPE_CHECKING:
+    from curvlab.modules.base import LayerRule
 
 __all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "MeanBlock"]
 
@@ -58,11 +63,14 @@ class Message(ABC):
     count: int  # number of samples this message stands for
 
     @abstractmethod
-    def pull_back(self, w: Tensor, dphi: Tensor, average: JacobianAverage, per_sample: bool) -> Message:
+    def pull_back(
+        self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
+    ) -> Message:
         """Message for z^{t−1} from the one for z^t, without the residual term.
 
         Args:
-            w: (n_t, n_{t−1}) weight W^t.
+            rule: the rule of layer t, whose Jacobian the message is pulled back through.
+            module: layer t (e.g. the ``nn.Linear`` with weight W^t (n_t, n_{t−1})).
             dphi: (b, n_{t−1}) activation derivatives h^{(t−1)'}.
             average: how a batch-mean message averages the Jacobians.
             per_sample: whether the caller still needs per-sample blocks afterwards (the first
@@ -85,15 +93,11 @@ class MeanBlock(Message):
     block: Tensor  # (n, n), exactly symmetric (the output builders and pull-backs make it so)
     count: int
 
-    def pull_back(self, w: Tensor, dphi: Tensor, average: JacobianAverage, per_sample: bool) -> MeanBlock:
-        # Wᵀ H̄ W ∘ J, with J = E[h' h'ᵀ] (Eq. 6 of Chen et al.) or E[h'] E[h']ᵀ (Eq. 7 of
-        # Dangel & Hennig), in one pass of panels: (n_{t-1}, n_{t-1}).
-        if average is JacobianAverage.PER_SAMPLE:
-            jac, scale = (dphi, dphi), 1.0 / dphi.shape[0]
-        else:
-            m = dphi.mean(0)[None]  # (1, n_{t-1})
-            jac, scale = (m, m), 1.0
-        return MeanBlock(symmetric_product(w, self.block @ w, times=jac, scale=scale), self.count)
+    def pull_back(
+        self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
+    ) -> MeanBlock:
+        # Eq. (6) of Chen et al. or Eq. (7) of Dangel & Hennig: (n_{t-1}, n_{t-1})
+        return MeanBlock(rule.jac_t_mean(module, self.block, dphi, average), self.count)
 
     def add_residual(self, r: Tensor, residual: Residual) -> MeanBlock:
         # Eq. (6)/(8b): Pos-Eig acts on diag(E_i[h'' ⊙ Wᵀ∇ξ_i]), i.e. after the batch mean. The
@@ -119,17 +123,12 @@ class PerSampleBlocks(Message):
     def count(self) -> int:  # type: ignore[override]
         return self.blocks.shape[0]
 
-    def pull_back(self, w: Tensor, dphi: Tensor, average: JacobianAverage, per_sample: bool) -> Message:
-        b, n_t, _ = self.blocks.shape
-        n_prev = w.shape[1]
-        f = w[None] * dphi[:, None, :]  # (b, n_t, n_{t-1}) F_i = W diag(h'_i)
-        x = torch.bmm(self.blocks, f)  # (b, n_t, n_{t-1}) H_i F_i
-        if per_sample:
-            return PerSampleBlocks(torch.bmm(f.transpose(1, 2), x))  # (b, n_{t-1}, n_{t-1}) F_iᵀ H_i F_i
-        # Only the sum is needed: Σ_i F_iᵀ X_i is one GEMM over the stacked rows, which runs at
-        # full BLAS speed, skips half the work by symmetry, and never holds b blocks of the
-        # (usually largest) first layer.
-        return MeanBlock(symmetric_product(f.view(b * n_t, n_prev), x.view(b * n_t, n_prev), scale=1.0 / b), b)
+    def pull_back(
+        self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
+    ) -> Message:
+        # F_iᵀ H_i F_i per sample (Eq. 4b), or only their mean when the caller sums them anyway
+        pulled = rule.jac_t_blocks(module, self.blocks, dphi, per_sample)
+        return PerSampleBlocks(pulled) if per_sample else MeanBlock(pulled, self.count)
 
     def add_residual(self, r: Tensor, residual: Residual) -> PerSampleBlocks:
         if residual is Residual.DROP:
@@ -143,11 +142,9 @@ class PerSampleBlocks(Message):
     def total(self, scale: float) -> Tensor:
         return symmetrized(self.blocks.sum(0), scale)  # the per-sample products round apart
 
-    def weight_total(self, h: Tensor, scale: float) -> Tensor:
-        """scale · Σ_i H_i ⊗ (h_i h_iᵀ): the exact weight block (Eq. 4c), row-major ``W.flatten()`` order."""
-        n, m = self.blocks.shape[1], h.shape[1]
-        w = torch.einsum("iac,ib,id->abcd", self.blocks, h, h * scale)  # (n, m, n, m)
-        return w.reshape(n * m, n * m)
+    def weight_total(self, rule: LayerRule, h: Tensor, scale: float) -> Tensor:
+        """scale · Σ_i of the exact weight blocks of the layer with inputs h (Eq. 4c for ``nn.Linear``)."""
+        return rule.weight_block(self.blocks, h, scale)
 
 
 @dataclass
@@ -164,10 +161,10 @@ class PerSampleFactors(Message):
     def count(self) -> int:  # type: ignore[override]
         return self.factors.shape[0]
 
-    def pull_back(self, w: Tensor, dphi: Tensor, average: JacobianAverage, per_sample: bool) -> PerSampleFactors:
-        b, m, n = self.factors.shape
-        back = (self.factors.reshape(b * m, n) @ w).reshape(b, m, -1)  # one GEMM for all rows
-        return PerSampleFactors(back * dphi[:, None, :])  # (b, m, n_{t-1})
+    def pull_back(
+        self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
+    ) -> PerSampleFactors:
+        return PerSampleFactors(rule.jac_t_factors(module, self.factors, dphi))  # (b, m, n_{t-1})
 
     def add_residual(self, r: Tensor, residual: Residual) -> PerSampleFactors:
         if residual is not Residual.DROP:

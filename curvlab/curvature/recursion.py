@@ -7,6 +7,9 @@ Per layer, going from the output to the input (Chen et al., "Layer-wise Equation
   message type (per sample, factors or batch mean) and the residual policy come from the kind
   (``kinds.py``), and the gradient term is shared.
 
+The layer maths (W, its transpose products, the parameters' gradients and blocks) come from
+each layer's rule and σ', σ'' and the residual from the element-wise rule (:mod:`curvlab.modules`).
+
 ``exact`` runs over chunks of samples to bound the memory of its per-sample blocks (``fisher``
 only when asked: its factors are small); the batch-mean kinds (gn, pch) need the whole batch
 at once for their Jacobian averages. The caller's forward pass can be reused (``cache``), and
@@ -69,28 +72,28 @@ def backward(
     sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
     for t in reversed(range(k)):  # view.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
         h = cache.inputs[t]  # (b, n_t) its input h^t
+        rule, layer = view.rules[t], view.layers[t]
         gs = g * scale  # (b, n_{t+1}); scaling g is cheaper than scaling the (n_{t+1}, n_t) product
         sums[t] = {"block": msg.total(scale), "grad_bias": gs.sum(0)}
         if t in keep_samples:
             sums[t]["samples"] = gs
         else:
-            sums[t]["grad_weight"] = gs.T @ h
+            sums[t]["grad_weight"] = rule.weight_grad(gs, h)
         if weight_blocks:
             assert isinstance(msg, PerSampleBlocks)
-            sums[t]["weight"] = msg.weight_total(h, scale)  # Eq. (4c)
+            sums[t]["weight"] = msg.weight_total(rule, h, scale)  # Eq. (4c)
         if t == 0:
             break
-        w = view.layers[t].weight  # (n_{t+1}, n_t)
         z = cache.preacts[t - 1]  # (b, n_t) z^t, whose σ gave h^t
         fns = view.acts[t - 1]  # σ_t between layer t and t+1 (identity for Linear → Linear)
-        back = g @ w  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i
+        back = rule.jac_t_vec(layer, g)  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i
         residual = pol.residual is not Residual.DROP
         dphi, d2phi = fns.derivatives(z) if residual else (fns.df(z), None)  # (b, n_t) h^{t'}, h^{t''}
-        g = back * dphi  # ∇_{b^t} ξ_i
+        g = fns.jac_t_vec(dphi, back)  # ∇_{b^t} ξ_i
         # The last pull-back (into the first layer) only needs the sum over samples.
-        msg = msg.pull_back(w, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
+        msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
         if d2phi is not None:
-            msg = msg.add_residual(back * d2phi, pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
+            msg = msg.add_residual(fns.residual(d2phi, back), pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
     return sums
 
 
@@ -212,12 +215,13 @@ def curvature(
 
     want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
     layers = []
-    for h, tot, has_bias in zip(cache.inputs, totals, view.biases):
+    for h, tot, rule, has_bias in zip(cache.inputs, totals, view.rules, view.biases):
+        mean, cov = rule.input_factors(h, want_cov)  # Eq. (11b), (11a)
         layers.append(
             LayerCurvature(
                 bias=tot["block"],  # exactly symmetric: every message's total is
-                input_mean=h.mean(0),
-                input_cov=h.T @ h / batch if want_cov else None,
+                input_mean=mean,
+                input_cov=cov,
                 grad_bias=tot["grad_bias"],
                 grad_weight=tot.get("grad_weight"),
                 weight=tot.get("weight"),

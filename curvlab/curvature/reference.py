@@ -8,9 +8,11 @@ Shared by the tests and by anyone who wants to check a block by hand:
 * :func:`fisher_blocks` — KFAC's E[g gᵀ] with per-sample gradients from autograd.
 
 Every quantity is taken with respect to an offset δ^t added to the output z^t of the t-th
-``nn.Linear`` module, which equals the bias block when the layer has a bias and is the z^t
-block when it has none. The forward pass runs the net's own modules (an :class:`MLP` through
-:meth:`~curvlab.MLP.as_sequential`), not the recursion's canonical chain.
+layer module (one with a :class:`~curvlab.modules.base.LayerRule`, e.g. ``nn.Linear``), which
+equals the bias block when the layer has a bias and is the z^t block when it has none. The
+forward pass runs the net's own modules (an :class:`MLP` through
+:meth:`~curvlab.MLP.as_sequential`; a layer through its rule's ``forward`` when its weight is
+replaced), not the recursion's canonical chain; only autograd differentiates.
 """
 
 from __future__ import annotations
@@ -18,25 +20,42 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, hessian, jvp
 
 from curvlab.curvature.options import FisherType, JacobianAverage
 from curvlab.losses import Loss
-from curvlab.modules import Net, leaves
+from curvlab.modules import LayerRule, Net, leaves, rule_for
 from curvlab.nets import MLP
 
 __all__ = ["forward_with_offsets", "hessian_blocks", "ea_blocks", "fisher_blocks", "abs_eig"]
 
 
-def _segments(net: Net) -> tuple[list[nn.Module], list[tuple[nn.Linear, list[nn.Module]]]]:
-    """The modules before the first Linear, and each Linear with the modules after it."""
+def _is_layer(m: nn.Module) -> bool:
+    return isinstance(rule_for(m), LayerRule)
+
+
+def _out_width(lin: nn.Module) -> int:
+    rule = rule_for(lin)
+    assert isinstance(rule, LayerRule)
+    return rule.widths(lin)[1]
+
+
+def _input_jacobian(lin: nn.Module, like: Tensor) -> Tensor:
+    """∂z/∂h (n, n_in) of a layer by autograd; a layer is affine in h, so at h = 0."""
+    rule = rule_for(lin)
+    assert isinstance(rule, LayerRule)
+    h0 = torch.zeros(1, rule.widths(lin)[0], dtype=like.dtype, device=like.device)
+    return torch.func.jacrev(lambda h: lin(h))(h0)[0, :, 0].detach()
+
+
+def _segments(net: Net) -> tuple[list[nn.Module], list[tuple[nn.Module, list[nn.Module]]]]:
+    """The modules before the first layer, and each layer with the modules after it."""
     mods = leaves(net.as_sequential() if isinstance(net, MLP) else net)
-    first = next(i for i, m in enumerate(mods) if isinstance(m, nn.Linear))
-    segs: list[tuple[nn.Linear, list[nn.Module]]] = []
+    first = next(i for i, m in enumerate(mods) if _is_layer(m))
+    segs: list[tuple[nn.Module, list[nn.Module]]] = []
     for m in mods[first:]:
-        if isinstance(m, nn.Linear):
+        if _is_layer(m):
             segs.append((m, []))
         else:
             segs[-1][1].append(m)
@@ -52,18 +71,18 @@ def _run(mods: list[nn.Module], h: Tensor) -> Tensor:
 def forward_with_offsets(
     net: Net, x: Tensor, offsets: list[Tensor], weights: dict[int, Tensor] | None = None
 ) -> Tensor:
-    """The net's output with z^t ← z^t + δ^t after its t-th Linear and, optionally, W^t ← ``weights[t]``."""
+    """The net's output with z^t ← z^t + δ^t after its t-th layer and, optionally, W^t ← ``weights[t]``."""
     prep, segs = _segments(net)
     h = _run(prep, x)
     for t, (lin, after) in enumerate(segs):
         w = lin.weight.detach() if weights is None or t not in weights else weights[t]
-        h = F.linear(h, w, None if lin.bias is None else lin.bias.detach()) + offsets[t]
+        h = rule_for(lin).forward(lin, h, w) + offsets[t]  # type: ignore[attr-defined]
         h = _run(after, h)
     return h
 
 
 def _zeros(net: Net, like: Tensor) -> list[Tensor]:
-    return [torch.zeros(lin.out_features, dtype=like.dtype, device=like.device) for lin, _ in _segments(net)[1]]
+    return [torch.zeros(_out_width(lin), dtype=like.dtype, device=like.device) for lin, _ in _segments(net)[1]]
 
 
 def hessian_blocks(net: Net, x: Tensor, y: Tensor, loss: Loss, weights: bool = False) -> list[Tensor]:
@@ -85,7 +104,7 @@ def hessian_blocks(net: Net, x: Tensor, y: Tensor, loss: Loss, weights: bool = F
                 offs[t] = d
                 return loss(forward_with_offsets(net, x, offs), y)
 
-            blocks.append(hessian(f)(torch.zeros(lin.out_features, dtype=x.dtype, device=x.device)))
+            blocks.append(hessian(f)(torch.zeros(_out_width(lin), dtype=x.dtype, device=x.device)))
     return blocks
 
 
@@ -147,7 +166,7 @@ def ea_blocks(
     blocks = [block]
     linears = [lin for lin, _ in _segments(net)[1]]
     for t in range(len(linears) - 1, 0, -1):  # from block of layer t+1 (0-based t) to layer t
-        w = linears[t].weight.detach()
+        w = _input_jacobian(linears[t], x)  # ∂z^{t+1}/∂h^t, W for nn.Linear
         a = w.T @ block @ w
         if average is JacobianAverage.PER_SAMPLE:
             block = sum(torch.diag(p[2][t - 1]) @ a @ torch.diag(p[2][t - 1]) for p in parts) / n

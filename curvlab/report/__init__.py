@@ -13,15 +13,17 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from curvlab.report.figures import WALL_NOTE
-from curvlab.report.load import Runs, Study, find_studies, load_runs, load_study
+from curvlab.report.files import BadFile
+from curvlab.report.load import Runs, Study, find_studies, load_runs, load_study, say_skipped
 from curvlab.report.render import render_experiment, render_study
 from curvlab.report.timing import find_step_costs, with_quiet_time
 from curvlab.report.views import VIEWS, select_view
 
-__all__ = ["main", "report", "Runs", "Study", "load_runs", "load_study", "WALL_NOTE"]
+__all__ = ["main", "report", "positive_int", "Runs", "Study", "load_runs", "load_study", "WALL_NOTE"]
 
 
 def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
@@ -45,6 +47,10 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
 
     Returns:
         The files written, in a fixed order.
+
+    A run or study whose files the report cannot use is skipped with one line on stderr naming
+    the file and the reason (:mod:`curvlab.report.files`); so is a selected experiment or study
+    that renders nothing of ``want``.
     """
     bad = set(want) - {"tables", "figures"}
     if bad:
@@ -56,28 +62,67 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
     runs = with_quiet_time(runs, costs)
     written: list[Path] = []
     present = runs.experiments()
-    for exp in present:
-        if experiments is None or exp in experiments:
-            written += render_experiment(runs.select(exp), exp, out, steps, set(want), window, wall_note, costs)
-    for name, view in VIEWS.items():  # Figures 9–12: a selection of Figures 1–8's runs
-        picked = select_view(runs, view)
-        if name not in present and len(picked.runs) and (experiments is None or name in experiments):
-            written += render_experiment(picked, name, out, steps, set(want), window, wall_note, costs)
+    views = {name: select_view(runs, view) for name, view in VIEWS.items()}  # Figures 9–12: Figures 1–8's runs
+    views = {name: picked for name, picked in views.items() if name not in present and len(picked.runs)}
+    studies = []
     for path in find_studies(roots):
-        st = load_study(path)
-        if experiments is None or st.meta.get("name", st.name) in experiments:
-            written += render_study(st, out, set(want))
+        try:
+            studies.append(load_study(path))
+        except BadFile as e:
+            say_skipped(e)
+    found = [*present, *views, *(str(st.meta.get("name", st.name)) for st in studies)]
+    unknown = sorted(set(experiments or ()) - set(found))
+    if unknown:
+        raise ValueError(f"--experiment {', '.join(unknown)}: not among the experiments and studies found "
+                         f"({', '.join(found) or 'none'})")
+    for exp, r in [*((e, runs.select(e)) for e in present), *views.items()]:
+        if experiments is None or exp in experiments:
+            files = render_experiment(r, exp, out, steps, set(want), window, wall_note, costs)
+            _say_if_empty(files, exp, want)
+            written += files
+    for st in studies:
+        name = str(st.meta.get("name", st.name))
+        if experiments is None or name in experiments:
+            try:
+                files = render_study(st, out, set(want))
+            except BadFile as e:
+                say_skipped(e)
+                continue
+            _say_if_empty(files, f"study {name}", want)
+            written += files
     return written
+
+
+def _say_if_empty(files: list[Path], what: str, want: set[str]) -> None:
+    if not files:
+        print(f"curvlab report: {what}: nothing to render as {' and '.join(sorted(want))}", file=sys.stderr)
 
 
 def _check_out(roots: list[str | Path], out: Path) -> None:
     """The report only reads its inputs: refuse an output folder that is, or lies inside, an input folder."""
+    for p in (out, *out.parents):  # the first part that exists must be a folder
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--out {str(out)!r}: {str(p)!r} is an existing file, not a folder; choose a folder "
+                                 "(e.g. /tmp/report)")
+            break
     o = out.resolve()
     for root in map(Path, roots):
         r = root.resolve()
         if o == r or r in o.parents:
             raise ValueError(f"--out {str(out)!r} lies inside the input folder {str(root)!r}; the report never "
                              "writes into its inputs: choose an output folder outside it (e.g. /tmp/report)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes (``--steps`` here, ``scripts/reproduce.py``'s): an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
 
 
 def _window(text: str) -> tuple[int, int]:
@@ -96,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="curvlab report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run or study directories, or folders that contain them")
     p.add_argument("--out", default="results/report", help="output folder (default: results/report)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="average layer-wise errors over the first S logged updates (default: all logged)")
     p.add_argument("--error-steps", type=_window, default=None, metavar="FIRST:LAST",
                    help="average layer-wise errors over updates FIRST..LAST only, e.g. 3900:4000")
@@ -118,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"curvlab report: error: {e}")
         return 2
+    except OSError as e:  # the output folder: full, read-only, not creatable
+        print(f"curvlab report: error: cannot write into --out {a.out}: {e.strerror or e} ({e.filename})")
+        return 1
     if not files:
-        print(f"curvlab report: nothing to render under {' '.join(a.runs)} (no summary.json or study.json found)")
+        print(f"curvlab report: nothing written into {a.out}: no run or study under {' '.join(a.runs)} renders "
+              f"{' or '.join(sorted(want))} (runs need a summary.json, studies a study.json; see the lines above)")
         return 1
     for f in files:
         print(f)

@@ -8,6 +8,7 @@ and HBP Figure 5; :func:`cr_figure` follows Figures 1–5 of Bakker et al.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -17,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from curvlab.report.files import new_file, safe_name  # noqa: E402
 from curvlab.report.tables import KIND_NAMES, error_totals, time_unit  # noqa: E402
 
 __all__ = ["mean_std", "curve_stats", "plot_curves", "legend_outside", "legend_right", "colors_for",
@@ -323,15 +325,35 @@ def scaling_figure(data: pd.DataFrame, title: str, column: str = "seconds", ylab
 
 
 def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
-    """Write ``name.png`` (150 dpi) and ``name.pdf`` into ``out_dir`` and close the figure."""
+    """Write ``name.png`` (150 dpi) and ``name.pdf`` into ``out_dir`` and close the figure.
+
+    The name is sanitised and the files are written without following links
+    (:func:`curvlab.report.files.new_file`). Labels from run files that are not valid mathtext
+    (a ``$`` in a solver name) make the whole figure's text plain instead of failing.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    name = safe_name(name)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        # No creation date in the PDF: re-rendering unchanged data gives identical files.
-        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
-    plt.close(fig)
+    try:
+        for p in paths:
+            with new_file(out, p.name) as f:
+                try:
+                    _savefig(fig, f, p.suffix[1:])
+                except ValueError:  # mathtext that does not parse: show every text as typed
+                    for t in fig.findobj(matplotlib.text.Text):
+                        t.set_parse_math(False)
+                    f.seek(0)
+                    f.truncate()
+                    _savefig(fig, f, p.suffix[1:])
+    finally:
+        plt.close(fig)
     return paths
+
+
+def _savefig(fig: Figure, f: BinaryIO, fmt: str) -> None:
+    # No creation date in the PDF: re-rendering unchanged data gives identical files.
+    fig.savefig(f, format=fmt, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
 
 
 def fit_loglog_slope(x: np.ndarray, y: np.ndarray) -> float:

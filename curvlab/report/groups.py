@@ -16,12 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from curvlab.report.tables import KIND_NAMES
+from curvlab.registry import KINDS, curvature_fields, find_solver
 
-__all__ = ["Grouping", "computing_columns", "group_runs", "method_label", "FIRST_ORDER", "CURVATURE_SOLVERS", "SETTING"]
-
-FIRST_ORDER = {"sgd", "adagrad", "adadelta", "adam"}
-CURVATURE_SOLVERS = {"eacg", "kfi"}  # the solvers that read the `curvature` group (curvlab.train.build_solver)
+__all__ = ["Grouping", "computing_columns", "group_runs", "method_label", "SETTING"]
 
 # Fields that do not change what a run computes: identity, paths, length, logging, hardware (and
 # flushing float32 denormals, < 1.2e-38, to 0: runs before that option share curves with runs after).
@@ -31,11 +28,7 @@ _BOOKKEEPING = re.compile(
     r"|dataset\.(root|path|download))$"
 )
 SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")  # prefixes of the config fields that make the setting
-_KIND_NAMES = {**KIND_NAMES, "exact": "H"}  # a method on the exact Hessian: "Newton (H)", "EA-CG · H"
-_SOLVER_NAMES = {"sgd": "SGD", "adagrad": "Adagrad", "adadelta": "Adadelta", "adam": "Adam",
-                 "eacg": "EA-CG", "kfi": "KFI"}
-# Curvature × KFI pairs that the literature names (Chen et al. Table 1).
-_KFI_NAMES = {"fisher": "KFAC", "gn": "KFRA"}
+# Solver names, labels and the curvature fields each solver reads come from curvlab.registry.
 # Fields a method label already shows; they are not repeated as ``key=value``.
 _IN_LABEL = {"solver", "curvature", "cfg.solver.name", "cfg.curvature.kind", "cfg.solver.momentum", "cfg.solver.split",
              "cfg.solver.rank_one_first_layer", "cfg.solver.curvature", "cfg.solver.base"}
@@ -53,9 +46,17 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def _uses_curvature(row: pd.Series | dict[str, Any]) -> bool:
+def _curvature_fields(row: pd.Series | dict[str, Any]) -> frozenset[str]:
+    """The fields of the ``curvature`` group that the run's solver reads (CR: its base's); none for SGD."""
     solver = _get(row, "cfg.solver.name") or _get(row, "solver")
-    return solver in CURVATURE_SOLVERS or (solver == "cr" and _get(row, "cfg.solver.base") in CURVATURE_SOLVERS)
+    base = _get(row, "cfg.solver.base")
+    return curvature_fields(solver, {"base": base} if base is not None else {})
+
+
+def _kind(row: pd.Series | dict[str, Any]) -> str:
+    """The curvature kind a run used; the exact inverse recorded it as ``solver.curvature`` before it
+    read the ``curvature`` group (the committed Rahimi runs)."""
+    return str(_get(row, "cfg.solver.curvature") or _get(row, "cfg.curvature.kind") or _get(row, "curvature") or "?")
 
 
 def method_label(row: pd.Series | dict[str, Any]) -> str:
@@ -65,20 +66,20 @@ def method_label(row: pd.Series | dict[str, Any]) -> str:
         row: a run's summary fields and flattened config (``cfg.<dotted key>``), as in ``Runs.runs``.
     """
     solver = str(_get(row, "cfg.solver.name") or _get(row, "solver") or "?")
-    if solver == "cr":
-        base = str(_get(row, "cfg.solver.base") or "sgd")
-        return f"{method_label({**_as_dict(row), 'cfg.solver.name': base, 'cfg.solver.momentum': None})} + CR"
-    if solver == "exact_inverse":
-        return f"Newton ({_KIND_NAMES.get(str(_get(row, 'cfg.solver.curvature') or 'exact'), '?')})"
-    name = _SOLVER_NAMES.get(solver, solver)
-    if solver in FIRST_ORDER:
+    cls = find_solver(solver)
+    template = (cls.label if cls is not None else "") or solver
+    if "{base}" in template:  # a wrapper (CR): the base's label inside its own
+        base = {**_as_dict(row), "cfg.solver.name": str(_get(row, "cfg.solver.base") or "sgd"), "cfg.solver.momentum": None}
+        return template.format(base=method_label(base))
+    if "{kind}" not in template:  # a first-order solver
         momentum = _get(row, "cfg.solver.momentum")
-        return f"{name} (momentum {_num(float(momentum))})" if momentum else name
-    kind = str(_get(row, "cfg.curvature.kind") or _get(row, "curvature") or "?")
-    label = f"{name} · {_KIND_NAMES.get(kind, kind)}"
-    if solver == "kfi" and kind in _KFI_NAMES:
-        label += f" ({_KFI_NAMES[kind]})"
-    if solver == "kfi" and str(_get(row, "cfg.solver.rank_one_first_layer")) == "True":
+        return f"{template} (momentum {_num(float(momentum))})" if momentum else template
+    kind = _kind(row)
+    label = template.format(kind=KINDS.label(kind))
+    known_as = cls.known_as if cls is not None else {}
+    if KINDS.canonical(kind) in known_as:
+        label += f" ({known_as[KINDS.canonical(kind)]})"
+    if str(_get(row, "cfg.solver.rank_one_first_layer")) == "True":
         label += " · Eq. 13"  # E[h]E[h]ᵀ for the input layer (Chen et al. Eq. 13)
     split = _get(row, "cfg.solver.split")
     if split is not None and int(float(split)) > 1:
@@ -93,13 +94,13 @@ def _as_dict(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
 def _method_keys(row: pd.Series, cfg_cols: list[str]) -> tuple[tuple[str, str], ...]:
     """The (key, value) pairs that define a run's method within its setting."""
     kind = _get(row, "cfg.curvature.kind")
+    fields = _curvature_fields(row)
     # summary.json's identity too, so that runs without a config.yaml are still told apart
-    keep = [("solver", str(_get(row, "solver"))), *([("curvature", str(_get(row, "curvature")))]
-                                                    if _uses_curvature(row) else [])]
+    keep = [("solver", str(_get(row, "solver"))), *([("curvature", str(_get(row, "curvature")))] if fields else [])]
     for c in cfg_cols:
         if c.startswith(SETTING):
             continue
-        if c.startswith("cfg.curvature.") and (not _uses_curvature(row) or (
+        if c.startswith("cfg.curvature.") and (c.split(".", 2)[2] not in fields or (
                 c in ("cfg.curvature.fisher", "cfg.curvature.mc_samples") and kind != "fisher")):
             continue  # a setting the solver (or this curvature kind) ignores
         v = _get(row, c)

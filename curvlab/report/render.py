@@ -29,6 +29,8 @@ from typing import Callable
 import pandas as pd
 
 from curvlab.report import figures as F
+from curvlab.report.escape import csv_safe
+from curvlab.report.files import BadFile, UnsafeOutput, new_file, safe_name
 from curvlab.report.grid import grid_tables
 from curvlab.report.groups import group_runs
 from curvlab.report.load import Runs, Study
@@ -96,7 +98,7 @@ def render_experiment(r: Runs, exp: str, out: Path, steps: int | None = None,
     for setting in settings:
         runs = grouping.runs[grouping.runs["setting"] == setting]
         dropped = grouping.dropped[grouping.dropped["setting"] == setting]
-        name = exp if len(settings) == 1 else f"{exp}__{slug(setting)}"
+        name = safe_name(exp) if len(settings) == 1 else f"{safe_name(exp)}__{slug(setting)}"
         written += _render_setting(_only(r, runs), dropped, exp, setting, name, Path(out), steps, set(want),
                                    window, wall_note, costs)
     return written
@@ -275,7 +277,8 @@ def _generic(st: Study, out: Path, want: set[str]) -> list[Path]:
     name = str(st.meta.get("name", st.name))
     if len(st.data) > _GENERIC_MAX_ROWS:
         out.mkdir(parents=True, exist_ok=True)
-        st.data.to_csv(out / f"{name}.csv", index=False)
+        with new_file(out, f"{name}.csv") as f:
+            f.write(csv_safe(st.data).to_csv(index=False).encode())
         return [out / f"{name}.csv"]
     about = "; ".join(str(st.meta[k]) for k in ("paper", "note") if st.meta.get(k))
     return write_table(st.data.set_index(st.data.columns[0]), out, name,
@@ -283,5 +286,16 @@ def _generic(st: Study, out: Path, want: set[str]) -> list[Path]:
 
 
 def render_study(st: Study, out: Path, want: set[str] = frozenset({"tables", "figures"})) -> list[Path]:
-    """Render one study with the renderer registered under its ``study`` name (else as one table)."""
-    return STUDY_RENDERERS.get(st.name, _generic)(st, out, set(want))
+    """Render one study with the renderer registered under its ``study`` name (else as one table).
+
+    Its output name is sanitised (:func:`curvlab.report.files.safe_name`); a study whose data lack
+    what its renderer needs raises :class:`curvlab.report.files.BadFile` naming the study file.
+    """
+    st = Study(st.path, {**st.meta, "name": safe_name(st.meta.get("name", st.name))}, st.data)
+    try:
+        return STUDY_RENDERERS.get(st.name, _generic)(st, out, set(want))
+    except UnsafeOutput:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError) as e:  # what the renderer needs is missing or mistyped
+        raise BadFile(st.path / "study.json", f"its data do not fit the {st.name!r} renderer "
+                      f"({type(e).__name__}: {str(e)[:100]})") from None

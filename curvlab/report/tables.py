@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from curvlab.report.escape import csv_cell, csv_safe, md_text, tex_text
+from curvlab.report.files import new_file, safe_name
+from curvlab.registry import KINDS as KIND_FAMILY
 from curvlab.report.paper import EACG_TABLES, KINDS
 
 __all__ = [
@@ -21,7 +24,7 @@ __all__ = [
     "to_markdown", "to_latex", "write_table", "KIND_NAMES",
 ]
 
-KIND_NAMES = {"fisher": "Fisher", "gn": "GN", "pch1": "PCH-1", "pch2": "PCH-2", "pch": "PCH-1", "exact": "exact"}
+KIND_NAMES = {name: KIND_FAMILY.label(name) for name in KIND_FAMILY}  # column labels: Fisher, GN, PCH-1, …
 _TIME_UNITS = ((3600.0 * 5, 3600.0, "h"), (600.0, 60.0, "min"), (0.0, 1.0, "s"))
 
 
@@ -34,15 +37,25 @@ def time_unit(seconds: float) -> tuple[float, str]:
 
 
 def kind_column(errors: pd.DataFrame) -> pd.Series:
-    """The column each error row goes to: its kind, or ``fisher (MC m)`` when the Fisher was logged
-    with several Monte-Carlo sample counts (``mc_samples``; blank for the other kinds)."""
+    """The column each error row goes to: its kind, or for the Fisher ``fisher (MC m)`` /
+    ``fisher (empirical)`` / ``fisher (exact)`` when rows of several Monte-Carlo sample counts
+    (``mc_samples``) or several definitions (``fisher``; older files lack it: a row with a sample
+    count is an MC Fisher) were logged."""
     kind = errors["kind"].astype(str)
-    if "mc_samples" not in errors:
+    fisher = kind == "fisher"
+    mc = pd.to_numeric(errors["mc_samples"], errors="coerce") if "mc_samples" in errors else None
+    ftype = errors["fisher"] if "fisher" in errors else pd.Series(None, index=errors.index, dtype=object)
+    if mc is not None:
+        ftype = ftype.where(ftype.notna() | mc.isna(), "mc")
+    ftype = ftype.fillna("").astype(str)
+    several_mc = mc is not None and mc[fisher].dropna().nunique() > 1
+    several_types = ftype[fisher].nunique() > 1
+    if not (several_mc or several_types):
         return kind
-    mc = pd.to_numeric(errors["mc_samples"], errors="coerce")
-    if mc[kind == "fisher"].dropna().nunique() <= 1:
-        return kind
-    return kind.where(mc.isna(), kind + " (MC " + mc.map(lambda v: f"{v:g}") + ")")
+    detail = ftype.map(lambda t: "MC" if t == "mc" else t)
+    if several_mc:
+        detail = detail.where(ftype != "mc", "MC " + mc.map(lambda v: f"{v:g}"))  # type: ignore[union-attr]
+    return kind.where(~fisher | (detail == ""), kind + " (" + detail + ")")
 
 
 def _base_kind(column: str) -> str:
@@ -51,10 +64,10 @@ def _base_kind(column: str) -> str:
 
 def _kind_order(columns: list[str]) -> list[str]:
     """Paper order (Fisher, GN, PCH-1, PCH-2), MC variants by sample count, then any other kind."""
-    def key(c: str) -> tuple[int, str, float]:
+    def key(c: str) -> tuple[int, str, bool, float, str]:
         base = _base_kind(c)
         mc = float(c.rsplit("MC ", 1)[1].rstrip(")")) if "(MC " in c else 0.0
-        return (KINDS.index(base) if base in KINDS else len(KINDS), base, mc)
+        return (KINDS.index(base) if base in KINDS else len(KINDS), base, "(MC" not in c, mc, c)
     return sorted(columns, key=key)
 
 
@@ -333,8 +346,8 @@ def _fmt(v: object, floatfmt: str) -> str:
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A GitHub Markdown table; the index is the first column, NaN shows as ``-``."""
-    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a bare pipe would split the cell)
+    """A GitHub Markdown table; the index is the first column, NaN shows as ``-``; cells as :func:`md_text`."""
+    esc = lambda v: md_text(v).replace("|", "\\|")  # noqa: E731  (a bare pipe would split the cell)
     head = [esc(df.index.name or ""), *map(esc, df.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(df.columns)) + "|"]
     for idx, row in df.astype(object).iterrows():  # object rows keep ints as ints
@@ -342,22 +355,15 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("|", r"$|$")):
-        s = s.replace(a, b)
-    return s
-
-
 def to_latex(df: pd.DataFrame, caption: str = "", floatfmt: str = ".4f") -> str:
     """A ``booktabs`` LaTeX table; NaN shows as ``-``."""
     cols = "l" + "r" * len(df.columns)
-    head = " & ".join(_tex(str(c)) for c in [df.index.name or "", *df.columns])
-    body = [" & ".join(_tex(x) for x in [str(i), *(_fmt(v, floatfmt) for v in row)]) + r" \\"
+    head = " & ".join(tex_text(str(c)) for c in [df.index.name or "", *df.columns])
+    body = [" & ".join(tex_text(x) for x in [str(i), *(_fmt(v, floatfmt) for v in row)]) + r" \\"
             for i, row in df.astype(object).iterrows()]
     return "\n".join([
         r"\begin{table}[ht]", r"\centering",
-        *([rf"\caption{{{_tex(caption)}}}"] if caption else []),
+        *([rf"\caption{{{tex_text(caption)}}}"] if caption else []),
         rf"\begin{{tabular}}{{{cols}}}", r"\toprule", head + r" \\", r"\midrule", *body,
         r"\bottomrule", r"\end{tabular}", r"\end{table}", "",
     ])
@@ -372,16 +378,17 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, caption: str =
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    name = safe_name(name)
     csv = df
     if df.index.nlevels > 1:
         csv = df.reset_index()
         df = df.set_axis([", ".join(f"{n} {_fmt(v, 'g')}" for n, v in zip(df.index.names, i)) for i in df.index])
-    md = (f"**{caption}**\n\n" if caption else "") + to_markdown(df, floatfmt)
-    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex"]
-    paths[0].write_text(md)
-    if csv is df:
-        csv.to_csv(paths[1], index_label=df.index.name or "")
-    else:
-        csv.to_csv(paths[1], index=False)
-    paths[2].write_text(to_latex(df, caption, floatfmt))
+    md = (f"**{md_text(caption)}**\n\n" if caption else "") + to_markdown(df, floatfmt)
+    csv_text = (csv_safe(csv).to_csv(index_label=csv_cell(df.index.name or "")) if csv is df
+                else csv_safe(csv).to_csv(index=False))
+    paths = []
+    for suffix, text in ((".md", md), (".csv", csv_text), (".tex", to_latex(df, caption, floatfmt))):
+        with new_file(out, name + suffix) as f:
+            f.write(text.encode())
+        paths.append(out / (name + suffix))
     return paths

@@ -27,7 +27,6 @@ layout: ``results/runs/eacg_fig1_3`` finds ``results/runs/studies/table1_measure
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,7 +34,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from curvlab.report.load import Runs, Study, find_studies, load_study
+from curvlab.report.files import BadFile, load_json
+from curvlab.report.load import Runs, Study, find_studies, load_study, say_skipped
 
 __all__ = ["StepCosts", "TimeAxis", "method_key", "run_method_key", "find_step_costs", "load_step_costs",
            "with_quiet_time", "time_axis", "STUDY"]
@@ -129,20 +129,39 @@ def find_step_costs(roots: Iterable[str | Path], explicit: str | Path | None = N
     """The quiet study's costs: ``explicit``, else a ``table1_measured`` study under ``roots``, else one in
     ``studies/table1_measured`` next to a root (see the module docstring); None when there is none."""
     if explicit is not None:
-        meta = Path(explicit) / "study.json"
-        if not meta.is_file() or json.loads(meta.read_text()).get("study") != STUDY:
-            raise ValueError(
-                f"--step-costs {explicit}: not a {STUDY} study folder (no study.json of it there); pass the "
-                f"folder scripts/study_table1.py writes, e.g. results/runs/studies/{STUDY}"
-            )
-        return load_step_costs(load_study(explicit))
+        try:
+            if _study_of(Path(explicit)) != STUDY:
+                raise ValueError(f"not a {STUDY} study folder (no study.json of it there)")
+            return _costs_of(Path(explicit))
+        except (BadFile, ValueError) as e:
+            raise ValueError(f"--step-costs {explicit}: {e}; pass the folder scripts/study_table1.py writes, "
+                             f"e.g. results/runs/studies/{STUDY}") from None
     roots = [Path(r) for r in roots]
     candidates = [*find_studies(roots), *(r.resolve().parent / "studies" / STUDY for r in roots)]
     for path in candidates:
-        meta = path / "study.json"
-        if meta.is_file() and json.loads(meta.read_text()).get("study") == STUDY:
-            return load_step_costs(load_study(path))
+        try:
+            if _study_of(path) == STUDY:
+                return _costs_of(path)
+        except BadFile as e:  # a broken quiet study: the runs keep their measured time
+            say_skipped(e)
     return None
+
+
+def _study_of(folder: Path) -> str | None:
+    """The ``study`` named by ``folder/study.json`` (None without one)."""
+    meta = folder / "study.json"
+    return load_json(meta).get("study") if meta.exists() else None
+
+
+def _costs_of(folder: Path) -> StepCosts:
+    """:func:`load_step_costs` of a study folder; BadFile naming its files when they lack what the costs need."""
+    try:
+        return load_step_costs(load_study(folder))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, BadFile):
+            raise
+        raise BadFile(folder / "study.json", f"its costs are incomplete or mistyped ({type(e).__name__}: "
+                      f"{str(e)[:80]})") from None
 
 
 def with_quiet_time(r: Runs, costs: StepCosts | None) -> Runs:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 from curvlab.report.load import Runs
 
 __all__ = ["View", "VIEWS", "select_view"]
@@ -40,7 +42,7 @@ def select_view(runs: Runs, view: View) -> Runs:
         return src
     rank_one = r.get("cfg.solver.rank_one_first_layer")
     plain = ~rank_one.fillna(False).astype(bool) if rank_one is not None else True
-    keep = set(r.loc[r["cfg.curvature.kind"].isin(view.curvatures) & r["cfg.solver.name"].isin(view.solvers)
-                     & plain, "run_dir"])
+    kind, solver = (r.get(c, pd.Series(None, index=r.index)) for c in ("cfg.curvature.kind", "cfg.solver.name"))
+    keep = set(r.loc[kind.isin(view.curvatures) & solver.isin(view.solvers) & plain, "run_dir"])  # no config: none
     pick = lambda df: df[df["run_dir"].isin(keep)].reset_index(drop=True)  # noqa: E731
     return Runs(pick(src.runs), pick(src.metrics), pick(src.errors))

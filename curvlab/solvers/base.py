@@ -6,15 +6,19 @@ applies ``θ ← θ + lr · d``. The CR step size wraps any solver by replacing 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import Tensor
 
+from curvlab.curvature.options import Kind
 from curvlab.losses import Loss
 from curvlab.modules import Net
+from curvlab.solvers.options import OptionRule
+from curvlab.typecheck import check_value, type_hints
 
 __all__ = ["Direction", "StepResult", "Solver", "SOLVERS", "register", "make_solver"]
 
@@ -46,10 +50,24 @@ class StepResult:
 class Solver(ABC):
     """Base class: subclasses implement :meth:`direction`; the runner calls :meth:`step`.
 
-    ``lr`` is a plain attribute so that the runner's schedule can set it every step.
+    ``lr`` is a plain attribute so that the runner's schedule can set it every step. The class
+    attributes are the solver's entry in the registry (:data:`SOLVERS`): what the config check,
+    the runner and the report know about it, declared once here.
     """
 
     name: ClassVar[str] = ""
+    # The report's method label; ``{kind}`` is replaced by the curvature kind's label, ``{base}``
+    # (wrappers) by the base solver's method label. "" means the registered name.
+    label: ClassVar[str] = ""
+    # Literature names of (this solver, kind) pairs, appended to the label: KFI · Fisher (KFAC).
+    known_as: ClassVar[Mapping[str, str]] = {}
+    # Fields of the `curvature` config group that the solver reads (the runner passes the group
+    # as ``curvature=``); empty: it reads none, and runs that differ only there are the same run.
+    curvature_fields: ClassVar[frozenset[str]] = frozenset()
+    # Range checks of the constructor's options (:mod:`curvlab.solvers.options`).
+    option_rules: ClassVar[Mapping[str, OptionRule]] = {}
+    # Arguments the runner passes itself, never options of a config.
+    _GIVEN: ClassVar[frozenset[str]] = frozenset({"self", "params", "net", "loss", "lr"})
 
     def __init__(self, net: Net, loss: Loss, lr: float) -> None:
         if not lr > 0:
@@ -57,6 +75,57 @@ class Solver(ABC):
         self.net = net
         self.loss = loss
         self.lr = float(lr)
+
+    # --- the registry entry: options and curvature, checked before any data is loaded -------------
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """The keyword options and their annotated types, read from the constructor, so that an
+        option added there is accepted and type-checked without further code."""
+        given = cls._GIVEN | ({"curvature"} if cls.curvature_fields else set())
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = inspect.signature(cls.__init__).parameters
+        hints = type_hints(cls.__init__)
+        return {k: hints.get(k, Any) for k, p in params.items() if k not in given and p.kind in keyword}
+
+    @classmethod
+    def check_ranges(cls, prefix: str = "solver", **values: Any) -> None:
+        """Apply :attr:`option_rules` to ``values`` (``prefix.key`` names the field in the message)."""
+        for key, value in values.items():
+            rule = cls.option_rules.get(key)
+            if rule is not None:
+                rule.check(f"{prefix}.{key}", value)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], prefix: str = "solver") -> dict[str, Any]:
+        """``options`` checked against the constructor's names and types and :attr:`option_rules`.
+
+        Raises:
+            ValueError: naming ``prefix.key``, the bad value and what is allowed.
+        """
+        types_ = cls.option_types()
+        for key in options:
+            if key not in types_:
+                hint = "; the curvature is chosen with curvature=NAME" if key == "curvature" else ""
+                raise ValueError(
+                    f"{prefix}.{key}: unknown option for solver {cls.name}; allowed: {', '.join(sorted(types_))}{hint}"
+                )
+        out = {k: check_value(v, types_[k], f"{prefix}.{k}") for k, v in options.items()}
+        cls.check_ranges(prefix, **out)
+        return out
+
+    @classmethod
+    def curvature_reader(cls, options: Mapping[str, Any]) -> type[Solver]:
+        """The solver whose :attr:`curvature_fields` count for these options (a wrapper's base)."""
+        return cls
+
+    @classmethod
+    def with_curvature(cls, options: Mapping[str, Any], curvature: Any) -> dict[str, Any]:
+        """``options`` plus the run's ``curvature`` group where this solver reads it."""
+        return {"curvature": curvature, **options} if cls.curvature_fields else dict(options)
+
+    @classmethod
+    def check_kind(cls, kind: Kind, loss: Loss) -> None:
+        """Refuse a curvature kind that this solver cannot use with ``loss`` (default: any, or none read)."""
 
     @property
     def params(self) -> list[Tensor]:
@@ -86,11 +155,12 @@ class Solver(ABC):
         self.lr = float(state["lr"])
 
 
-SOLVERS: dict[str, Callable[..., Solver]] = {}
+# The solver registry: config name -> solver class (whose class attributes are its entry).
+SOLVERS: dict[str, type[Solver]] = {}
 
 
 def register(name: str) -> Callable[[type[Solver]], type[Solver]]:
-    """Class decorator: make a solver available to configs under ``name``."""
+    """Class decorator: make a solver available to configs, the runner and the report under ``name``."""
 
     def deco(cls: type[Solver]) -> type[Solver]:
         cls.name = name

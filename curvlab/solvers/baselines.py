@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -10,6 +11,8 @@ from torch import Tensor
 from curvlab.losses import Loss
 from curvlab.modules import Net
 from curvlab.solvers.base import Direction, Solver, StepResult, register
+from curvlab.solvers.options import NON_NEGATIVE, number_rule
+from curvlab.typecheck import type_hints
 
 __all__ = ["TorchOptimSolver", "SGD", "Adagrad", "Adadelta", "Adam"]
 
@@ -21,10 +24,32 @@ class TorchOptimSolver(Solver):
 
     def __init__(self, net: Net, loss: Loss, lr: float, **options: Any) -> None:
         super().__init__(net, loss, lr)
+        self.check_ranges(**options)
+        self.opt = self._optimizer(net.parameters(), self.lr, options, f"solver {self.name}")
+
+    @classmethod
+    def _optimizer(cls, params: Any, lr: float, options: Mapping[str, Any], where: str) -> torch.optim.Optimizer:
         try:
-            self.opt = self.optim_cls(net.parameters(), lr=self.lr, **options)
+            return cls.optim_cls(params, lr=lr, **options)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"solver {self.name}: bad option ({err})") from None
+            raise ValueError(f"{where}: bad option ({err})") from None
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """The options of the ``torch.optim`` optimizer's constructor (``**options`` go there)."""
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = inspect.signature(cls.optim_cls.__init__).parameters
+        hints = type_hints(cls.optim_cls.__init__)
+        return {k: hints.get(k, Any) for k, p in params.items() if k not in cls._GIVEN and p.kind in keyword}
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], prefix: str = "solver") -> dict[str, Any]:
+        """Names, types and ranges, then torch's own checks on a dummy parameter (no data needed)."""
+        out = super().check_options(options, prefix)
+        device_bound = {"fused", "capturable"}  # checked against the real parameters' device only
+        cls._optimizer([torch.zeros(1, requires_grad=True)], 1.0, {k: v for k, v in out.items()
+                                                                  if k not in device_bound}, prefix)
+        return out
 
     def _loss_backward(self, x: Tensor, y: Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
@@ -43,13 +68,14 @@ class TorchOptimSolver(Solver):
         return StepResult(loss, self.lr)
 
     def direction(self, x: Tensor, y: Tensor) -> Direction:
-        """The optimizer's update divided by ``lr``; its state advances, the parameters do not."""
+        """The optimizer's update divided by its group's ``lr``; its state advances, the parameters do not."""
         self._sync_lr()
         loss = self._loss_backward(x, y)
         before = [p.detach().clone() for p in self.params]
         self.opt.step()
-        with torch.no_grad():
-            d = [(p - b) / self.lr for p, b in zip(self.params, before)]
+        lrs = {id(p): group["lr"] for group in self.opt.param_groups for p in group["params"]}
+        with torch.no_grad():  # parameters the optimizer does not hold do not move: lr 1 keeps d = 0
+            d = [(p - b) / lrs.get(id(p), 1.0) for p, b in zip(self.params, before)]
             for p, b in zip(self.params, before):
                 p.copy_(b)
         return Direction(loss, d)
@@ -67,18 +93,24 @@ class SGD(TorchOptimSolver):
     """SGD with (optional) momentum; EA-CG's baseline uses momentum 0.9."""
 
     optim_cls = torch.optim.SGD
+    label = "SGD"
+    # torch.optim.SGD takes any dampening; outside [0, 1] it is no longer a moving average
+    option_rules = {"momentum": NON_NEGATIVE, "dampening": number_rule(lambda x: 0 <= x <= 1, "in [0, 1]")}
 
 
 @register("adagrad")
 class Adagrad(TorchOptimSolver):
     optim_cls = torch.optim.Adagrad
+    label = "Adagrad"
 
 
 @register("adadelta")
 class Adadelta(TorchOptimSolver):
     optim_cls = torch.optim.Adadelta
+    label = "Adadelta"
 
 
 @register("adam")
 class Adam(TorchOptimSolver):
     optim_cls = torch.optim.Adam
+    label = "Adam"

@@ -24,6 +24,7 @@ from curvlab.curvature.recursion import curvature
 from curvlab.losses import Loss
 from curvlab.modules import Net, chain
 from curvlab.solvers.base import Direction, Solver
+from curvlab.solvers.options import UNIT_INTERVAL
 
 __all__ = ["as_curvature_options", "check_kind", "BlockSolver", "LayerSamples", "compute_blocks"]
 
@@ -45,14 +46,17 @@ def as_curvature_options(value: CurvatureOptions | dict[str, Any] | str | None) 
 
 
 def check_kind(kind: Kind, loss: Loss, solver: str, psd_required: bool) -> None:
-    """Reject curvature kinds that make ``solver`` ill-posed for ``loss``."""
-    if kind is Kind.GN and not loss.convex:
-        raise ValueError(f"solver {solver}: GN is not PSD for the {loss.kind.value} loss; use pch1, pch2 or fisher")
-    if psd_required and kind is Kind.EXACT:
-        raise ValueError(
-            f"solver {solver}: curvature.kind=exact is not PSD, so its Kronecker factors have no "
-            f"Cholesky factorisation; use {_PSD_KINDS}"
-        )
+    """Reject curvature kinds that make ``solver`` ill-posed for ``loss`` (the config check reads this too)."""
+    allowed = [k.value for k in Kind if (loss.convex or k is not Kind.GN) and not (psd_required and k is Kind.EXACT)]
+    if kind.value in allowed:
+        return
+    if kind is Kind.GN:
+        why = (f"curvature.kind=gn with solver {solver}: GN is not PSD for the {loss.kind.value} loss; "
+               "use pch1, pch2 or fisher (or loss=cross_entropy)")
+    else:
+        why = (f"solver {solver}: curvature.kind=exact is not PSD, so its Kronecker factors have no Cholesky "
+               f"factorisation; use {_PSD_KINDS}")
+    raise ValueError(f"{why}; allowed: {', '.join(sorted(allowed))}")
 
 
 @dataclass
@@ -92,7 +96,8 @@ def compute_blocks(
     """
     sample_layers = sample_layers or set()
     with torch.no_grad():  # the recursion computes the gradients itself: no autograd graph
-        cache = chain(net).forward_cache(x)
+        view = chain(net)
+        cache = view.forward_cache(x)
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
     opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
     blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers)
@@ -102,7 +107,7 @@ def compute_blocks(
         for t in input_cov_layers:
             if blocks[t].input_cov is None:
                 h = cache.inputs[t].detach()  # (B, n_{t-1})
-                blocks[t] = replace(blocks[t], input_cov=h.T @ h / h.shape[0])
+                blocks[t] = replace(blocks[t], input_cov=view.rules[t].input_factors(h, cov=True)[1])  # E[h hᵀ]
     return loss_value, list(blocks), samples
 
 
@@ -116,6 +121,8 @@ class BlockSolver(Solver):
     """
 
     psd_required: bool = False  # whether the kind must be PSD for every loss (KFI)
+    curvature_fields = frozenset(CurvatureOptions.field_names())  # the whole `curvature` group
+    option_rules = {"alpha": UNIT_INTERVAL.with_hint("0 < alpha < 1; EA-CG uses 0.01–0.1")}
 
     def __init__(
         self,
@@ -126,11 +133,14 @@ class BlockSolver(Solver):
         alpha: float = 0.02,
     ) -> None:
         super().__init__(net, loss, lr)
-        if not 0 < alpha < 1:
-            raise ValueError(f"solver.alpha must satisfy 0 < alpha < 1 (EA-CG uses 0.01–0.1), got {alpha}")
+        self.check_ranges(alpha=alpha)
         self.alpha = float(alpha)
         self.curvature = as_curvature_options(curvature)
-        check_kind(self.curvature.kind, loss, self.name or type(self).__name__, self.psd_required)
+        self.check_kind(self.curvature.kind, loss)
+
+    @classmethod
+    def check_kind(cls, kind: Kind, loss: Loss) -> None:
+        check_kind(kind, loss, cls.name or cls.__name__, cls.psd_required)
 
     def needs_input_cov(self, t: int) -> bool:
         """Whether layer ``t`` (0-based) needs E[h hᵀ]."""

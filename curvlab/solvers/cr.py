@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from curvlab.hvp import directional_derivatives
 from curvlab.losses import Loss
 from curvlab.modules import Net
 from curvlab.solvers.base import SOLVERS, Direction, Solver, StepResult, make_solver, register
+from curvlab.solvers.options import POSITIVE, one_of
 
 __all__ = ["CRStatus", "CRStep", "cr_alpha", "cr_step", "cr_step_size", "CR"]
 
@@ -125,6 +126,8 @@ class CR(Solver):
     """
 
     FALLBACKS = ("zero", "lr")
+    label = "{base} + CR"
+    option_rules = {"sigma": POSITIVE, "fallback": one_of(*FALLBACKS)}
 
     def __init__(
         self,
@@ -137,16 +140,46 @@ class CR(Solver):
         fallback: str = "zero",
     ) -> None:
         super().__init__(net, loss, lr)
-        if base == self.name or base not in SOLVERS:
-            allowed = ", ".join(sorted(n for n in SOLVERS if n != "cr"))
-            raise ValueError(f"solver cr: unknown base {base!r}; allowed: {allowed}")
-        if not sigma > 0:
-            raise ValueError(f"solver cr: sigma must be > 0, got {sigma}")
-        if fallback not in self.FALLBACKS:
-            raise ValueError(f"solver cr: fallback must be one of {', '.join(self.FALLBACKS)}, got {fallback!r}")
+        self._base_class(base)
+        self.check_ranges(sigma=sigma, fallback=fallback)
         self.base = make_solver(base, net, loss, lr=lr, **(base_options or {}))
         self.sigma = float(sigma)
         self.fallback = fallback
+
+    @classmethod
+    def _base_class(cls, base: str, prefix: str = "solver") -> type[Solver]:
+        """The registered solver ``base`` (any but CR itself)."""
+        if base == cls.name or base not in SOLVERS:
+            allowed = ", ".join(n for n in SOLVERS if n != cls.name)
+            raise ValueError(f"{prefix}.base: unknown base solver {base!r} for cr; allowed: {allowed}")
+        return SOLVERS[base]
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], prefix: str = "solver") -> dict[str, Any]:
+        """CR's own options, then ``base_options`` by the base solver's rules."""
+        out = super().check_options(options, prefix)
+        base = cls._base_class(out.get("base", "sgd"), prefix)
+        if out.get("base_options") is not None:
+            out["base_options"] = base.check_options(out["base_options"], f"{prefix}.base_options")
+        return out
+
+    @classmethod
+    def curvature_reader(cls, options: Mapping[str, Any]) -> type[Solver]:
+        """The base solver: CR's direction is the base's, so the base reads the curvature group."""
+        return cls._base_class(options.get("base", "sgd")).curvature_reader(options.get("base_options") or {})
+
+    @classmethod
+    def with_curvature(cls, options: Mapping[str, Any], curvature: Any) -> dict[str, Any]:
+        base = cls._base_class(options.get("base", "sgd"))
+        base_options = base.with_curvature(options.get("base_options") or {}, curvature)
+        return {**options, "base_options": base_options} if base_options else dict(options)
+
+    @classmethod
+    def around(cls, base: Solver, lr: float, sigma: float = 100.0, fallback: str = "zero") -> CR:
+        """CR on an already built solver (:class:`curvlab.optim.CR` passes the user's optimizer)."""
+        cr = cls(base.net, base.loss, lr, sigma=sigma, fallback=fallback)
+        cr.base = base  # replaces the default SGD base, which holds no state yet
+        return cr
 
     def direction(self, x: Tensor, y: Tensor) -> Direction:
         """The base solver's direction (its state advances)."""

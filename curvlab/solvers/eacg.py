@@ -64,6 +64,7 @@ from curvlab.modules import Net
 from curvlab.solvers.base import register
 from curvlab.solvers.blockwise import BlockSolver, LayerSamples
 from curvlab.solvers.cg import CGResult, MatVec, batched_cg
+from curvlab.solvers.options import COUNT, NON_NEGATIVE
 from curvlab.solvers.split import RowSplit
 
 __all__ = ["eacg_solve", "EACG"]
@@ -356,6 +357,14 @@ class EACG(BlockSolver):
         split: row-wise sub-blocks per bias and weight, ≥ 1.
     """
 
+    label = "EA-CG · {kind}"
+    option_rules = {
+        **BlockSolver.option_rules,
+        "max_cg": COUNT,
+        "eps_cg": NON_NEGATIVE.with_hint("0: CG runs max_cg iterations"),
+        "split": COUNT.with_hint("1, 2, 4, 16, …"),
+    }
+
     def __init__(
         self,
         net: Net,
@@ -368,12 +377,7 @@ class EACG(BlockSolver):
         split: int = 1,
     ) -> None:
         super().__init__(net, loss, lr, curvature, alpha)
-        if int(max_cg) != max_cg or max_cg < 1:
-            raise ValueError(f"solver.max_cg must be an integer >= 1, got {max_cg}")
-        if not eps_cg >= 0:
-            raise ValueError(f"solver.eps_cg must be >= 0, got {eps_cg}")
-        if int(split) != split or split < 1:
-            raise ValueError(f"solver.split must be an integer >= 1 (1, 2, 4, 16, …), got {split}")
+        self.check_ranges(max_cg=max_cg, eps_cg=eps_cg, split=split)
         self.max_cg = int(max_cg)
         self.eps_cg = float(eps_cg)
         self.split = int(split)

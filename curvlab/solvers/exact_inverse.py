@@ -16,10 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvlab.curvature.options import CurvatureOptions, Kind
 from curvlab.hvp import flatten, gnvp, hvp, unflatten
 from curvlab.losses import Loss, make_loss
 from curvlab.modules import Net, chain
 from curvlab.solvers.base import Direction, Solver, register
+from curvlab.solvers.options import NON_NEGATIVE_COUNT, POSITIVE
 from curvlab.solvers.riccati import PivotForm, layer_terms, riccati_solve
 
 __all__ = ["HessianKind", "hessian_inverse_product", "ExactInverseNewton"]
@@ -32,21 +34,22 @@ class HessianKind(str, Enum):
     GN = "gn"  # the Gauss-Newton matrix Σ_i J_iᵀ ∇²ξ_i J_i / B (PSD for convex losses)
 
 
-def _parse_kind(curvature: str | HessianKind) -> HessianKind:
+def _parse_kind(curvature: str | HessianKind | Kind | CurvatureOptions) -> HessianKind:
+    if isinstance(curvature, CurvatureOptions):  # the runner's `curvature` group: only its kind counts
+        curvature = curvature.kind
     try:
-        return HessianKind(curvature)
+        return HessianKind(curvature.value if isinstance(curvature, Kind) else curvature)
     except ValueError:
         allowed = ", ".join(k.value for k in HessianKind)
         raise ValueError(f"unknown curvature {curvature!r} for the exact inverse; allowed: {allowed}") from None
 
 
+_DAMPING = POSITIVE.with_hint("it makes H + damping·I invertible layer by layer")
+
+
 def _check_damping(damping: float) -> float:
-    damping = float(damping)
-    if not (damping > 0 and damping < float("inf")):
-        raise ValueError(
-            f"damping must be a finite number > 0 (it makes H + damping·I invertible layer by layer), got {damping}"
-        )
-    return damping
+    _DAMPING.check("damping", damping)
+    return float(damping)
 
 
 def _parse_pivot(pivot: str | PivotForm) -> PivotForm | None:
@@ -139,24 +142,45 @@ class ExactInverseNewton(Solver):
     """Damped Newton with the exact inverse: ``d = −(H + λI)⁻¹ ∇f`` (Rahimi 2025, Section 6).
 
     Rahimi reports that damped Newton on the indefinite Hessian stalls training, so
-    ``curvature="gn"`` offers the same step on the full Gauss-Newton matrix.
+    ``curvature="gn"`` offers the same step on the full Gauss-Newton matrix. In the runner the
+    matrix is the run's ``curvature=exact|gn`` (the one place a run's curvature is set, and what
+    ``summary.json`` records); the solver has no curvature option of its own there.
 
     Args:
         net, loss, lr: as for every solver; the update is ``θ ← θ + lr · d``.
         damping: λ > 0.
-        curvature: ``exact`` or ``gn``.
+        curvature: ``exact`` or ``gn`` (or the runner's curvature options, of which only the kind counts).
         refine: iterative-refinement steps of :func:`hessian_inverse_product`.
     """
 
+    label = "Newton ({kind})"
+    curvature_fields = frozenset({"kind"})  # the full matrix: no block or Kronecker options apply
+    option_rules = {"damping": _DAMPING, "refine": NON_NEGATIVE_COUNT}
+
     def __init__(
-        self, net: Net, loss: Loss, lr: float, damping: float = 1e-3, curvature: str = "exact", refine: int = 0
+        self,
+        net: Net,
+        loss: Loss,
+        lr: float,
+        damping: float = 1e-3,
+        curvature: str | CurvatureOptions = "exact",
+        refine: int = 0,
     ) -> None:
         super().__init__(net, loss, lr)
-        self.damping = _check_damping(damping)
+        self.check_ranges(damping=damping, refine=refine)
+        self.damping = float(damping)
         self.curvature = _parse_kind(curvature)
-        if int(refine) != refine or refine < 0:
-            raise ValueError(f"solver exact_inverse: refine must be a non-negative integer, got {refine}")
+        self.check_kind(Kind(self.curvature.value), loss)
         self.refine = int(refine)
+
+    @classmethod
+    def check_kind(cls, kind: Kind, loss: Loss) -> None:
+        allowed = [k.value for k in HessianKind if loss.convex or k is not HessianKind.GN]
+        if kind.value in allowed:
+            return
+        why = (f"GN is not PSD for the {loss.kind.value} loss; use exact (or loss=cross_entropy)" if kind is Kind.GN
+               else "it inverts the full Hessian (exact) or the full Gauss-Newton matrix (gn)")
+        raise ValueError(f"curvature.kind={kind.value} with solver {cls.name}: {why}; allowed: {', '.join(allowed)}")
 
     def direction(self, x: Tensor, y: Tensor) -> Direction:
         params = self.params

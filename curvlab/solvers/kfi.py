@@ -54,6 +54,7 @@ from curvlab.losses import Loss
 from curvlab.modules import Net, chain
 from curvlab.solvers.base import register
 from curvlab.solvers.blockwise import BlockSolver, LayerSamples
+from curvlab.solvers.options import COUNT
 
 __all__ = ["trace_ratio", "gram_is_cheaper", "LayerInverse", "layer_inverses", "kfi_solve", "KFI"]
 
@@ -255,6 +256,13 @@ class KFI(BlockSolver):
     """
 
     psd_required = True
+    label = "KFI · {kind}"
+    known_as = {"fisher": "KFAC", "gn": "KFRA"}  # Chen et al. Table 1
+    option_rules = {
+        **BlockSolver.option_rules,
+        "max_input_width": COUNT,
+        "update_every": COUNT.with_hint("1 = fresh factors every step, the paper's KFI; e.g. 10 = refresh every 10 steps"),
+    }
 
     def __init__(
         self,
@@ -268,13 +276,7 @@ class KFI(BlockSolver):
         update_every: int = 1,
     ) -> None:
         super().__init__(net, loss, lr, curvature, alpha)
-        if int(max_input_width) != max_input_width or max_input_width < 1:
-            raise ValueError(f"solver.max_input_width must be an integer >= 1, got {max_input_width}")
-        if isinstance(update_every, bool) or int(update_every) != update_every or update_every < 1:
-            raise ValueError(
-                f"solver.update_every must be an integer >= 1 (1 = fresh factors every step, the paper's "
-                f"KFI; e.g. 10 = refresh every 10 steps), got {update_every!r}"
-            )
+        self.check_ranges(max_input_width=max_input_width, update_every=update_every)
         self.rank_one_first_layer = bool(rank_one_first_layer)
         self.max_input_width = int(max_input_width)
         self.update_every = int(update_every)

@@ -38,9 +38,10 @@ class NewtonSolver(str, Enum):
 
 _CURVATURE_FIELDS = CurvatureOptions.field_names() - {"kind"}
 _LOSS_FIELDS = {"delta", "eps"}  # options of the nonconvex loss, Eq. (14)
+# The solvers' own options (the registry: their constructors), less those named in the signature.
 _SOLVER_FIELDS = {
-    NewtonSolver.EACG: {"split"},
-    NewtonSolver.KFI: {"rank_one_first_layer", "max_input_width"},
+    NewtonSolver.EACG: set(EACG.option_types()) - {"alpha", "max_cg", "eps_cg"},
+    NewtonSolver.KFI: set(KFI.option_types()) - {"alpha"},
     NewtonSolver.EXACT_INVERSE: set(),
 }
 
@@ -89,7 +90,7 @@ def newton_direction(
         max_cg, eps_cg: EA-CG's stopping rule (ignored by the other solvers).
         **options: curvature options (``weight_factor``, ``jacobian_average``, ``fisher``,
             ``mc_samples``), nonconvex-loss options (``delta``, ``eps``) and solver options
-            (``split`` for eacg; ``rank_one_first_layer``, ``max_input_width`` for kfi).
+            (``split`` for eacg; ``rank_one_first_layer``, ``max_input_width``, ``update_every`` for kfi).
 
     Returns:
         One tensor per parameter, in ``net.parameters()`` order.

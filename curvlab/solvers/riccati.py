@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from curvlab.losses import Loss
-from curvlab.modules import Net, chain
+from curvlab.modules import LINEAR, LayerRule, Net, chain
 from curvlab.symmetric import symmetric_product
 
 __all__ = [
@@ -52,6 +52,7 @@ class LayerTerms:
         dsig_prev: ``σ'(z^{t-1})`` (B, n_{t-1}); None for t = 1.
         q_state: state curvature ``∂²L/∂z^t²``: (B, n_t) diagonal ``σ''(z^t) ⊙ ∂f/∂h^t`` for hidden
             layers (None for GN), or (B, C, C) ``∇²ξ_i / B`` for the output layer.
+        rule: the layer's rule: its parameter Jacobian ``B_t`` and cross term ``S_t``.
     """
 
     h: Tensor
@@ -60,6 +61,7 @@ class LayerTerms:
     delta: Tensor | None
     dsig_prev: Tensor | None
     q_state: Tensor | None
+    rule: LayerRule = LINEAR
 
 
 def layer_terms(net: Net, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list[LayerTerms]:
@@ -79,18 +81,19 @@ def layer_terms(net: Net, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list
         terms: list[LayerTerms] = []
         for l in range(k - 1, -1, -1):
             if l < k - 1:  # backprop one layer: ∂f/∂h^t = δ^{t+1} W^{t+1}, δ^t = σ'(z^t) ⊙ ∂f/∂h^t
-                e_h = delta @ view.layers[l + 1].weight  # (B, n_t)
-                q_state = derivs[l][1] * e_h if exact else None
-                delta = dsig[l] * e_h
-            weight = view.layers[l].weight  # (n_t, n_{t-1})
+                e_h = view.rules[l + 1].jac_t_vec(view.layers[l + 1], delta)  # (B, n_t)
+                q_state = view.acts[l].residual(derivs[l][1], e_h) if exact else None
+                delta = view.acts[l].jac_t_vec(dsig[l], e_h)
+            rule, layer = view.rules[l], view.layers[l]
             terms.append(
                 LayerTerms(
                     h=cache.inputs[l],
-                    n_out=weight.shape[0],
-                    jac=weight[None] * dsig[l - 1][:, None, :] if l > 0 else None,
+                    n_out=rule.widths(layer)[1],
+                    jac=rule.jac(layer, dsig[l - 1]) if l > 0 else None,  # W^t diag σ'(z^{t-1})
                     delta=delta if exact else None,
                     dsig_prev=dsig[l - 1] if l > 0 else None,
                     q_state=q_state,
+                    rule=rule,
                 )
             )
     return terms[::-1]
@@ -100,38 +103,8 @@ def layer_terms(net: Net, x: Tensor, y: Tensor, loss: Loss, exact: bool) -> list
 # sweep is cheap, an einsum's overhead (equation parsing, permutes) costs 2–3× the product itself.
 
 
-def _b(Y: Tensor, h: Tensor, n_out: int, bias: bool) -> Tensor:
-    """``B_t Y`` for Y (p_t, m): the state perturbation ``dW h_i + db`` per sample, (B, n_t, m)."""
-    (batch, n_in), m = h.shape, Y.shape[1]
-    n_w = n_out * n_in
-    dw_t = Y[:n_w].reshape(n_out, n_in, m).transpose(0, 1).reshape(n_in, -1)  # (n_{t-1}, n_t m)
-    out = (h @ dw_t).view(batch, n_out, m)
-    return out + Y[n_w:][None] if bias else out
-
-
-def _blocks_t(v: Tensor, n_out: int, bias: bool) -> Tensor:
-    """(p_t, m) rows (vec(dW) row-major, db) → (m_in, n_t m): the columns ``[dW, db]ᵀ`` of each unit."""
-    m = v.shape[1]
-    dw_t = v[: v.shape[0] - n_out * bias].reshape(n_out, -1, m).transpose(0, 1)  # (n_{t-1}, n_t, m)
-    if bias:
-        dw_t = torch.cat([dw_t, v[-n_out:].reshape(1, n_out, m)])
-    return dw_t.reshape(-1, n_out * m)
-
-
-def _unblocks_t(X: Tensor, n_out: int, bias: bool) -> Tensor:
-    """The inverse of :func:`_blocks_t`: (m_in, n_t m) → (p_t, m)."""
-    X = X.reshape(X.shape[0], n_out, -1)  # (m_in, n_t, m)
-    m = X.shape[2]
-    if not bias:
-        return X.transpose(0, 1).reshape(-1, m)
-    return torch.cat([X[:-1].transpose(0, 1).reshape(-1, m), X[-1]])
-
-
-def _st(term: LayerTerms, k: Tensor) -> Tensor:
-    """``S_tᵀ k`` for k (p_t, m): (B, n_{t-1}, m), ``σ'(z^{t-1}_i) ⊙ (dWᵀ δ_i)`` (bias rows do not enter)."""
-    (batch, n_out), n_prev = term.delta.shape, term.dsig_prev.shape[1]
-    dw = k[: n_out * n_prev].reshape(n_out, -1)  # (n_t, n_{t-1} m)
-    return (term.delta @ dw).view(batch, n_prev, -1).mul_(term.dsig_prev[:, :, None])
+# The parameter Jacobian B_t = H̃ ⊗ I and the cross term S_t of each layer come from its rule
+# (``LinearRule.param_jvp``, ``param_columns``, ``param_rows``, ``cross_t``).
 
 
 # Narrowest row panel of the downdate: 4 panels (5/8 of the GEMM's flops) from a 512-wide state on.
@@ -235,7 +208,7 @@ class _Stage:
     ) -> None:
         batch, n = P.shape[:2]
         self.P, self.term, self.bias, self.damping, self.first = P, term, bias, damping, first
-        inputs = torch.cat([term.h, term.h.new_ones(batch, 1)], 1) if bias else term.h  # H̃ (B, m_in)
+        inputs = term.rule.param_inputs(term.h, bias)  # H̃ (B, m_in)
         self.perp = None  # I − V Vᵀ (m_in, m_in) in the STATE form
         if form is PivotForm.STATE:
             U, sv, Vh = torch.linalg.svd(inputs, full_matrices=False)
@@ -255,52 +228,48 @@ class _Stage:
         n_prev = term.jac.shape[2]
         AP = term.jac.transpose(1, 2) @ P.reshape(batch, n, -1)  # A_tᵀ P = (P A_t)ᵀ: (B, n_prev, B n)
         Nt = torch.matmul(self.L.T, AP.reshape(-1, batch, n))  # Nᵀ = (Lᵀ P A_t)ᵀ: (B n_prev, r, n)
-        if term.delta is not None:  # + (Eᵀ S_t)ᵀ: [(j,c),(ρ,a)] = σ'_j[c] V[c,ρ] δ_j[a]
-            vs = term.dsig_prev[:, :, None] * self.V[:n_prev]  # (B, n_prev, r)
-            Nt.view(batch, n_prev, r, n).addcmul_(vs[..., None], term.delta[:, None, None, :])
+        if term.delta is not None:  # + (Eᵀ S_t)ᵀ
+            term.rule.add_cross_basis_(Nt.view(batch, n_prev, r, n), term.delta, term.dsig_prev, self.V)
         PA = AP.reshape(batch * n_prev, -1).T.reshape(batch, n, -1)  # a (column-major) view, no copy
         AtPA = torch.matmul(term.jac.transpose(1, 2), PA).reshape(batch * n_prev, -1)  # A_tᵀ P A_t
-        if term.delta is not None and self.perp is not None:
-            # − S_⊥ᵀS_⊥/λ [(i,c),(j,d)] = −(δ_iᵀδ_j) σ'_i[c] σ'_j[d] (I − VVᵀ)[c,d] / λ
-            u = term.dsig_prev[:, :, None] * self.perp[None, :n_prev, :n_prev]  # (B, n_prev, n_prev)
-            w = (term.delta @ term.delta.T)[:, :, None] * term.dsig_prev[None] / damping  # (B, B, n_prev)
-            AtPA.view(batch, n_prev, batch, n_prev).addcmul_(u[:, :, None, :], w[:, None], value=-1.0)
+        if term.delta is not None and self.perp is not None:  # − S_⊥ᵀS_⊥/λ, S_⊥ = (I − EEᵀ) S_t
+            term.rule.sub_cross_gram_(
+                AtPA.view(batch, n_prev, batch, n_prev), term.delta, term.dsig_prev, self.perp, damping
+            )
         # P_{t-1} − Q_{t-1} = Aᵀ P A − S_⊥ᵀS_⊥/λ − Nᵀ C⁻¹ N, exactly symmetric; Nᵀ is row-major, so
         # N is the column-major operand LAPACK wants
         self.p_prev, self.gain_factor = self.fac.downdate(AtPA, Nt.reshape(batch * n_prev, -1).T)
 
     def _e_t(self, c: Tensor, n: int) -> Tensor:
-        """``E c`` for c (r n, m) with rows (ρ, a): (m_in, n m) as :func:`_blocks_t` lays it out."""
+        """``E c`` for c (r n, m) with rows (ρ, a): (m_in, n m) as ``rule.param_columns`` lays it out."""
         return self.V @ c.reshape(self.V.shape[1], -1)
 
     def feed(self, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor | None]:
         """``k_t = R_t⁻¹ (v − B_tᵀ q) = v_⊥/λ + E C⁻¹ (Eᵀ v − Lᵀ q)`` for v (p_t, m), q (B, n_t, m),
         and ``q_{t-1} = A_tᵀ (q + P B_t k_t) + S_tᵀ k_t`` (None for t = 1)."""
         t, (batch, n, m) = self.term, q.shape
-        X = _blocks_t(v, n, self.bias)  # (m_in, n m)
+        X = t.rule.param_columns(v, n, self.bias)  # (m_in, n m)
         rhs = torch.addmm(self.V.T @ X, self.L.T, q.reshape(batch, -1), alpha=-1.0)  # (r, n m)
         c = self.fac.solve(rhs.view(-1, m))  # (r n, m)
         blocks = self._e_t(c, n)
         if self.perp is not None:
             blocks = torch.addmm(blocks, self.perp, X, alpha=1.0 / self.damping)
-        k = _unblocks_t(blocks, n, self.bias)
+        k = t.rule.param_rows(blocks, n, self.bias)
         if self.first:
             return k, None
         bk = (self.L @ c.reshape(self.V.shape[1], -1)).view(batch * n, m)  # B_t k_t = L C⁻¹(…)
         q_bk = torch.addmm(q.reshape(batch * n, m), self.P.reshape(batch * n, -1), bk)  # q + P B_t k_t
         q_prev = t.jac.transpose(1, 2) @ q_bk.view(q.shape)
-        return k, q_prev + _st(t, k) if t.delta is not None else q_prev
+        return k, q_prev + t.rule.cross_t(t.delta, t.dsig_prev, k) if t.delta is not None else q_prev
 
     def gain(self, x: Tensor) -> Tensor:
         """``K_t x = S_⊥ x/λ + E C⁻¹ N x`` for x (B, n_{t-1}, m): (p_t, m)."""
         t, n = self.term, self.P.shape[1]
         blocks = self._e_t(self.fac.post(self.gain_factor @ x.reshape(-1, x.shape[-1])), n)  # (m_in, n m)
         if t.delta is not None and self.perp is not None:
-            # (S_t x)ᵀ [c, (a, m)] = Σ_i σ'_i[c] x_i[c, m] δ_i[a]  (no bias part)
-            y = (t.dsig_prev[:, :, None] * x).permute(1, 2, 0)  # (n_{t-1}, m, B)
-            sx_t = (y @ t.delta).transpose(1, 2).reshape(x.shape[1], -1)  # (n_{t-1}, n m)
+            sx_t = t.rule.cross_columns(t.delta, t.dsig_prev, x)  # S_t x, weight rows: (n_{t-1}, n m)
             blocks = torch.addmm(blocks, self.perp[:, : x.shape[1]], sx_t, alpha=1.0 / self.damping)
-        return _unblocks_t(blocks, n, self.bias)
+        return t.rule.param_rows(blocks, n, self.bias)
 
 
 def riccati_solve(
@@ -347,10 +316,10 @@ def riccati_solve(
         P = P.reshape(batch, t.h.shape[1], batch, t.h.shape[1])
     # Forward sweep: x_0 = 0 (the input does not move), u_t = k_t − K_t x_{t-1}.
     u = [feeds[0]]
-    x = _b(feeds[0], terms[0].h, terms[0].n_out, biases[0])
+    x = terms[0].rule.param_jvp(feeds[0], terms[0].h, terms[0].n_out, biases[0])
     for l in range(1, k):
         t = terms[l]
         u_l = feeds[l] - stages[l].gain(x)
         u.append(u_l)
-        x = torch.baddbmm(_b(u_l, t.h, t.n_out, biases[l]), t.jac, x)  # A_t x_{t-1} + B_t u_t
+        x = torch.baddbmm(t.rule.param_jvp(u_l, t.h, t.n_out, biases[l]), t.jac, x)  # A_t x_{t-1} + B_t u_t
     return u
