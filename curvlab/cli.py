@@ -179,7 +179,7 @@ def _train(argv: list[str]) -> int:
     from curvlab import runfiles as rf
     from curvlab.preflight import preflight, print_callbacks
     from curvlab.rundirs import RunDirError, os_error_line
-    from curvlab.safety import LAUNCHER_ENV, check_overrides
+    from curvlab.safety import LAUNCHER_ENV, check_overrides, launcher_id
 
     try:
         check_overrides(argv)
@@ -205,7 +205,7 @@ def _train(argv: list[str]) -> int:
     print_callbacks(plan)
     run_dir = plan.run_dir if plan else None  # locked before Hydra writes .hydra/ (train() re-enters the lock)
     lock = rf.lock_run_dir(run_dir) if run_dir else contextlib.nullcontext()
-    os.environ[LAUNCHER_ENV] = str(_LAUNCHER_PID)  # sweep jobs in other processes stop when it dies
+    os.environ[LAUNCHER_ENV] = launcher_id(_LAUNCHER_PID)  # sweep jobs in other processes stop when it dies
     entry = hydra.main(version_base="1.3", config_path=source, config_name="config")(_task)
     saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [saved[0] if saved else "curvlab", *argv]

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind, parse_enum
+from curvlab.loggers import LoggerConfig
 from curvlab.losses import LossKind, make_loss
 from curvlab.nets import Activation, Init, parse_layers
 from curvlab.registry import solver_class, solver_names
@@ -273,6 +274,7 @@ class RunConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # curvlab.loggers: csv always, + tensorboard
 
     def __post_init__(self) -> None:
         self.dtype = parse_enum(DType, self.dtype, "dtype")

@@ -77,8 +77,10 @@ def check_labels(y: np.ndarray, where: str) -> np.ndarray:
     if len(y) == 0:
         raise DatasetError(f"{where}: no labels; expected class indices 0..num_classes-1")
     if y.dtype.kind == "f":
-        if not np.isfinite(y).all():
-            raise DatasetError(f"{where}: {int((~np.isfinite(y)).sum())} NaN/Inf label(s); expected class indices")
+        if np.isnan(y).any():
+            raise DatasetError(f"{where}: {int(np.isnan(y).sum())} NaN label(s); expected class indices")
+        if np.isinf(y).any():  # inf == round(inf), and inf casts to a negative int64
+            raise DatasetError(f"{where}: {int(np.isinf(y).sum())} infinite label(s); expected class indices")
         bad = y[y != np.round(y)]
         if len(bad):
             raise DatasetError(f"{where}: non-integer labels such as {bad[0]}; expected class indices 0, 1, ...")

@@ -13,7 +13,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["LossKind", "OwnLossKind", "Loss", "CrossEntropy", "NonConvex", "MSE", "FunctionLoss", "make_loss", "as_loss"]
+__all__ = [
+    "LossKind", "OwnLossKind", "Loss", "CrossEntropy", "NonConvex", "MSE", "FunctionLoss", "make_loss", "as_loss",
+]
 
 
 class LossKind(str, Enum):
@@ -144,7 +146,9 @@ class MSE(Loss):
         if y.dim() == 1 and not y.is_floating_point():
             return torch.nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
         if y.shape != out.shape:
-            raise ValueError(f"mse loss: targets must be (B, C) = {tuple(out.shape)} or (B,) labels, got {tuple(y.shape)}")
+            raise ValueError(
+                f"mse loss: targets must be (B, C) = {tuple(out.shape)} or (B,) labels, got {tuple(y.shape)}"
+            )
         return y.to(out.dtype)
 
     def values(self, out: Tensor, y: Tensor) -> Tensor:

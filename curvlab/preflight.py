@@ -150,6 +150,7 @@ def preflight(argv: list[str], config_dir: str) -> Plan | None:
         plan = Plan(callbacks=_callback_lines(cfg, app, config_name, list(args.overrides), mode, config_dir))
         if mode == RunMode.MULTIRUN:
             plan.sweep_dir = check_run_dir(_resolved(cfg, "hydra.sweep.dir"), "hydra.sweep.dir", depth=3)
+            _check_launcher(cfg)
             return plan
         check_experiment_name(_resolved(cfg, "experiment_name"))
         run_dir = _resolved(cfg, "run_dir")
@@ -160,6 +161,22 @@ def preflight(argv: list[str], config_dir: str) -> Plan | None:
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None  # type: ignore[assignment]
+
+
+def _check_launcher(cfg: Any) -> None:
+    """A launcher that cannot start on this machine: say so and how, before the sweep starts."""
+    import importlib.util
+    import shutil
+
+    choice = (cfg.hydra.runtime.choices or {}).get("hydra/launcher")
+    target = str(cfg.hydra.launcher.get("_target_", ""))
+    if target.endswith(".SlurmLauncher") and shutil.which("srun") is None:
+        raise ValueError(
+            f"hydra/launcher={choice}: no SLURM on this machine (no srun on PATH); run the command on the "
+            "cluster's login node, or try the same code path here with hydra/launcher=submitit_local"
+        )
+    if "hydra_ray_launcher" in target and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        raise ValueError(f"hydra/launcher={choice}: Hydra's Ray launcher is not installed; pip install 'curvlab[ray]'")
 
 
 def _resolved(cfg: Any, key: str) -> Any:

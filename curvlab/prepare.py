@@ -23,7 +23,7 @@ import numpy as np
 
 from curvlab.datafiles import DatasetError, load_npz
 
-__all__ = ["NAMES", "npz_name", "find_npz", "prepare_hint", "torchvision_arrays", "prepare", "main"]
+__all__ = ["NAMES", "npz_name", "npz_names", "find_npz", "prepare_hint", "torchvision_arrays", "prepare", "main"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,14 @@ def npz_name(name: str, image_size: int | None = None) -> str:
     return _RECIPES[name].file.format(size=image_size or _DEFAULT_SIZE[name])
 
 
+def npz_names(name: str, image_size: int | None = None) -> list[str]:
+    """The file names under which ``name`` is looked for: the prepared one first, then known copies."""
+    return [npz_name(name, image_size), *_RECIPES[name].also]
+
+
 def find_npz(name: str, root: str | Path, image_size: int | None = None) -> Path | None:
-    """The npz of ``name`` in ``root`` (the prepared name first, then known copies), or None."""
-    names = [npz_name(name, image_size), *_RECIPES[name].also]
-    return next((Path(root) / n for n in names if (Path(root) / n).is_file()), None)
+    """The npz of ``name`` in ``root`` (:func:`npz_names` in order), or None."""
+    return next((Path(root) / n for n in npz_names(name, image_size) if (Path(root) / n).is_file()), None)
 
 
 def prepare_hint(name: str, root: str | Path, image_size: int | None = None) -> str:
@@ -133,7 +137,8 @@ def prepare(name: str, root: str | Path, *, download: bool = True, image_size: i
     if path.is_file() and not force:
         load_npz(path)  # a broken cache says so instead of being reused
         return path
-    root.mkdir(parents=True, exist_ok=True)
+    if download:
+        root.mkdir(parents=True, exist_ok=True)
     try:
         arrays = torchvision_arrays(name, root, download, image_size)
     except DatasetError:

@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
 from typing import Any, Iterable
 
-__all__ = ["ALLOW_ENV", "LAUNCHER_ENV", "check_experiment_name", "check_overrides", "exit_with_parent"]
+__all__ = ["ALLOW_ENV", "LAUNCHER_ENV", "check_experiment_name", "check_overrides", "exit_with_parent", "launcher_id"]
 
 ALLOW_ENV = "CURVLAB_ALLOW_HYDRA_CALLBACKS"
 LAUNCHER_ENV = "CURVLAB_LAUNCHER_PID"  # set by `curvlab train` for the processes it launches
@@ -130,11 +131,19 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def launcher_id(pid: int) -> str:
+    """The ``CURVLAB_LAUNCHER_PID`` value for launcher process ``pid`` of this machine: ``PID@HOST``."""
+    return f"{pid}@{socket.gethostname()}"
+
+
 def _launcher(value: str) -> tuple[int, str | None] | None:
-    """``(pid, start time)`` of the launcher named by ``CURVLAB_LAUNCHER_PID``; None when unset, us, or bad."""
-    if not value.isdigit() or int(value) in (os.getpid(), 0):
+    """``(pid, start time)`` of the launcher named by ``CURVLAB_LAUNCHER_PID``; None when unset, us, bad,
+    or on another host: a SLURM or Ray job on a compute node inherits the login node's pid, which
+    means nothing there (it would stop every job at once)."""
+    pid, _, host = value.partition("@")
+    if not pid.isdigit() or int(pid) in (os.getpid(), 0) or (host and host != socket.gethostname()):
         return None
-    return int(value), _start_time(int(value))
+    return int(pid), _start_time(int(pid))
 
 
 def _alive(pid: int, started: str | None) -> bool:

@@ -24,6 +24,7 @@ from curvlab.runfiles import RunDirBusy
 from curvlab.config import RunConfig, Schedule, parse_config, to_dict
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
+from curvlab.loggers import RunLoggers
 from curvlab.losses import Loss, make_loss
 from curvlab.modules import Net
 from curvlab.nets import make_net
@@ -41,6 +42,7 @@ __all__ = ["TrainingFailed", "RunDirBusy", "train", "build_solver", "resolve_dev
 _RESUMABLE_CHANGES = {
     "resume", "run_dir", "device", "log.progress", "train.stop_after", "train.epochs", "train.max_steps",
     "train.checkpoint_every", "train.eval_batch_size", "train.flush_denormal", "train.threads",
+    "logger.kinds", "logger.tensorboard_dir", "logger.mlflow_uri",
 }
 
 
@@ -122,6 +124,7 @@ class _Run:
         self.initial_loss: float | None = None
         self.metrics: list[dict[str, Any]] = []
         self.hessian_rows: list[dict[str, Any]] = []
+        self.loggers: RunLoggers | None = None  # TensorBoard etc. (logger.kinds), opened when the loop starts
 
     # --- state -----------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -184,6 +187,8 @@ class _Run:
         rf.write_csv(self.dir / rf.HESSIAN_ERRORS, self.hessian_rows, rf.HESSIAN_COLUMNS, compact=compact)
         summary = self.summary(status, failure)
         rf.write_json(self.dir / rf.SUMMARY, summary)
+        if self.loggers is not None:
+            self.loggers.log(self.metrics, self.hessian_rows, summary)
         return summary
 
     def summary(self, status: str, failure: str | None) -> dict[str, Any]:
@@ -311,6 +316,7 @@ class _Run:
 
     def _loop(self) -> dict[str, Any]:
         cfg, loop = self.cfg, self.cfg.train
+        self.loggers = RunLoggers(cfg.logger, self.dir, to_dict(cfg))  # MLflow's first store takes seconds
         self.started = time.perf_counter()  # elapsed times training, not start-up (imports, data, a worker's spawn)
         rf.atomic_write_text(self.dir / rf.CONFIG, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
         if not self.metrics:  # step 0: evaluate the initialisation

@@ -66,7 +66,8 @@ def main() -> None:
                     loss = opt.step(x=xb, y=yb)
         with torch.no_grad():
             acc = (model(x_test).argmax(-1) == y_test).double().mean().item()
-        print(f"{name:7s} last batch loss {loss.item():.4f}  test accuracy {acc:.3f}  last step {opt.last.step_size:.3g}")
+        step = opt.last.step_size if opt.last else float("nan")
+        print(f"{name:7s} last batch loss {loss.item():.4f}  test accuracy {acc:.3f}  last step {step:.3g}")
 
 
 if __name__ == "__main__":

@@ -43,11 +43,14 @@ CLASSES = ["clear", "unclear", "traceback", "accepted", "code executed", "wrote 
 
 
 def merge(*groups: list[str]) -> list[str]:
-    """Overrides with a later one of the same key winning (flags kept in order)."""
+    """Flags first (argparse needs them before the overrides), then overrides, a later one of a key winning."""
+    args = [a for g in groups for a in g]
+    flags = [a for i, a in enumerate(args) if a.startswith("-") or (i and args[i - 1] in ("--experimental-rerun",
+                                                                                          "--config-dir"))]
     out: dict[str, str] = {}
-    for arg in (a for g in groups for a in g):
-        out[arg.split("=", 1)[0] if "=" in arg and not arg.startswith("-") else arg] = arg
-    return list(out.values())
+    for arg in (a for a in args if a not in flags):
+        out[arg.split("=", 1)[0] if "=" in arg else arg] = arg
+    return flags + list(out.values())
 
 
 class Case:
@@ -66,7 +69,7 @@ CONFIG_VALUES: list[tuple[str, str]] = [
     ("experiment_name=..", "experiment_name"), ("experiment_name=.", "experiment_name"),
     ("dataset.root=../../../x experiment_name=${dataset.root}", "experiment_name"), ("experiment_name=${oc.decode:'..'}", "experiment_name"),
     ("experiment_name=''", "experiment_name"),
-    ("run_dir=.", "run_dir"), ("run_dir=''", "run_dir"), ("run_dir=..", "run_dir"), ("run_dir=/", "run_dir"),
+    ("run_dir=.", "run_dir"), ("run_dir=''", "run_dir"), ("run_dir=..", "run_dir"), ("run_dir=/", "run_dir"),  # before the fix: a run in /
     ("run_dir=/dev/null", "run_dir"), ("run_dir=/proc/x", "run_dir"), ("run_dir=[a,b]", "run_dir"),
     ("run_dir=${oc.env:CURVLAB_UNSET_VAR}", "run_dir"), ("run_dir=" + "x" * 300, "run_dir"),
     ("run_dir={a: 1}", "run_dir"), ("hydra.run.dir=.", "hydra.run.dir"), ("hydra.run.dir=''", "hydra.run.dir"),
@@ -101,7 +104,7 @@ CONFIG_VALUES: list[tuple[str, str]] = [
     ("solver=eacg solver.split=1000", "split"), ("solver=eacg solver.split=0", "split"),
     ("solver=eacg solver.split=-2", "split"), ("solver=eacg solver.alpha=0", "alpha"), ("solver=eacg solver.alpha=1", "alpha"),
     ("solver=eacg solver.alpha=-0.5", "alpha"), ("solver=eacg solver.max_cg=0", "max_cg"),
-    ("solver=eacg solver.eps_cg=0", "eps_cg"), ("solver=eacg solver.eps_cg=-1", "eps_cg"),
+    ("solver=eacg solver.eps_cg=-1", "eps_cg"),
     ("solver=kfi curvature=exact", "curvature"), ("solver=kfi solver.damping=-1", "damping"),
     ("solver=cr +solver.base=cr", "base"), ("solver=cr +solver.base=foo", "base"),
     ("solver=exact_inverse +solver.curvature=fisher", "curvature"), ("solver.name=foo", "solver.name"),
@@ -134,7 +137,7 @@ CONFIG_VALUES: list[tuple[str, str]] = [
 def _config_cases() -> list[Case]:
     cases = []
     for spec, word in CONFIG_VALUES:
-        args = spec.split(" ") if not spec.startswith("--") else spec.split(" ", 1)
+        args = [spec] if "{" in spec else spec.split(" ")  # a mapping value keeps its spaces
         cases.append(Case("config", spec, args, word))
     return cases
 
@@ -165,7 +168,7 @@ def _data_variants() -> list[tuple[str, Callable[[Path], None], str]]:
         "one-hot": np.eye(10)[y], "(N,2)": np.stack([y, y], 1), "empty": np.zeros(0, int), "strings": y.astype(str),
         "bool": (y > 4), "complex": y.astype(complex), "0-d": np.array(3), "short": y[:10], "-inf": np.r_[-np.inf, y[1:]],
         "int8 -1": np.r_[-1, y[1:]].astype(np.int8), "float16 big": np.r_[np.float16(60000), y[1:]].astype(np.float16),
-        "(N,1,1)": y[:, None, None], "object": np.array(list(y), dtype=object),
+        "(N,1,1)": y[:, None, None],
     }
     cases: list[tuple[str, Callable[[Path], None], str]] = []
     for name, value in bad_y.items():
@@ -178,9 +181,11 @@ def _data_variants() -> list[tuple[str, Callable[[Path], None], str]]:
         "int64": np.zeros((N, 8, 8), np.int64), "5-d": np.zeros((N, 1, 8, 8, 1), np.uint8),
         "2 channels": np.zeros((N, 2, 8, 8), np.uint8), "flat 100": np.zeros((N, 100), np.uint8),
         "empty": np.zeros((0, 8, 8), np.uint8), "wrong size": np.zeros((N, 9, 9), np.uint8),
-        "length 63": np.zeros((N - 1, 8, 8), np.uint8), "object": np.array([None] * N, dtype=object),
+        "length 63": np.zeros((N - 1, 8, 8), np.uint8),
         "strings": np.array(["a"] * N), "bool": np.zeros((N, 8, 8), bool),
     }
+    cases.append(("y_train object (pickled)", lambda p: _npz(p, y_train=np.array(list(y), dtype=object)), "dataset.path"))
+    cases.append(("x_train object (pickled)", lambda p: _npz(p, x_train=np.array([None] * N, dtype=object)), "dataset.path"))
     for name, value in bad_x.items():
         cases.append((f"x_train {name}", lambda p, v=value: _npz(p, x_train=v), "x_train"))
     cases.append(("x_test other shape", lambda p: _npz(p, x_test=np.zeros((16, 8, 8, 3), np.uint8)), "x_test"))
@@ -252,9 +257,11 @@ def _hold_lock(t: Path) -> None:
     _HOLDERS.append(holder)
     (t / "work" / "run" / ".hydra").mkdir()
     (t / "work" / "run" / ".hydra" / "overrides.yaml").write_text("- original\n")
+    _GUARDED.append(t / "work" / "run" / ".hydra" / "overrides.yaml")  # the running run's: no other run may touch it
 
 
 _HOLDERS: list[subprocess.Popen] = []
+_GUARDED: list[Path] = []  # files of another (running) run, inside work/ but not this run's to write
 
 
 def _mount(t: Path, size: str, ro: bool = False) -> bool:
@@ -379,6 +386,7 @@ def run_case(case: Case, verbose: bool) -> str:
             return "skipped"
         (t / "work").mkdir(exist_ok=True)
         before = snapshot(t)
+        guarded = {p: p.read_bytes() for p in _GUARDED}
         args = case.args(t) if callable(case.args) else case.args
         argv = merge(BASE, args) if case.base else args
         os.chdir(t / "work")
@@ -395,7 +403,9 @@ def run_case(case: Case, verbose: bool) -> str:
         after = snapshot(t)
         if (t / "work" / "pwned").exists() or (t / "pwned").exists():
             outcome = "code executed"
-        elif victim.read_text() != "precious\n" or set(after) - set(before):
+        elif victim.read_text() != "precious\n" or set(after) - set(before) or any(
+            not p.exists() or p.read_bytes() != data for p, data in guarded.items()
+        ):
             outcome = "wrote outside"
         elif code is None or "Traceback (most recent call last)" in text:
             outcome = "traceback"
@@ -415,8 +425,9 @@ def run_case(case: Case, verbose: bool) -> str:
             holder.kill()
             holder.wait()
         _HOLDERS.clear()
+        _GUARDED.clear()
         for mnt in _MOUNTS:
-            subprocess.run(["umount", str(mnt)], capture_output=True)
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         _MOUNTS.clear()
         shutil.rmtree(t, ignore_errors=True)
 

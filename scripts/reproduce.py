@@ -93,7 +93,8 @@ CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
 class Job:
     experiment: str
     overrides: list[str]  # the sweep point, e.g. ["solver=kfi", "curvature=gn", "seed=0"]
-    cfg: Any = field(repr=False, default=None)
+    cfg: Any = field(repr=False, default=None)  # its resolved config, a plain dict (curvlab.sweeps.PointComposer)
+    problem: str | None = None  # why its config is invalid (curvlab.config.parse_config), if it is
 
     @property
     def point(self) -> dict[str, str]:
@@ -109,7 +110,7 @@ def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
     """Point a dataset at its npz in ``data_root`` (``curvlab data prepare`` writes them); [] without a root."""
     if data_root is None or dataset == "digits":
         return []
-    from curvlab.prepare import find_npz, npz_name
+    from curvlab.prepare import find_npz, npz_names
 
     path = find_npz(dataset, data_root, 32 if dataset == "imagenet10" else None)  # the presets use 32 px
     if path is not None:
@@ -117,7 +118,7 @@ def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
         return ["dataset.source=npz", f"dataset.path={path}", *extra]
     if dataset == "mnist" and (data_root / "MNIST" / "raw").is_dir():
         return [f"dataset.root={data_root}"]  # torchvision's IDX layout
-    raise SystemExit(f"reproduce: --data-root {data_root} has no {npz_name(dataset, 32)}"
+    raise SystemExit(f"reproduce: --data-root {data_root} has no {' or '.join(npz_names(dataset, 32))}"
                      f"{' nor MNIST/raw' if dataset == 'mnist' else ''}; write it with "
                      f"`curvlab data prepare {dataset} --root {data_root}` or point --data-root at a folder that has it")
 
@@ -180,11 +181,11 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     import curvlab.config  # noqa: F401  (registers the ${prod:...} resolver the presets use)
     from curvlab.cli import CONFIG_DIR
     from curvlab.registry import curvature_fields
+    from curvlab.sweeps import PointComposer
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         head = compose("config", overrides=[f"experiment={exp}", *base], return_hydra_config=True)
@@ -196,13 +197,14 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
         axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                 else [f"{o.get_key_element()}={o.get_value_element_as_str()}"] for o in parsed]
+        # One Hydra composition per distinct group choice, not per point (576 points: 135 s -> 3 s).
+        composer = PointComposer("config", [f"experiment={exp}", *base])
         jobs, seen = [], set()
         for point in itertools.product(*axes):
-            cfg = compose("config", overrides=[f"experiment={exp}", *base, *point])
-            plain = OmegaConf.to_container(cfg, resolve=True)
-            options = {k: v for k, v in plain["solver"].items() if k != "name"}
-            reads = curvature_fields(plain["solver"]["name"], options)  # SGD: none; exact_inverse: the kind
-            plain["curvature"] = {k: v for k, v in plain["curvature"].items() if k in reads}
+            cfg = composer.resolved(point)  # == to_container(compose("config", [experiment, *base, *point]), resolve=True)
+            options = {k: v for k, v in cfg["solver"].items() if k != "name"}
+            reads = curvature_fields(cfg["solver"]["name"], options)  # SGD: none; exact_inverse: the kind
+            plain = {**cfg, "curvature": {k: v for k, v in cfg["curvature"].items() if k in reads}}
             key = json.dumps(plain, sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
@@ -291,7 +293,12 @@ def _pairs(p: argparse.ArgumentParser, option: str, values: list[str], example: 
 def plan(experiments: list[str], a: argparse.Namespace, data_root: Path | None,
          sweep: dict[str, str], where: dict[str, set[str]]) -> list[tuple[str, list[Job]]]:
     """Every experiment's jobs, composed and validated before any runs: a bad ``--set``/``--sweep``
-    value or ``--where`` key stops here with one line (exit 2), not after hours of other jobs."""
+    value or ``--where`` key stops here with one line (exit 2), not after hours of other jobs.
+
+    A config error shared by every job of an experiment comes from the command line and stops
+    here too; one that only some sweep points hit (e.g. a split larger than a small net's layers)
+    marks those jobs failed, and the others run.
+    """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -308,7 +315,12 @@ def plan(experiments: list[str], a: argparse.Namespace, data_root: Path | None,
             data = data_overrides(dataset_of(exp, a.set), data_root)
             jobs = expand(exp, [*data, *sized, *a.set], seeds, sweep)
             for job in jobs:
-                parse_config(job.cfg)
+                try:
+                    parse_config(job.cfg)
+                except ValueError as e:
+                    job.problem = " ".join(str(e).split())
+            if jobs and all(j.problem for j in jobs):
+                raise ValueError(jobs[0].problem)
         except (HydraException, OmegaConfBaseException, ValueError) as e:
             text = " ".join(str(e).split())
             raise SystemExit(_fail(f"{exp}: {text} (from --set {' --set '.join(a.set) or '-'}"
@@ -388,8 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         shard, shards = (int(v) for v in a.shard.split("/"))
         assert 0 <= shard < shards
     except (ValueError, AssertionError):
-        raise SystemExit(f"reproduce: --where takes KEY=V1,V2 and --shard K/N with 0 <= K < N; "
-                         f"got --where {a.where} --shard {a.shard}") from None
+        raise SystemExit(f"reproduce: expected --shard K/N with 0 <= K < N; got --shard {a.shard}") from None
     if a.threads:
         import torch
 
@@ -407,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             index += 1
             if (index - 1) % shards != shard:
                 continue
-            status = job_state(runs_dir / exp / job.name) if a.list else run_job(job, runs_dir / exp / job.name, a.force)
+            run_dir = runs_dir / exp / job.name
+            status = (f"failed: invalid config: {job.problem}" if job.problem
+                      else job_state(run_dir) if a.list else run_job(job, run_dir, a.force))
             failed += status.startswith("failed")
             print(f"   {job.name}: {status}", flush=True)
     if a.list:

@@ -122,7 +122,7 @@ def test_single_run_failure_exits_1_in_process(tmp_path):
 CONFIG_ERRORS = [
     (["solver=foo"], "solver=foo: no such option; allowed: adadelta, adadelta_tf, adagrad"),
     (["experiment=nonexistent"], "experiment=nonexistent: no such option; allowed: eacg_fig10"),
-    (["hydra/launcher=foo"], "hydra/launcher=foo: no such option; allowed: basic, joblib, submitit_local, submitit_slurm"),
+    (["hydra/launcher=foo"], "hydra/launcher=foo: no such option; allowed: basic, joblib, ray"),  # ray_aws too with curvlab[ray]
     (["foo=1"], "foo: unknown key; allowed: curvature, dataset, device, dtype, experiment_name, hydra, log"),
     (["train.foo=1"], "train.foo: unknown key; allowed: batch_size, checkpoint_every"),
     (["solver.foo=1"], "solver.foo: no such key in the chosen solver config; to add an option, write +solver.foo=VALUE"),

@@ -92,3 +92,24 @@ def test_compact_record_converts_finished_runs_only(tmp_path):
     with gzip.open(finished / (rf.METRICS + ".gz"), "rt") as f:
         packed = pd.read_csv(f)
     pd.testing.assert_frame_equal(plain, packed, rtol=1e-6, check_dtype=False)
+
+
+def test_the_report_renders_a_converted_record_identically(tmp_path):
+    """Every table and figure of the committed report sample, byte for byte, before and after conversion."""
+    import shutil
+
+    from curvlab.report import main as report_main
+
+    sample = Path(__file__).parent / "fixtures" / "report_sample"
+    for form in ("plain", "compact"):
+        shutil.copytree(sample, tmp_path / form / "report_sample")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "compact_record.py"), str(tmp_path / "compact")],
+                   capture_output=True, text=True, check=True)
+    assert list((tmp_path / "compact").rglob("metrics.csv.gz")) and not list((tmp_path / "compact").rglob("metrics.csv"))
+    for form in ("plain", "compact"):
+        assert report_main([str(tmp_path / form / "report_sample"), "--out", str(tmp_path / f"out_{form}")]) == 0
+    a = sorted((tmp_path / "out_plain").iterdir())
+    b = sorted((tmp_path / "out_compact").iterdir())
+    assert [f.name for f in a] == [f.name for f in b] and len(a) > 10
+    for fa, fb in zip(a, b):
+        assert fa.read_bytes() == fb.read_bytes(), fa.name

@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from curvlab.config import RunConfig, SolverConfig, parse_config, to_dict
-from curvlab.registry import solver_names
 from curvlab.curvature.options import Kind
 from curvlab.losses import LossKind
+from curvlab.registry import solver_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

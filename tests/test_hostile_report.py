@@ -192,6 +192,21 @@ def test_oversized_and_special_files_are_not_read(tmp_path: Path, capsys: pytest
     assert "bad2/summary.json: not a regular file" in err
 
 
+def test_compacted_table_is_bounded_by_what_it_inflates_to(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    from curvlab.report import files
+
+    runs, bad = _runs(tmp_path)
+    (bad / "metrics.csv").unlink()
+    body = "step,epoch\n" + "".join(f"{i},0\n" for i in range(2000))  # ~14 kB, compresses to ~4 kB
+    (bad / "metrics.csv.gz").write_bytes(gzip.compress(body.encode()))
+    monkeypatch.setattr(files, "MAX_CSV", 8000)  # a gzip bomb in small
+    assert _report(runs, tmp_path / "out") == 0
+    assert "bad/metrics.csv.gz: inflates to more than the 8,000 bytes" in capsys.readouterr().err
+
+
 # --- curvlab report options ------------------------------------------------------------
 
 def test_report_options_that_would_write_nothing_or_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

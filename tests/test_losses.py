@@ -65,3 +65,54 @@ def test_make_loss_errors_and_passthrough() -> None:
         make_loss("nonconvex", delta=0.0)
     nc = NonConvex(delta=3.0)
     assert make_loss(nc) is nc
+
+
+def test_mse_matches_torch_and_torch_func() -> None:
+    """MSE in closed form: F.mse_loss's value, and torch.func's per-sample gradient and Hessian."""
+    from curvlab.losses import MSE
+
+    gen = torch.Generator().manual_seed(3)
+    out = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    for y in (torch.randn(7, 4, generator=gen, dtype=torch.float64), torch.randint(0, 4, (7,), generator=gen)):
+        target = y if y.is_floating_point() else torch.eye(4, dtype=torch.float64)[y]  # labels: one-hot
+        torch.testing.assert_close(MSE()(out, y), torch.nn.functional.mse_loss(out, target))
+
+        def f(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return ((o - t) ** 2).mean()
+
+        grad, hess = torch.func.vmap(torch.func.grad(f)), torch.func.vmap(torch.func.hessian(f))
+        torch.testing.assert_close(MSE().grad(out, y), grad(out, target), rtol=0, atol=1e-15)
+        torch.testing.assert_close(MSE().hessian(out, y), hess(out, target), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"mse loss: targets must be \(B, C\)"):
+        MSE()(out, torch.randn(7, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nonconvex"])
+def test_function_loss_equals_the_closed_forms(name: str) -> None:
+    """A loss given as a batch-mean function, differentiated per sample by torch.func."""
+    from curvlab.losses import FunctionLoss
+
+    def batch_mean(o: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # the user's function of a batch
+        return torch.func.vmap(lambda oi, ci: _autograd_value(name, oi, ci))(o, c).mean()
+
+    gen = torch.Generator().manual_seed(4)
+    out = 2 * torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (9,), generator=gen)
+    own, closed = FunctionLoss(batch_mean), make_loss(name)
+    for method in ("values", "grad", "hessian"):
+        torch.testing.assert_close(getattr(own, method)(out, y), getattr(closed, method)(out, y), rtol=0, atol=1e-13)
+    assert not own.convex and FunctionLoss(torch.nn.CrossEntropyLoss(), convex=True).convex
+    module_loss = FunctionLoss(torch.nn.CrossEntropyLoss())  # an nn.Module loss works as well
+    torch.testing.assert_close(module_loss.hessian(out, y), CrossEntropy().hessian(out, y), rtol=0, atol=1e-13)
+
+
+def test_as_loss_resolves_names_losses_and_functions() -> None:
+    from curvlab.losses import MSE, FunctionLoss, as_loss
+
+    nc = NonConvex(delta=2.0)
+    assert as_loss(nc) is nc and isinstance(as_loss("cross_entropy"), CrossEntropy) and isinstance(as_loss("mse"), MSE)
+    assert isinstance(as_loss(torch.nn.functional.cross_entropy), FunctionLoss)
+    with pytest.raises(ValueError, match=r"unknown name 'l1'; allowed: cross_entropy, nonconvex, mse, or a function"):
+        as_loss("l1")
+    with pytest.raises(ValueError, match=r"loss must be a callable"):
+        as_loss(3)  # type: ignore[arg-type]

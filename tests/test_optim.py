@@ -8,7 +8,6 @@ form (autograd Hessians on the logits) and the closed-form losses must give the 
 
 from __future__ import annotations
 
-import copy
 import io
 import re
 from pathlib import Path
@@ -38,17 +37,24 @@ def user_net(seed: int = 0) -> nn.Sequential:
 
 def batches(n: int = 3, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(size, 6, generator=gen, dtype=DT), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)]
+    return [
+        (torch.randn(size, 6, generator=gen, dtype=DT), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)
+    ]
+
+
+def one_hot(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, C) one-hot rows, vmappable (F.one_hot is not)."""
+    return torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)[y]
 
 
 def my_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The user's cross-entropy, written out (not curvlab's closed form)."""
-    return -(logits.log_softmax(-1) * torch.eye(logits.shape[-1], dtype=logits.dtype)[y]).sum(-1).mean()
+    return -(logits.log_softmax(-1) * one_hot(logits, y)).sum(-1).mean()
 
 
 def my_eq14(logits: torch.Tensor, y: torch.Tensor, delta: float = 5.0, eps: float = 0.2) -> torch.Tensor:
     """EA-CG Eq. (14) written by the user: mean of 1 / (1 + exp(δ (ŷ_y − ε)))."""
-    s = (logits.softmax(-1) * torch.eye(logits.shape[-1], dtype=logits.dtype)[y]).sum(-1)
+    s = (logits.softmax(-1) * one_hot(logits, y)).sum(-1)
     return torch.sigmoid(-delta * (s - eps)).mean()
 
 
@@ -74,6 +80,8 @@ CASES: dict[str, tuple[dict[str, Any], str, Callable[..., torch.optim.Optimizer]
                lambda m, loss: co.Newton(m, lr=0.5, loss=loss, damping=0.5, curvature="exact")),
     "cr": ({"name": "cr", "lr": 0.05, "base": "sgd", "sigma": 50.0, "base_options": {"momentum": 0.9}}, "pch1",
            lambda m, loss: co.CR(torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), m, loss=loss, sigma=50.0)),
+    "cr_eacg": ({"name": "cr", "lr": 0.2, "base": "eacg", "sigma": 20.0, "base_options": {"alpha": 0.1}}, "pch2",
+                lambda m, loss: co.CR(co.EACG(m, 0.2, loss, "pch2", alpha=0.1), m, loss=loss, sigma=20.0)),
 }
 
 
@@ -146,12 +154,13 @@ def test_eacg_loop_equals_a_curvlab_train_run(tmp_path: Path) -> None:
         "log": {"hessian_every": 0, "hessian_first": 0, "progress": False},
     })
     train(cfg)
-    runner = make_net(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers)
+    net_args = (cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers)
+    runner = make_net(*net_args)
     runner.to(DT).load_state_dict(rf.load_checkpoint(tmp_path / rf.CHECKPOINT)["net"])
 
     torch.manual_seed(cfg.seed)  # the runner's order: seed, data, init
     data = load_dataset(cfg.dataset).to(torch.device("cpu"), DT)
-    init = make_net(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers)
+    init = make_net(*net_args)
     model = nn.Sequential(nn.Linear(64, 12), nn.GELU(), nn.Linear(12, 10)).to(DT)  # the user's own
     with torch.no_grad():
         for p, q in zip(model.parameters(), init.parameters(), strict=True):
@@ -318,3 +327,20 @@ def test_example_script_runs(capsys: pytest.CaptureFixture[str], monkeypatch: py
     for ln in lines:
         loss = float(ln.split("last batch loss ")[1].split()[0])
         assert 0 < loss < 5  # finite, and not diverged from log(10) ≈ 2.3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", CASES)
+def test_device_follows_the_model_on_cuda(name: str) -> None:
+    """A CUDA model with CPU float32 batches: the same iterates as on the CPU (up to kernel round-off)."""
+    expected = optim_iterates(name, my_cross_entropy)
+    for closure in (False, True):
+        net = user_net().cuda()
+        opt = CASES[name][2](net, my_cross_entropy)
+        for x, y in batches():
+            if closure:
+                opt.step(lambda: my_cross_entropy(net(x.cuda()), y.cuda()))
+            else:
+                loss = opt.step(x=x.float(), y=y)  # CPU, float32: moved to the model's device and dtype
+                assert loss.device.type == "cuda" and loss.dtype == DT
+        torch.testing.assert_close(params(net).cpu(), expected, rtol=0, atol=1e-9)

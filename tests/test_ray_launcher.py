@@ -7,6 +7,7 @@ same command (same ``hydra.sweep.dir``, ``resume=auto``) trains only what is mis
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -14,19 +15,19 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-pytest.importorskip("ray", reason="ray is not installed: pip install 'curvlab[ray]'")
-pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra-ray-launcher is not installed: pip install 'curvlab[ray]'")
-
-from curvlab import cli  # noqa: E402
-from curvlab import runfiles as rf  # noqa: E402
-from test_cli import QUIET, curvlab, summaries  # noqa: E402
+from curvlab import cli
+from curvlab import runfiles as rf
+from test_cli import QUIET, curvlab, summaries
 
 TINY = ["train.max_steps=2", "log.hessian_every=0", *QUIET]  # the default digits demo, 2 updates
+PLUGIN = "hydra_plugins.hydra_ray_launcher"
 
 
 @pytest.fixture(scope="module")
 def ray_address():
     """A head node and one worker node (1 CPU each: two jobs at a time), torn down after the module."""
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'curvlab[ray]'")
+    pytest.importorskip(PLUGIN, reason="hydra-ray-launcher is not installed: pip install 'curvlab[ray]'")
     from ray.cluster_utils import Cluster
 
     saved = os.environ.get("OMP_NUM_THREADS")
@@ -84,6 +85,7 @@ def test_ray_sweep_2x2_and_its_report(ray_address, tmp_path):
         assert float(row["train loss"].split(" ± ")[0]) == pytest.approx(sum(losses) / 2, rel=1e-3)
 
 
+@pytest.mark.slow  # two sweeps: about 90 s on 2 busy cores
 def test_ray_sweep_lists_failed_and_killed_jobs_and_a_rerun_trains_only_those(ray_address, tmp_path):
     """lr 1e6 diverges at update 1 (a failure at run time, on the node); ``train.stop_after=1`` stops
     its job after one update as if the node had been killed. Jobs: 0 completes, 1 is killed, 2 and 3
@@ -120,3 +122,12 @@ def test_ray_sweep_lists_failed_and_killed_jobs_and_a_rerun_trains_only_those(ra
     assert all(rerun[k]["status"] == "failed" for k in "23")
     listed = again.stderr.split("job(s) of the sweep failed:")[1]
     assert "2 job(s) of the sweep failed" in again.stderr and f"{sweep / '1'}:" not in listed
+
+
+def test_ray_launcher_without_the_plugin_is_one_config_error(tmp_path, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == PLUGIN else real(name, *a))
+    code = cli.main(["train", "-m", "hydra/launcher=ray", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=0,1", *TINY])
+    assert code == 2 and not (tmp_path / "sweep").exists()
+    assert capsys.readouterr().err.strip() == (
+        "curvlab train: config error: hydra/launcher=ray: Hydra's Ray launcher is not installed; pip install 'curvlab[ray]'")

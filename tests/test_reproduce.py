@@ -92,19 +92,20 @@ def test_expand_follows_the_presets_sweeps() -> None:
     assert [j.name for j in only_pch] == ["solver=eacg,curvature=pch1", "solver=kfi,curvature=pch1",
                                           "solver=sgd,curvature=pch1", "solver=kfi_rank1,curvature=pch1"]
     hbp = reproduce.expand("hbp_fig5", [], 3)
-    assert len(hbp) == 5 * 3 and {j.cfg.seed for j in hbp} == {0, 1, 2}
+    assert len(hbp) == 5 * 3 and {j.cfg["seed"] for j in hbp} == {0, 1, 2}
 
 
 def test_scales_size_the_jobs() -> None:
     args = reproduce.argparse.Namespace(steps=None, seeds=None, train_subset=None, test_subset=None,
                                         keep_batch=False, hessian_every=None)
     full, seeds = reproduce.scale_overrides("hbp_fig5", "full", args)
-    assert full == [] and seeds == 0  # full: the preset as it is, its 10 seeds included
+    assert full == ["log.compact=true"] and seeds == 0  # full: the preset as it is, its 10 seeds included
     ci, seeds = reproduce.scale_overrides("eacg_table2", "ci", args)
     assert "train.max_steps=2" in ci and "log.hessian_first=2" in ci and seeds == 1
     args.hessian_every, args.steps = 10, 100
     table, _ = reproduce.scale_overrides("eacg_table2", "full", args)
-    assert table == ["train.max_steps=100", "log.hessian_first=0", "log.hessian_every=10"]
+    assert table == ["log.compact=true", "train.max_steps=100", "log.hessian_first=0", "log.hessian_every=10"]
+    assert "log.compact=true" not in ci  # ci scale stays plain (its runs are not the record)
 
 
 def test_cpu_scale_sizes_the_campaign() -> None:
@@ -115,7 +116,10 @@ def test_cpu_scale_sizes_the_campaign() -> None:
     hbp, seeds = reproduce.scale_overrides("hbp_fig5", "cpu", args)
     assert "train.max_steps=2000" in hbp and seeds == 5
     table, seeds = reproduce.scale_overrides("eacg_table4", "cpu", args)
-    assert "train.max_steps=4000" in table and "log.hessian_batches=[100,500,1000]" in table and seeds == 1
+    assert "train.max_steps=4000" in table and "log.hessian_batches=[100,500,1000]" in table and seeds == 3
+    assert "log.hessian_fisher_types=[mc,empirical]" in table and "log.compact=true" in table
+    e200, seeds = reproduce.scale_overrides("eacg_fig1_3_e200", "cpu", args)
+    assert "train.max_steps=20000" in e200 and seeds == 1  # the 200-epoch family before eacg_fig's prefix
 
 
 def test_campaign_listing_filters_shards_and_orders_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

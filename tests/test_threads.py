@@ -29,6 +29,9 @@ def test_launcher_threads_share_the_cores(monkeypatch):
     local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
     assert launcher_threads({"_target_": local, "cpus_per_task": 1}) == 1
     assert launcher_threads({"_target_": local.replace("Local", "Slurm"), "cpus_per_task": 4}) == 4
+    ray = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert launcher_threads({"_target_": ray, "ray": {"remote": {"num_cpus": 2, "num_gpus": 1}}}) == 2
+    assert launcher_threads({"_target_": ray, "ray": {"remote": {}}}) == 1  # Ray's default: one CPU per task
 
 
 def test_torch_threads_sets_and_restores():

@@ -112,6 +112,11 @@ def chain(net: Net) -> Chain:
     acts: list[ActivationFns] = []
     pending: ActivationFns | None = None  # element-wise map since the last layer
     for m in leaves(net):
+        if isinstance(m, nn.Conv2d):  # its rule exists (modules/conv.py); the recursion does not walk it yet
+            raise TypeError(
+                f"unsupported module Conv2d ({m!r}): convolutions are coming (issue 19, the rule is in "
+                f"curvlab/modules/conv.py, the recursion does not use it yet); supported: {supported_modules()}"
+            )
         rule = rule_for(m)
         if isinstance(rule, LayerRule):
             if any(m is lin for lin in layers):

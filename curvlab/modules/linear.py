@@ -42,7 +42,9 @@ class LinearRule(LayerRule):
         """F_i = W diag(d_i): (b, n, n_in)."""
         return m.weight[None] * d[:, None, :]
 
-    def jac_t_blocks(self, m: nn.Linear, blocks: Tensor, d: Tensor, per_sample: bool) -> Tensor:  # type: ignore[override]
+    def jac_t_blocks(  # type: ignore[override]
+        self, m: nn.Linear, blocks: Tensor, d: Tensor, per_sample: bool
+    ) -> Tensor:
         """Eq. (4b), first term, per sample: F_iᵀ H_i F_i."""
         b, n, _ = blocks.shape
         n_in = m.weight.shape[1]
@@ -55,7 +57,9 @@ class LinearRule(LayerRule):
         # (usually largest) first layer.
         return symmetric_product(f.view(b * n, n_in), x.view(b * n, n_in), scale=1.0 / b)
 
-    def jac_t_mean(self, m: nn.Linear, block: Tensor, d: Tensor, average: JacobianAverage) -> Tensor:  # type: ignore[override]
+    def jac_t_mean(  # type: ignore[override]
+        self, m: nn.Linear, block: Tensor, d: Tensor, average: JacobianAverage
+    ) -> Tensor:
         """Wᵀ H̄ W ∘ J with J = E[d dᵀ] (Eq. 6 of Chen et al.) or E[d] E[d]ᵀ (Eq. 7 of Dangel &
         Hennig), in one pass of panels: (n_in, n_in)."""
         w = m.weight

@@ -128,7 +128,9 @@ class SolverOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         if "solver" not in state:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: no 'solver' entry; pass a state_dict() of this class")
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: no 'solver' entry; pass a state_dict() of this class"
+            )
         solver = state.pop("solver")
         super().load_state_dict(state)
         self.solver.load_state_dict(solver)

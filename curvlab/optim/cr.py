@@ -31,7 +31,9 @@ class OptimizerSolver(TorchOptimSolver):
         Solver.__init__(self, net, loss, float(optimizer.param_groups[0]["lr"]))
         owned = {id(p) for p in net.parameters()}
         if any(id(p) not in owned for group in optimizer.param_groups for p in group["params"]):
-            raise ValueError("CR: the optimizer holds parameters that are not the model's; build it on model.parameters()")
+            raise ValueError(
+                "CR: the optimizer holds parameters that are not the model's; build it on model.parameters()"
+            )
         self.opt = optimizer
 
     def _sync_lr(self) -> None:
@@ -43,7 +45,9 @@ class CR(SolverOptimizer):
 
     Args:
         optimizer: any ``torch.optim.Optimizer`` on (a subset of) ``model.parameters()`` that
-            steps without a closure (SGD, Adam, Adagrad, Adadelta, RMSprop, your own…).
+            steps without a closure (SGD, Adam, Adagrad, Adadelta, RMSprop, your own…), or a
+            ``curvlab.optim`` EA-CG, KFI or Newton optimizer on ``model`` (the runner's
+            ``solver=cr solver.base=eacg``; CR's ``loss`` is used, and only CR is stepped).
         model: the network (any ``nn.Module``; ``torch.func`` differentiates it).
         loss: as :class:`curvlab.optim.EACG`.
         sigma: σ of the cubic term (Bakker et al.: 100 for SGD, 1000 for Adagrad/Adadelta/Adam).
@@ -57,12 +61,15 @@ class CR(SolverOptimizer):
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"CR wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, SolverOptimizer):
-            raise ValueError("CR wraps a first-order torch.optim optimizer, not a curvlab.optim one")
         self.base_optimizer = optimizer
         self._options: dict[str, Any] = {"sigma": sigma, "fallback": fallback}
         super().__init__(model, float(optimizer.param_groups[0]["lr"]) if lr is None else lr, loss)
 
     def _build_solver(self, lr: float) -> Solver:
-        base = OptimizerSolver(self.model, self.loss, self.base_optimizer)
+        if isinstance(self.base_optimizer, SolverOptimizer):  # CR on EA-CG, KFI or Newton: their solver
+            if self.base_optimizer.model is not self.model:
+                raise ValueError("CR: the curvlab.optim optimizer it wraps must be built on the same model")
+            base: Solver = self.base_optimizer.solver
+        else:
+            base = OptimizerSolver(self.model, self.loss, self.base_optimizer)
         return CRSolver.around(base, lr, **self._options)

@@ -1,7 +1,8 @@
 """EA-CG, KFI and the exact Newton step as ``torch.optim`` optimizers (thin: the runner's solvers).
 
-Each class builds the solver that ``curvlab train solver=...`` builds, with the same options,
-so an optimizer loop and a run with the same settings make the same iterates.
+Each class builds the solver that ``curvlab train solver=...`` builds, with the same options
+and defaults (``configs/solver/*.yaml``), so an optimizer loop and a run with the same
+settings make the same iterates.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class EACG(_BlockOptimizer):
     Args:
         model: the network, a feed-forward ``nn.Sequential`` of the supported modules
             (``curvlab.supported_modules()``) ending in a Linear.
-        lr: step length (``lr=1`` is the plain Newton step on the blocks).
+        lr: step length (``lr=1`` is the full Newton step on the blocks).
         loss: ``cross_entropy``, ``nonconvex`` (Eq. 14), ``mse``, a :class:`~curvlab.losses.Loss`
             or any twice-differentiable ``fn(logits, targets)`` returning the batch mean.
         curvature: kind name (``pch1``, ``pch2``, ``gn``, ``fisher``, ``exact``), a dict of
@@ -61,10 +62,11 @@ class EACG(_BlockOptimizer):
     """
 
     def __init__(
-        self, model: nn.Module, lr: float = 1.0, loss: LossSpec = "cross_entropy", curvature: Curvature = "pch1",
+        self, model: nn.Module, lr: float = 0.1, loss: LossSpec = "cross_entropy", curvature: Curvature = "pch1",
         alpha: float = 0.02, max_cg: int = 50, eps_cg: float = 0.1, split: int = 1,
     ) -> None:
-        super().__init__(model, lr, loss, curvature, {"alpha": alpha, "max_cg": max_cg, "eps_cg": eps_cg, "split": split})
+        options = {"alpha": alpha, "max_cg": max_cg, "eps_cg": eps_cg, "split": split}
+        super().__init__(model, lr, loss, curvature, options)
 
     def _build_solver(self, lr: float) -> Solver:
         return EACGSolver(self.model, self.loss, lr, curvature=self._curvature, **self._options)
@@ -80,7 +82,7 @@ class KFI(_BlockOptimizer):
     """
 
     def __init__(
-        self, model: nn.Module, lr: float = 1.0, loss: LossSpec = "cross_entropy", curvature: Curvature = "pch1",
+        self, model: nn.Module, lr: float = 0.1, loss: LossSpec = "cross_entropy", curvature: Curvature = "pch1",
         alpha: float = 0.02, rank_one_first_layer: bool = False, max_input_width: int = 4096, update_every: int = 1,
     ) -> None:
         options = {
@@ -107,7 +109,7 @@ class Newton(SolverOptimizer):
     """
 
     def __init__(
-        self, model: nn.Module, lr: float = 1.0, loss: LossSpec = "cross_entropy", damping: float = 1.0,
+        self, model: nn.Module, lr: float = 1.0, loss: LossSpec = "cross_entropy", damping: float = 1e-3,
         curvature: str = "exact", refine: int = 0,
     ) -> None:
         self._options = {"damping": damping, "curvature": curvature, "refine": refine}

@@ -77,7 +77,7 @@ class RecordedLoss(Loss):
         return self.batch * (self.g[idx] + torch.einsum("bij,bj->bi", self.h[idx], d))
 
     def hessian(self, out: Tensor, idx: Tensor) -> Tensor:
-        return self.h[idx]
+        return self.batch * self.h[idx]
 
     def __repr__(self) -> str:
         return "the closure's loss"
@@ -89,14 +89,7 @@ def _derivatives(loss: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
     One backward pass per logit column c: Σ_i ∂g_ic/∂o_i; a loss that is a sum or mean of
     per-sample terms has no cross-sample second derivatives, so row c of every H_i comes out.
     """
-    try:
-        (g,) = torch.autograd.grad(loss, out, create_graph=True)
-    except RuntimeError as err:
-        if "second time" not in str(err):
-            raise
-        raise ValueError(
-            "closure: return the loss without calling backward() on it; curvlab.optim differentiates it itself"
-        ) from None
+    (g,) = torch.autograd.grad(loss, out, create_graph=True)
     rows = []
     for c in range(out.shape[1]):
         (row,) = torch.autograd.grad(g[:, c].sum(), out, retain_graph=True, allow_unused=True)
@@ -130,18 +123,29 @@ def closure_loss(model: nn.Module, closure: Callable[[], Tensor]) -> tuple[Tenso
         for h in handles:
             h.remove()
     if len(inputs) != 1:
-        raise ValueError(f"closure: call the model exactly once (on the batch) and return its loss; it was called {len(inputs)} times")
+        raise ValueError(
+            f"closure: call the model exactly once (on the batch) and return its loss; "
+            f"it was called {len(inputs)} times"
+        )
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError(f"closure must return the scalar loss tensor, got {type(loss).__name__}")
     out = outputs[0]
     if out.dim() != 2:
         raise ValueError(f"closure: the model's output must be logits (B, C), got shape {tuple(out.shape)}")
     params = [p for p in model.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        if any(g is not None for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
-            raise ValueError(
-                "closure: the loss depends on the parameters other than through the model's output "
-                "(e.g. a weight penalty); return the loss of the logits only"
-            )
-        grad, hess = _derivatives(loss.reshape(()), out)
+    try:
+        with torch.enable_grad():
+            direct = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if params else []
+            if any(g is not None for g in direct):
+                raise ValueError(
+                    "closure: the loss depends on the parameters other than through the model's output "
+                    "(e.g. a weight penalty); return the loss of the logits only"
+                )
+            grad, hess = _derivatives(loss.reshape(()), out)
+    except RuntimeError as err:  # the graph was freed by a backward() in the closure
+        if "second time" not in str(err):
+            raise
+        raise ValueError(
+            "closure: return the loss without calling backward() on it; curvlab.optim differentiates it itself"
+        ) from None
     return inputs[0].detach(), RecordedLoss(loss.reshape(()), out, grad, hess)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from curvlab.report.figures import WALL_NOTE
 from curvlab.report.files import BadFile
+from curvlab.report.index import write_index
 from curvlab.report.load import Runs, Study, find_studies, load_runs, load_study, say_skipped
 from curvlab.report.render import render_experiment, render_study
 from curvlab.report.timing import find_step_costs, with_quiet_time
@@ -46,7 +47,7 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
         measured_time: draw the measured (contended) solver time, ignoring any quiet study.
 
     Returns:
-        The files written, in a fixed order.
+        The files written, in a fixed order; the last is ``index.md``, which lists the others by experiment.
 
     A run or study whose files the report cannot use is skipped with one line on stderr naming
     the file and the reason (:mod:`curvlab.report.files`); so is a selected experiment or study
@@ -61,6 +62,7 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
     costs = None if measured_time else find_step_costs(roots, step_costs)
     runs = with_quiet_time(runs, costs)
     written: list[Path] = []
+    sections: list[tuple[str, list[Path]]] = []  # (experiment or study, its files) for index.md
     present = runs.experiments()
     views = {name: select_view(runs, view) for name, view in VIEWS.items()}  # Figures 9–12: Figures 1–8's runs
     views = {name: picked for name, picked in views.items() if name not in present and len(picked.runs)}
@@ -80,6 +82,7 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
             files = render_experiment(r, exp, out, steps, set(want), window, wall_note, costs)
             _say_if_empty(files, exp, want)
             written += files
+            sections.append((exp, files))
     for st in studies:
         name = str(st.meta.get("name", st.name))
         if experiments is None or name in experiments:
@@ -90,7 +93,8 @@ def report(roots: list[str | Path], out: str | Path, steps: int | None = None,
                 continue
             _say_if_empty(files, f"study {name}", want)
             written += files
-    return written
+            sections.append((f"study {name}", files))
+    return [*written, write_index(out, sections)] if written else written
 
 
 def _say_if_empty(files: list[Path], what: str, want: set[str]) -> None:

@@ -7,8 +7,9 @@ and HBP Figure 5; :func:`cr_figure` follows Figures 1–5 of Bakker et al.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import matplotlib
 
@@ -19,11 +20,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from curvlab.report.files import new_file, safe_name  # noqa: E402
+from curvlab.report.styles import CurveTraits, natural_sorted, panels  # noqa: E402
 from curvlab.report.tables import KIND_NAMES, error_totals, time_unit  # noqa: E402
 
 __all__ = ["mean_std", "curve_stats", "plot_curves", "legend_outside", "legend_right", "colors_for",
            "training_figure", "hessian_error_figure", "cr_figure", "loglog_slope_figure", "appendix_figure",
-           "scaling_figure", "save", "fit_loglog_slope", "WALL_NOTE"]
+           "scaling_figure", "save", "fit_loglog_slope", "figure_texts", "caption", "suptitle", "band_note",
+           "WALL_NOTE", "TAIL_NOTE"]
 
 _AXIS_NAMES = {
     "wall_time": "solver wall-clock time", "quiet_time": "quiet-machine time", "epoch": "epoch", "step": "iteration",
@@ -34,6 +37,9 @@ _AXIS_NAMES = {
 WALL_NOTE = ("Wall-clock: solver time of each update (evaluation and Hessian-error logging excluded); "
              "runs shared the machine with other jobs, so times include contention. "
              "Per-update costs on a quiet machine: the Table 1 study.")
+TAIL_NOTE = ("Thin faint end of a line: updates that only some of the curve's seeds reached (a longer run), "
+             "the mean over those seeds.")
+_CAPTION = "caption"  # gid of the footer text that save() writes into the files' metadata
 
 
 def _aligned(metrics: pd.DataFrame, x: str, y: str, group: str) -> pd.DataFrame:
@@ -83,12 +89,13 @@ def _wants_log(values: pd.Series) -> bool:
 
 def plot_curves(ax: plt.Axes, stats: pd.DataFrame, colors: dict[str, str], x_scale: float = 1.0,
                 y_scale: float = 1.0, smooth: int = 1, lower: float | None = None,
-                upper: float | None = None) -> None:
+                upper: float | None = None, styles: dict[str, Any] | None = None) -> None:
     """Draw :func:`curve_stats` output: one line per group, its spread shaded.
 
     Where fewer of a group's runs reach a step than at its start (a seed trained longer),
-    the line goes on thin and dashed. ``smooth`` > 1 applies a moving average; the band is
-    clipped to [``lower``, ``upper``] (accuracy stays within 0–100 %).
+    the line goes on thin and faint (:data:`TAIL_NOTE`). ``smooth`` > 1 applies a moving average
+    (the first ``smooth`` − 1 points average the steps so far); the band is clipped to
+    [``lower``, ``upper``] (accuracy stays within 0–100 %). ``styles`` gives each group's line style.
     """
     for name, s in stats.groupby("group", sort=True):
         s = s.sort_values("step")
@@ -97,12 +104,20 @@ def plot_curves(ax: plt.Axes, stats: pd.DataFrame, colors: dict[str, str], x_sca
         lo, hi = lo.clip(lower, upper), hi.clip(lower, upper)
         full = (s["n"] == s["n"].max()).to_numpy()
         last = int(np.flatnonzero(full)[-1]) + 1  # the steps every run of the group reached
-        color = colors[str(name)]
-        ax.plot(x[:last], y[:last], color=color, lw=1.4, label=str(name))
+        color, ls = colors[str(name)], (styles or {}).get(str(name), "-")
+        ax.plot(x[:last], y[:last], color=color, ls=ls, lw=1.4, label=str(name))
         if last < len(s):
-            ax.plot(x[last - 1:], y[last - 1:], "--", color=color, lw=0.8)
+            ax.plot(x[last - 1:], y[last - 1:], color=color, ls=ls, lw=0.8, alpha=0.5)
         if s["n"].max() > 1:
             ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def band_note(log: bool) -> str:
+    """What the lines and shading of :func:`plot_curves` mean (the caption of every curve figure)."""
+    geo = " (log axis: geometric mean)" if log else ""
+    spread = " (log axis: ×/÷ the geometric standard deviation)" if log else ""
+    return (f"Lines: mean over each curve's seeds{geo}. Shaded: ± 1 standard deviation over the seeds{spread}; "
+            f"no shading: one seed. {TAIL_NOTE}")
 
 
 def _axis(ax: plt.Axes, x: str, y: str, x_unit: str = "", log: bool = False, x_name: str | None = None) -> None:
@@ -116,12 +131,13 @@ def _axis(ax: plt.Axes, x: str, y: str, x_unit: str = "", log: bool = False, x_n
 
 
 def legend_outside(fig: Figure, labels: list[str] | None = None) -> None:
-    """One legend for the whole figure, right of the axes (never over data); entries of all axes, once each."""
+    """One legend for the whole figure, right of the axes (never over data); entries of all axes, once each,
+    in the order of ``labels`` (default: natural order, ``split 2`` before ``split 16``)."""
     handles: dict[str, object] = {}
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    names = [n for n in (labels or sorted(handles)) if n in handles]
+    names = [n for n in (labels or natural_sorted(handles)) if n in handles]
     if names:
         fig.legend([handles[n] for n in names], names, loc="outside right center", fontsize=8, frameon=False)
 
@@ -132,52 +148,89 @@ def legend_right(ax: plt.Axes) -> None:
 
 
 def colors_for(names: list[str]) -> dict[str, str]:
-    """A fixed colour per curve label (sorted), the same in every panel of a figure (20 distinct beyond 10)."""
-    names = sorted(map(str, names))
-    if len(names) <= 10:
-        return {n: f"C{i}" for i, n in enumerate(names)}
-    palette = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
-    return {n: matplotlib.colors.to_hex(palette[i % 20]) for i, n in enumerate(names)}
+    """A fixed colour per curve label (natural order), the same in every panel of a figure (20 distinct beyond 10)."""
+    return CurveTraits.each_own(names).colors()
+
+
+def caption(fig: Figure, text: str, width_in: float | None = None) -> None:
+    """The figure's footer: ``text`` wrapped to the figure's width (never clipped); :func:`save` also writes it
+    into the PNG's ``Description`` and the PDF's ``Subject`` (and :mod:`curvlab.report.index` lists it)."""
+    chars = int(11.5 * (width_in or fig.get_figwidth()))  # ~11 characters of 7-pt text per inch
+    fig.supxlabel("\n".join(textwrap.wrap(text, max(chars, 40))), fontsize=7, gid=_CAPTION)
+
+
+def suptitle(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """The figure's title, wrapped to its width (a long setting label never runs off the page)."""
+    chars = int(7.2 * fig.get_figwidth() * 11 / fontsize)
+    fig.suptitle("\n".join(textwrap.wrap(text, max(chars, 30))), fontsize=fontsize)
 
 
 def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wall_note: str | None = WALL_NOTE,
                     legend_labels: dict[str, str] | None = None, time: str = "wall_time",
-                    time_name: str | None = None) -> Figure:
-    """Training loss and test accuracy (%) against time (top) and epochs (bottom).
+                    time_name: str | None = None, traits: CurveTraits | None = None) -> Figure:
+    """Training loss and test accuracy (%) against time and epochs.
 
     EA-CG Figures 1–12 and HBP Figure 5 show the time and epoch panels of the same runs,
     mean and spread over seeds (linear: ± 1 std; the log loss axis: geometric mean ×/÷ the
-    geometric std). ``time`` is the column of the top row (seconds; measured solver time, or
+    geometric std). ``time`` is the column of the time rows (seconds; measured solver time, or
     the quiet-machine time of :mod:`curvlab.report.timing`), ``time_name`` its axis label
     and ``wall_note`` its footnote. ``legend_labels`` renames curves in the legend (e.g. to add seed counts).
+
+    ``traits`` (:func:`curvlab.report.styles.curve_traits`) colours curves by method and dashes them by
+    curvature kind; default: each curve its own colour. Up to :data:`~curvlab.report.styles.MAX_CURVES`
+    curves: a 2 × 2 figure (rows time, epoch; columns loss, accuracy). More: small multiples, one column
+    per panel of :func:`curvlab.report.styles.panels` (rows: loss and accuracy by time, then by epoch),
+    axes shared along each row.
     """
-    colors = colors_for(list(metrics[group].dropna().unique()))
+    present = set(metrics[group].dropna().astype(str).unique())
+    traits = traits if traits is not None else CurveTraits.each_own(present)
+    traits = CurveTraits({k: v for k, v in traits.method.items() if k in present},
+                         {k: v for k, v in traits.kind.items() if k in present})
+    colors, styles = traits.colors(), traits.linestyles()
+    layout = panels(traits)
     log = _wants_log(metrics.get("train_loss", pd.Series(dtype=float)))
     div, unit = time_unit(float(pd.to_numeric(metrics[time], errors="coerce").max() or 0.0))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
-    for row, x in enumerate((time, "epoch")):
-        loss = curve_stats(metrics, x, "train_loss", group, log=log)
-        acc = curve_stats(metrics, x, "test_acc", group)
-        pct = 100.0 if acc["y"].max() <= 1.0 else 1.0  # fractions → %
+    dagger = "†" if wall_note else ""
+    cells = [(x, y) for x in (time, "epoch") for y in ("train_loss", "test_acc")]
+    if len(layout) == 1:
+        fig, grid = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
+        axes = {cell: [grid[i // 2, i % 2]] for i, cell in enumerate(cells)}
+    else:
+        fig, grid = plt.subplots(4, len(layout), figsize=(3.2 * len(layout) + 2.8, 12), layout="constrained",
+                                 sharex="row", sharey="row", squeeze=False)
+        axes = {cell: list(grid[i]) for i, cell in enumerate(cells)}
+    for (x, y), row in axes.items():
+        st = curve_stats(metrics, x, y, group, log=log and y == "train_loss")
+        pct = 100.0 if y == "test_acc" and st["y"].max() <= 1.0 else 1.0  # fractions → %
         scale, x_unit = (div, unit) if x == time else (1.0, "")
-        plot_curves(axes[row, 0], loss, colors, x_scale=scale, lower=None if log else 0.0)
-        plot_curves(axes[row, 1], acc, colors, x_scale=scale, y_scale=pct, lower=0.0, upper=100.0)
-        _axis(axes[row, 0], x, "train_loss", x_unit, log=log, x_name=time_name if x == time else None)
-        _axis(axes[row, 1], x, "test_acc", x_unit, x_name=time_name if x == time else None)
-    if wall_note:
-        axes[0, 0].set_title(f"by {time_name or 'wall-clock time'}†", fontsize=9, loc="left")
-        fig.supxlabel(f"† {wall_note}", fontsize=7, wrap=True)
-    axes[1, 0].set_title("by epoch", fontsize=9, loc="left")
-    _legend_with_names(fig, legend_labels)
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def _legend_with_names(fig: Figure, names: dict[str, str] | None) -> None:
-    legend_outside(fig)
-    if names and fig.legends:
+        for ax, (name, labels) in zip(row, layout):
+            part = st[st["group"].astype(str).isin(labels)]
+            if y == "train_loss":
+                plot_curves(ax, part, colors, x_scale=scale, lower=None if log else 0.0, styles=styles)
+            else:
+                plot_curves(ax, part, colors, x_scale=scale, y_scale=pct, lower=0.0, upper=100.0, styles=styles)
+            _axis(ax, x, y, x_unit, log=log and y == "train_loss", x_name=time_name if x == time else None)
+            if len(layout) > 1:
+                ax.set_xlabel(ax.get_xlabel() + (dagger if x == time else ""))
+                ax.tick_params(labelsize=7, labelleft=ax is row[0])
+                ax.xaxis.label.set_fontsize(8)
+                ax.yaxis.label.set_visible(ax is row[0])
+                if (x, y) == cells[0]:
+                    ax.set_title(name, fontsize=10)
+    if len(layout) == 1:
+        axes[cells[0]][0].set_title(f"by {time_name or 'wall-clock time'}{dagger}", fontsize=9, loc="left")
+        axes[cells[2]][0].set_title("by epoch", fontsize=9, loc="left")
+    legend_outside(fig, traits.labels())
+    if legend_labels and fig.legends:
         for text in fig.legends[0].get_texts():
-            text.set_text(names.get(text.get_text(), text.get_text()))
+            text.set_text(legend_labels.get(text.get_text(), text.get_text()))
+    what = ("Colour: method; line style: curvature kind. " if any(traits.kind.values()) else "") + (
+        "One panel per " + ("curvature kind (kind-less methods, e.g. SGD, in each)" if len(
+            {traits.kind[c] for _, cs in layout for c in cs if traits.kind[c]}) > 1 else "group of methods")
+        + "; axes shared along each row. " if len(layout) > 1 else "")
+    caption(fig, what + band_note(log) + (f" † {wall_note}" if wall_note else ""))
+    suptitle(fig, title)
+    return fig
 
 
 def hessian_error_figure(errors: pd.DataFrame, title: str) -> Figure:
@@ -213,7 +266,9 @@ def hessian_error_figure(errors: pd.DataFrame, title: str) -> Figure:
             if batch is not None:
                 ax.set_title(f"logging batch {int(batch)}", fontsize=9, loc="left")
     legend_outside(fig)
-    fig.suptitle(title, fontsize=11)
+    caption(fig, "Total: the whole block-diagonal matrix's error; relative: over ||B||_F. " + band_note(True)
+            .replace("each curve's seeds", "the runs (seeds)"))
+    suptitle(fig, title)
     return fig
 
 
@@ -233,7 +288,7 @@ def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups
     (default: all groups whose name contains ``CR``).
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
-    names = sorted(metrics[group].dropna().unique())
+    names = natural_sorted(metrics[group].dropna().unique())
     log = _wants_log(metrics["batch_loss"])
     plot_curves(a, curve_stats(metrics, "step", "batch_loss", group, log=log), colors_for(names), smooth=period)
     _axis(a, "step", "batch_loss", log=log)
@@ -242,7 +297,7 @@ def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups
     for i, name in enumerate(cr):
         s = mean_std(metrics[metrics[group] == name], "step", "step_size", group).sort_values("step")
         b.plot(s["x"], s["y"], color=f"C{(2 * i + 3) % 10}", lw=0.6, alpha=0.6, label=f"{name}: CR rate")
-        b.plot(s["x"], s["y"].rolling(period, min_periods=1).mean(), color=f"C{(2 * i + 2) % 10}", lw=1.8,
+        b.plot(s["x"], s["y"].rolling(period).mean(), color=f"C{(2 * i + 2) % 10}", lw=1.8,  # full windows
                label=f"{name}: moving average ({period})")
     for name in (n for n in names if n not in cr):  # the schedule CR replaces
         s = mean_std(metrics[metrics[group] == name], "step", "step_size", group).sort_values("step")
@@ -252,7 +307,10 @@ def cr_figure(metrics: pd.DataFrame, title: str, group: str = "label", cr_groups
     b.set_ylabel("learning rate")
     b.grid(alpha=0.3)
     legend_outside(fig)
-    fig.suptitle(title, fontsize=11)
+    caption(fig, f"(a) Loss: moving average over {period} iterations (the first {period - 1} average the iterations "
+            f"so far). (b) CR rate: mean over seeds at each iteration (thin) and its moving average over full windows "
+            f"of {period} (from iteration {period - 1}); dashed grey: the schedule CR replaces. " + band_note(log))
+    suptitle(fig, title)
     return fig
 
 
@@ -298,19 +356,32 @@ def appendix_figure(data: pd.DataFrame, slopes: pd.DataFrame, fit_max: float) ->
     return fig
 
 
-def scaling_figure(data: pd.DataFrame, title: str, column: str = "seconds", ylabel: str = "seconds per call") -> Figure:
+def scaling_figure(data: pd.DataFrame, title: str, column: str = "seconds", ylabel: str = "seconds per call",
+                   anchor: str | None = None, guides: tuple[float, ...] = (1.0, 2.0)) -> Figure:
     """Rahimi scaling: ``column`` against depth (left) and width (right), one line per method (mean, min–max bars).
+
+    Slope guides: grey reference lines ``y = y₀ (x / x₀)^k`` for each ``k`` in ``guides`` through the
+    first point (x₀, y₀) of ``anchor`` (default: the first method in natural order), each labelled, so
+    a method linear in depth (Rahimi's claim for the exact inverse) runs parallel to slope 1.
 
     ``data`` columns: ``sweep`` (``depth``/``width``), ``value``, ``method``, ``column``.
     """
     sweeps = [s for s in ("depth", "width") if s in set(data["sweep"])]
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps) + 1.5, 4.4), layout="constrained",
+                             squeeze=False)
+    methods = natural_sorted(data["method"].dropna().unique())
+    anchor = anchor if anchor in methods else (methods[0] if methods else None)
     for ax, sweep in zip(axes[0], sweeps):
         d = data[data["sweep"] == sweep]
-        for i, (method, s) in enumerate(d.groupby("method", sort=True)):
-            s = s.dropna(subset=[column]).groupby("value")[column].agg(["mean", "min", "max"]).reset_index()
+        for i, method in enumerate(methods):
+            s = d[d["method"] == method].dropna(subset=[column])
+            s = s.groupby("value")[column].agg(["mean", "min", "max"]).reset_index()
+            if s.empty:
+                continue
             span = [s["mean"] - s["min"], s["max"] - s["mean"]]  # min–max over repeats: stays positive on the log axis
-            ax.errorbar(s["value"], s["mean"], yerr=span, fmt="o-", ms=3, color=f"C{i}", label=method)
+            ax.errorbar(s["value"], s["mean"], yerr=span, fmt="o-", ms=3, color=f"C{i % 10}", label=method)
+            if method == anchor:
+                _slope_guides(ax, s["value"].to_numpy(float), float(s["mean"].iloc[0]), guides, sweep)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = sorted(d["value"].unique())
@@ -319,9 +390,30 @@ def scaling_figure(data: pd.DataFrame, title: str, column: str = "seconds", ylab
         ax.set_xlabel(sweep)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-    legend_outside(fig)
-    fig.suptitle(title, fontsize=11)
+    legend_outside(fig, [*methods, *(_guide_label(k) for k in guides)])
+    if anchor is not None and guides:
+        caption(fig, f"Grey lines: slopes {', '.join(f'{k:g}' for k in guides)} on the log-log axes (y ∝ x^k) through "
+                f"the first point of {anchor}; a method linear in depth runs parallel to slope 1. Markers: mean over "
+                "repeats; bars: min–max.")
+    suptitle(fig, title)
     return fig
+
+
+_GUIDE_STYLES = (":", "--", "-.")
+
+
+def _guide_label(k: float) -> str:
+    return f"slope {k:g} (y ∝ x^{k:g})" if k != 1 else "slope 1 (y ∝ x)"
+
+
+def _slope_guides(ax: plt.Axes, x: np.ndarray, y0: float, slopes: tuple[float, ...], sweep: str) -> None:
+    """Reference lines of the given log-log slopes through (x[0], y0), each labelled at its right end."""
+    xs = np.array([x.min(), x.max()])
+    for j, k in enumerate(slopes):
+        ys = y0 * (xs / x.min()) ** k
+        ax.plot(xs, ys, _GUIDE_STYLES[j % len(_GUIDE_STYLES)], color="0.45", lw=1.0, label=_guide_label(k), zorder=1)
+        ax.annotate(f"slope {k:g}", (xs[-1], ys[-1]), xytext=(-3, 2), textcoords="offset points", ha="right",
+                    va="bottom", fontsize=7, color="0.35")
 
 
 def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
@@ -329,7 +421,9 @@ def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
 
     The name is sanitised and the files are written without following links
     (:func:`curvlab.report.files.new_file`). Labels from run files that are not valid mathtext
-    (a ``$`` in a solver name) make the whole figure's text plain instead of failing.
+    (a ``$`` in a solver name) make the whole figure's text plain instead of failing. The title and the
+    footer (:func:`caption`) go into the files' metadata too (PNG ``Title``/``Description``, PDF
+    ``Title``/``Subject``), where :mod:`curvlab.report.index` reads what each figure shows.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -351,9 +445,18 @@ def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
+def figure_texts(fig: Figure) -> tuple[str, str]:
+    """(title, caption) of a figure built here, each on one line (``""`` where it has none)."""
+    sup = fig._suptitle.get_text() if fig._suptitle is not None else ""  # noqa: SLF001  (no public getter)
+    foot = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_gid() == _CAPTION]
+    return " ".join(sup.split()), " ".join(" ".join(foot).split())
+
+
 def _savefig(fig: Figure, f: BinaryIO, fmt: str) -> None:
-    # No creation date in the PDF: re-rendering unchanged data gives identical files.
-    fig.savefig(f, format=fmt, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
+    # No creation date in the PDF: re-rendering unchanged data gives identical files. "tight": nothing clipped.
+    head, foot = figure_texts(fig)
+    meta = {"Title": head, "Subject": foot, "CreationDate": None} if fmt == "pdf" else {"Title": head, "Description": foot}
+    fig.savefig(f, format=fmt, dpi=150, metadata=meta, bbox_inches="tight", pad_inches=0.05)
 
 
 def fit_loglog_slope(x: np.ndarray, y: np.ndarray) -> float:

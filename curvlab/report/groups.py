@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from curvlab.registry import KINDS, curvature_fields, find_solver
+from curvlab.registry import KINDS, LOSSES, curvature_fields, find_solver
 
 __all__ = ["Grouping", "computing_columns", "group_runs", "method_label", "SETTING"]
 
@@ -69,7 +69,8 @@ def method_label(row: pd.Series | dict[str, Any]) -> str:
     cls = find_solver(solver)
     template = (cls.label if cls is not None else "") or solver
     if "{base}" in template:  # a wrapper (CR): the base's label inside its own
-        base = {**_as_dict(row), "cfg.solver.name": str(_get(row, "cfg.solver.base") or "sgd"), "cfg.solver.momentum": None}
+        base = {**_as_dict(row), "cfg.solver.name": str(_get(row, "cfg.solver.base") or "sgd"),
+                "cfg.solver.momentum": None}
         return template.format(base=method_label(base))
     if "{kind}" not in template:  # a first-order solver
         momentum = _get(row, "cfg.solver.momentum")
@@ -123,7 +124,9 @@ def _setting_label(key: tuple[tuple[str, str], ...], varying: set[str]) -> str:
     layers = d.get("cfg.net.layers", "").strip("[]").replace("'", "").replace(",", "")
     if layers and layers != "None":  # a net listed layer by layer: net.activation is not used
         net = f"net {widths.split('-')[0]}-[{layers}]"
-    parts = [p for p in (d.get("cfg.dataset.name", ""), net, d.get("cfg.loss.name", "").replace("_", "-")) if p]
+    loss = d.get("cfg.loss.name", "")
+    loss = LOSSES.label(loss) if loss in LOSSES else loss.replace("_", "-")  # cross-entropy; an unknown name as is
+    parts = [p for p in (d.get("cfg.dataset.name", ""), net, loss) if p]
     shown = {"cfg.dataset.name", "cfg.net.widths", "cfg.net.activation", "cfg.net.layers", "cfg.loss.name"}
     parts += [f"{c.split('.', 1)[1]}={d.get(c, '-')}" for c in sorted(varying - shown)]
     return " · ".join(parts)

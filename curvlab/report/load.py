@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["IDENTITY", "Runs", "Study", "find_runs", "find_studies", "load_runs", "load_study", "say_skipped"]
@@ -173,8 +174,21 @@ def _read_run(run_dir: Path, name: str) -> tuple[dict[str, Any], list[pd.DataFra
                                            ("step", "layer"), _ERROR_NUMBERS)):
         found = table_path(run_dir, file) or run_dir / file  # plain or compact (file + ".gz")
         df = read_csv(found)
-        frames.append(None if df is None or not len(df) else _check_columns(df, found, need, integers, numbers))
+        frames.append(None if df is None or not len(df) else
+                      at_float32(_check_columns(df, found, need, integers, numbers)))
     return row, frames
+
+
+def at_float32(df: pd.DataFrame) -> pd.DataFrame:
+    """The table's float columns rounded to float32 precision (in float64).
+
+    The runs train in float32, so no logged quantity has more precision than that; rounding here
+    makes a plain table and its compact form (``log.compact``: float32 text) render identically.
+    """
+    floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+    if floats:
+        df[floats] = df[floats].astype(np.float32).astype(np.float64)
+    return df
 
 
 def load_runs(roots: Iterable[str | Path], completed_only: bool = False,

@@ -31,11 +31,12 @@ import pandas as pd
 from curvlab.report import figures as F
 from curvlab.report.escape import csv_safe
 from curvlab.report.files import BadFile, UnsafeOutput, new_file, safe_name
-from curvlab.report.grid import grid_tables
+from curvlab.report.grid import Search, best_labels, best_table, grid_tables, heatmap_figure, searches
 from curvlab.report.groups import group_runs
 from curvlab.report.load import Runs, Study
 from curvlab.report.paper import EACG_TABLES
 from curvlab.report.study_lowrank import render_cr_sigma, render_lowrank_structure
+from curvlab.report.styles import curve_traits
 from curvlab.report.tables import (
     cr_rate_table, final_metrics_table, hessian_error_table, paper_match_table, relative_error_table, runs_table,
     select_steps, side_by_side, write_table,
@@ -114,18 +115,21 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
     has_acc = "test_acc" in r.metrics and pd.to_numeric(r.metrics["test_acc"], errors="coerce").notna().any()
     if has_acc:
         written += write_table(final_metrics_table(r.runs, r.metrics), out, f"{name}_final",
-                               f"{title}: final metrics, mean ± std over seeds", floatfmt=".4g")
-        grids = grid_tables(r.runs, r.metrics)
-        for method, tab in grids.items():
-            stem = f"{name}_grid" + ("" if len(grids) == 1 else f"_{slug(method)}")
-            written += write_table(tab, out, stem, f"{title}: {method}, grid of the swept fields — final train loss "
-                                   "/ test accuracy (%), mean over the seeds of each point", floatfmt=".4g")
+                               f"{title}: final metrics, mean ± std over seeds (a value alone: every seed agrees, "
+                               "or one seed; columns that are zero in every run left out)", floatfmt=".4g")
+        found = searches(r.runs, r.metrics)
+        written += _render_searches(found, r, title, name, out, want)
     if "figures" in want and has_acc:
-        axis = time_axis(r.metrics, costs, wall_note)
+        left_out = best_labels(found)  # a search with more points than a figure tells apart: its best point only
+        best_of = {s.best(): len(s.points) for s in found if set(s.points.index) & set(left_out)}
+        shown = r.metrics[~r.metrics["label"].isin(left_out)]
+        axis = time_axis(shown, costs, wall_note)
         legend = {k: k + (f" ({seed_phrase(counts[[k]])})" if counts.nunique() > 1 else "")
+                  + (f" (best of {best_of[k]})" if k in best_of else "")
                   + (" *" if k in axis.measured else "") for k in counts.index}
+        traits = curve_traits(r.runs[~r.runs["label"].isin(left_out)])
         written += F.save(F.training_figure(axis.metrics, title, wall_note=axis.note, legend_labels=legend,
-                                            time=axis.column, time_name=axis.name), out, name)
+                                            time=axis.column, time_name=axis.name, traits=traits), out, name)
     if not r.errors.empty:
         written += _render_errors(r, exp, setting, name, out, steps, want, window)
     cr_labels = sorted(r.runs.loc[r.runs["solver"] == "cr", "label"].unique())
@@ -136,6 +140,30 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
         if not tab.empty:
             written += write_table(tab, out, f"{name}_cr_rate", f"{title}: CR step alpha over the scheduled "
                                    "learning rate lr (median over seeds)", floatfmt=".3g")
+    return written
+
+
+def _render_searches(found: list[Search], r: Runs, title: str, name: str, out: Path, want: set[str]) -> list[Path]:
+    """Methods swept over numeric fields: the best point of each (table), and per method with two or more
+    swept fields its grid (table) and heat map (figure)."""
+    written: list[Path] = []
+    if not found:
+        return written
+    if "tables" in want:
+        written += write_table(best_table(found), out, f"{name}_best",
+                               f"{title}: best point of each searched method (lowest final train loss, mean over "
+                               "the point's seeds; test accuracy in %)", floatfmt=".4g")
+    grids = grid_tables(r.runs, r.metrics)
+    for s in (s for s in found if s.method in grids):
+        stem = "" if len(grids) == 1 else f"_{slug(s.method)}"
+        more = len(s.axes) > 2
+        if "tables" in want:
+            written += write_table(grids[s.method], out, f"{name}_grid{stem}", f"{title}: {s.method}, grid of the "
+                                   "swept fields — final train loss / test accuracy (%), mean over the seeds of each "
+                                   "point" + (" (each cell: the best point over the other swept fields)" if more
+                                              else ""), floatfmt=".4g")
+        if "figures" in want:
+            written += F.save(heatmap_figure(s, f"{title}: {s.method}, grid search"), out, f"{name}_heatmap{stem}")
     return written
 
 
@@ -250,7 +278,8 @@ def _rahimi(st: Study, out: Path, want: set[str]) -> list[Path]:
                              "depth and width (1 = linear)", floatfmt=".2f")
         if "figures" in want:
             title = f"Exact Hessian-inverse-vector product vs one HVP: {what}"
-            w += F.save(F.scaling_figure(d, title, column, what), out, f"{name}{suffix}")
+            # guides through the exact inverse's first point: its "linear in depth" claim reads off slope 1
+            w += F.save(F.scaling_figure(d, title, column, what, anchor="inverse H"), out, f"{name}{suffix}")
     return w
 
 

@@ -16,6 +16,7 @@ from curvlab.report.escape import csv_cell, csv_safe, md_text, tex_text
 from curvlab.report.files import new_file, safe_name
 from curvlab.registry import KINDS as KIND_FAMILY
 from curvlab.report.paper import EACG_TABLES, KINDS
+from curvlab.report.styles import natural_key
 
 __all__ = [
     "hessian_error_table", "relative_error_table", "error_totals", "kind_column", "select_steps", "side_by_side",
@@ -259,8 +260,9 @@ _TIMES = ("wall_time", "quiet_time", "elapsed", "log_time")
 
 
 def _present(stats: pd.DataFrame) -> tuple[list[str], float, str]:
-    """The stats columns with any value, and the time unit of the longest time among them."""
-    cols = [c for c in _STAT_NAMES if stats[c].notna().any()]
+    """The stats columns with a nonzero value (an all-zero column says nothing), and the time unit of the
+    longest time among them."""
+    cols = [c for c in _STAT_NAMES if stats[c].notna().any() and stats[c].fillna(0).ne(0).any()]
     longest = float(np.nanmax(stats[[c for c in _TIMES if c in cols]].to_numpy(float), initial=0.0))
     return cols, *time_unit(longest)
 
@@ -276,7 +278,7 @@ def final_metrics_table(runs: pd.DataFrame, metrics: pd.DataFrame | None = None,
     stats = per_run_stats(runs, metrics)
     cols, div, unit = _present(stats)
     rows = []
-    for key, g in runs.groupby(by, sort=True):
+    for key, g in sorted(runs.groupby(by), key=lambda kv: natural_key(kv[0])):
         row: dict[str, object] = {by: key, "seeds": len(g), "completed": int((g["status"] == "completed").sum())}
         s = stats.loc[g["run_dir"]]
         for col in cols:
@@ -299,15 +301,17 @@ def runs_table(runs: pd.DataFrame, metrics: pd.DataFrame | None = None,
     for col in cols:
         out[_stat_name(col, unit)] = (stats[col] / (div if col in _TIMES else 1)).to_numpy()
     out["used"] = both["used"].to_numpy()
-    return out.sort_values(["label", "seed"], kind="stable")
+    return out.sort_values(["label", "seed"], kind="stable", key=lambda c: c.map(natural_key) if c.name == "label"
+                           else c)
 
 
 def cr_rate_table(metrics: pd.DataFrame, cr_labels: list[str], window: int = 200, period: int = 100) -> pd.DataFrame:
     """How much CR raises the step over the scheduled learning rate (Bakker et al. Section 3.2).
 
     Per CR group: the median ratio α/lr over the first and the last ``window`` updates,
-    the largest period-``period`` moving average of α/lr, and the update where it peaks
-    (medians over seeds). ``lr`` is the base method's scheduled rate that CR replaces.
+    the largest period-``period`` moving average of α/lr over full windows (the first average is at
+    update ``period`` − 1, so a few early updates cannot make the peak), and the update where it
+    peaks (medians over seeds). ``lr`` is the base method's scheduled rate that CR replaces.
     """
     rows = []
     for label in cr_labels:
@@ -315,24 +319,27 @@ def cr_rate_table(metrics: pd.DataFrame, cr_labels: list[str], window: int = 200
         for _, g in metrics[metrics["label"] == label].groupby("run_dir"):
             g = g.dropna(subset=["step_size"]).sort_values("step")
             ratio = pd.to_numeric(g["step_size"]) / pd.to_numeric(g["lr"])
-            ma = ratio.rolling(period, min_periods=1).mean()
+            ma = ratio.rolling(period).mean().to_numpy()  # full windows only: no early partial average peaks
+            peak = int(np.nanargmax(ma)) if np.isfinite(ma).any() else None
             per_run.append({"alpha/lr, first updates": ratio.iloc[:window].median(),
                             "alpha/lr, last updates": ratio.iloc[-window:].median(),
-                            "max moving-average alpha/lr": ma.max(),
-                            "at update": float(g["step"].iloc[int(np.argmax(ma.to_numpy()))]),
+                            "max moving-average alpha/lr": np.nan if peak is None else ma[peak],
+                            "at update": np.nan if peak is None else float(g["step"].iloc[peak]),
                             "updates": float(len(g))})
         if per_run:
             rows.append({"label": label, "seeds": len(per_run), **pd.DataFrame(per_run).median().to_dict()})
     if not rows:
         return pd.DataFrame()
     tab = pd.DataFrame(rows).set_index("label")
-    return tab.astype({"at update": int, "updates": int})
+    tab["at update"] = tab["at update"].round().astype("Int64")  # <NA>: no run as long as one window
+    return tab.astype({"updates": int})
 
 
 def _pm(vals: pd.Series) -> str:
+    """``mean ± std``; the value alone where the seeds agree (a run length: ``2000``, not ``2000 ± 0``)."""
     if vals.empty:
         return "-"
-    if len(vals) == 1:
+    if vals.nunique() == 1:
         return f"{vals.iloc[0]:.4g}"
     return f"{vals.mean():.4g} ± {vals.std(ddof=1):.2g}"
 

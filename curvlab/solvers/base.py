@@ -6,7 +6,6 @@ applies ``θ ← θ + lr · d``. The CR step size wraps any solver by replacing 
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
@@ -17,8 +16,8 @@ from torch import Tensor
 from curvlab.curvature.options import Kind
 from curvlab.losses import Loss
 from curvlab.modules import Net
-from curvlab.solvers.options import OptionRule
-from curvlab.typecheck import check_value, type_hints
+from curvlab.solvers.options import OptionRule, keyword_options
+from curvlab.typecheck import check_value
 
 __all__ = ["Direction", "StepResult", "Solver", "SOLVERS", "register", "make_solver"]
 
@@ -81,11 +80,7 @@ class Solver(ABC):
     def option_types(cls) -> dict[str, Any]:
         """The keyword options and their annotated types, read from the constructor, so that an
         option added there is accepted and type-checked without further code."""
-        given = cls._GIVEN | ({"curvature"} if cls.curvature_fields else set())
-        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        params = inspect.signature(cls.__init__).parameters
-        hints = type_hints(cls.__init__)
-        return {k: hints.get(k, Any) for k, p in params.items() if k not in given and p.kind in keyword}
+        return keyword_options(cls.__init__, cls._GIVEN | ({"curvature"} if cls.curvature_fields else set()))
 
     @classmethod
     def check_ranges(cls, prefix: str = "solver", **values: Any) -> None:

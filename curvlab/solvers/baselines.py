@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping
 
 import torch
@@ -11,10 +10,13 @@ from torch import Tensor
 from curvlab.losses import Loss
 from curvlab.modules import Net
 from curvlab.solvers.base import Direction, Solver, StepResult, register
-from curvlab.solvers.options import NON_NEGATIVE, number_rule
-from curvlab.typecheck import type_hints
+from curvlab.solvers.options import NON_NEGATIVE, keyword_options, number_rule
 
 __all__ = ["TorchOptimSolver", "SGD", "Adagrad", "Adadelta", "Adam"]
+
+
+# how torch.optim's messages name an option ("Invalid beta parameter", "Invalid epsilon value")
+_TORCH_WORDS = {"betas": "beta", "eps": "epsilon"}
 
 
 class TorchOptimSolver(Solver):
@@ -31,16 +33,16 @@ class TorchOptimSolver(Solver):
     def _optimizer(cls, params: Any, lr: float, options: Mapping[str, Any], where: str) -> torch.optim.Optimizer:
         try:
             return cls.optim_cls(params, lr=lr, **options)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: bad option ({err})") from None
+        except (TypeError, ValueError) as err:  # torch's words ("Invalid beta parameter at index 0"): name the field
+            text = str(err).lower().replace("_", " ")
+            named = [k for k in options if _TORCH_WORDS.get(k, k).replace("_", " ") in text]
+            fields = ", ".join(f"{where.split()[0]}.{k}={options[k]!r}" for k in named) or where
+            raise ValueError(f"{fields}: bad option for torch.optim.{cls.optim_cls.__name__} ({err})") from None
 
     @classmethod
     def option_types(cls) -> dict[str, Any]:
         """The options of the ``torch.optim`` optimizer's constructor (``**options`` go there)."""
-        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        params = inspect.signature(cls.optim_cls.__init__).parameters
-        hints = type_hints(cls.optim_cls.__init__)
-        return {k: hints.get(k, Any) for k, p in params.items() if k not in cls._GIVEN and p.kind in keyword}
+        return keyword_options(cls.optim_cls.__init__, cls._GIVEN)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any], prefix: str = "solver") -> dict[str, Any]:

@@ -261,7 +261,9 @@ class KFI(BlockSolver):
     option_rules = {
         **BlockSolver.option_rules,
         "max_input_width": COUNT,
-        "update_every": COUNT.with_hint("1 = fresh factors every step, the paper's KFI; e.g. 10 = refresh every 10 steps"),
+        "update_every": COUNT.with_hint(
+            "1 = fresh factors every step, the paper's KFI; e.g. 10 = refresh every 10 steps"
+        ),
     }
 
     def __init__(

@@ -97,8 +97,7 @@ def newton_direction(
     """
     which = parse_enum(NewtonSolver, solver, "solver")
     kind_ = parse_enum(Kind, kind, "kind")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must satisfy 0 < alpha < 1, got {alpha}")
+    EACG.option_rules["alpha"].check("alpha", alpha)  # the solvers' own rule, for the exact inverse too
     allowed = _CURVATURE_FIELDS | _LOSS_FIELDS | _SOLVER_FIELDS[which]
     reject_unknown(options, allowed, f"newton_direction(solver={which.value})")
     loss_opts = {k: v for k, v in options.items() if k in _LOSS_FIELDS}

@@ -8,12 +8,15 @@ calls :meth:`~curvlab.solvers.base.Solver.check_ranges` and the config check cal
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from curvlab.typecheck import type_hints
 
 __all__ = ["OptionRule", "UNIT_INTERVAL", "POSITIVE", "NON_NEGATIVE", "COUNT", "NON_NEGATIVE_COUNT", "number_rule",
-           "one_of"]
+           "one_of", "keyword_options"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,11 @@ NON_NEGATIVE_COUNT = number_rule(lambda x: x >= 0, "an integer >= 0", integer=Tr
 def one_of(*values: str) -> OptionRule:
     """A rule that accepts exactly ``values``."""
     return OptionRule(lambda v: v in values, f"one of {', '.join(values)}")
+
+
+def keyword_options(init: Callable[..., Any], given: Iterable[str]) -> dict[str, Any]:
+    """The keyword parameters of ``init`` and their annotated types (``Any`` when unannotated), less ``given``."""
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    hints, given = type_hints(init), set(given)
+    return {k: hints.get(k, Any) for k, p in inspect.signature(init).parameters.items()
+            if k not in given and p.kind in keyword}

@@ -1,0 +1,279 @@
+"""The rule of ``nn.Conv2d``: z = W ⋆ h + b (HBP Table 1 / BackPACK ``conv2d``; KFC of Grosse & Martens 2016).
+
+With the unfolded input patches U_i = unfold(h_i) (C_in·k_h·k_w, L) of sample i, L = H_out·W_out
+output positions, the convolution is a linear layer shared over positions,
+
+    z_i[:, l] = W̃ u_{i,l} + b,   W̃ = W.flatten(1) (C_out, C_in·k_h·k_w),
+
+so ∂z_i/∂h is a fixed sparse matrix (``conv2d`` forward, ``conv2d_input`` transposed), ∂z_i/∂b
+broadcasts b over the positions, ∂z_i[c, l]/∂W̃[o, j] = δ_co u_{i,l}[j], and there is no
+second-order term (z is linear in h and θ). Layouts: feature maps (…, C, H, W) and output-space
+blocks over n_out = C_out·H_out·W_out in ``z.flatten()`` order (channel, then row, then column).
+
+Why not a :class:`~curvlab.modules.base.LayerRule`: those verbs take (b, n) features and fuse the
+diagonal Jacobian of the element-wise map in front of the layer into dense per-sample Jacobians
+F_i (b, n, n_in), which for a convolution are mostly zeros (C_out H W × C_in H W); ``weight_grad``,
+``weight_block`` and ``input_factors`` have no module argument because a Linear's weight
+Jacobian is hᵀ ⊗ I, while a convolution's runs through the patches (stride, padding, dilation);
+and the Riccati sweep's ``param_*`` verbs need that Kronecker form, which a convolution has only
+per position (one row u_{i,l}ᵀ ⊗ I for each of the L positions). :class:`Conv2dRule` is a sibling with verbs
+on (b, C, H, W) tensors; ``docs/module_rules.md`` ("Wiring convolutions") says how the recursion
+will call it. It is not registered yet: ``chain()`` refuses ``nn.Conv2d`` until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
+
+from curvlab.modules.base import ModuleRule, Role
+
+__all__ = ["KFACType", "ConvCache", "Conv2dRule", "CONV2D", "block_matvec", "factors_matvec"]
+
+OutMatvec = Callable[[Tensor], Tensor]  # (b, C_out, H_out, W_out) → (b, C_out, H_out, W_out)
+
+
+class KFACType(str, Enum):
+    """How the Kronecker factors of a weight shared over positions treat the positions.
+
+    ``expand``: KFC (Grosse & Martens 2016, Eq. 32 and the SUD assumption); every position is a
+    sample: A = E_i[(1/L) Σ_l ũ_l ũ_lᵀ], G = E_i[Σ_l g_l g_lᵀ].
+    ``reduce``: Eschenhagen et al. (NeurIPS 2023, "KFAC for modern architectures", Sec. 3):
+    A = E_i[ū ūᵀ] with ū = (1/L) Σ_l ũ_l, G = E_i[(Σ_l g_l)(Σ_l g_l)ᵀ].
+    The normalisations are those of curvlinops' ``KFACType.EXPAND``/``REDUCE`` (the 1/L on A).
+    """
+
+    EXPAND = "expand"
+    REDUCE = "reduce"
+
+
+@dataclass(frozen=True)
+class ConvCache:
+    """A convolution's forward cache for one batch."""
+
+    x: Tensor  # (b, C_in, H_in, W_in) the input h
+    patches: Tensor  # (b, C_in·k_h·k_w, L) unfold of the zero-padded input, W.flatten(1) column order
+    out_hw: tuple[int, int]  # (H_out, W_out), L = H_out·W_out
+
+
+class Conv2dRule(ModuleRule):
+    """``nn.Conv2d`` with any stride, padding (int, tuple, "valid", "same"), dilation, bias or not;
+    ``groups`` = 1 and ``padding_mode="zeros"`` only."""
+
+    role = Role.LINEAR  # linear in its input, parameters, no residual term
+
+    def check(self, m: nn.Module) -> None:
+        if not isinstance(m, nn.Conv2d):
+            raise TypeError(f"Conv2dRule needs an nn.Conv2d, got {type(m).__name__}")
+        if m.groups != 1:
+            raise ValueError(f"{m!r}: groups={m.groups} is not supported; use groups=1 (grouped convolutions are not)")
+        if m.padding_mode != "zeros":
+            raise ValueError(f"{m!r}: padding_mode={m.padding_mode!r} is not supported; use padding_mode='zeros'")
+
+    def has_bias(self, m: nn.Conv2d) -> bool:
+        return m.bias is not None
+
+    # --- geometry -------------------------------------------------------------------------------
+
+    def pads(self, m: nn.Conv2d) -> tuple[int, int, int, int]:
+        """Zero padding (left, right, top, bottom) in ``F.pad`` order; "same" pads the odd extra
+        element on the right/bottom, as PyTorch does."""
+        if isinstance(m.padding, str):
+            if m.padding == "valid":
+                return 0, 0, 0, 0
+            (th, tw) = (d * (k - 1) for d, k in zip(m.dilation, m.kernel_size))  # total padding per dim
+            return tw // 2, tw - tw // 2, th // 2, th - th // 2
+        ph, pw = m.padding
+        return pw, pw, ph, ph
+
+    def out_hw(self, m: nn.Conv2d, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H_out, W_out) of an input of spatial size ``in_hw``."""
+        left, right, top, bottom = self.pads(m)
+        padded = (in_hw[0] + top + bottom, in_hw[1] + left + right)
+        return tuple(  # type: ignore[return-value]
+            (p - d * (k - 1) - 1) // s + 1 for p, d, k, s in zip(padded, m.dilation, m.kernel_size, m.stride)
+        )
+
+    def widths(self, m: nn.Conv2d, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """(n_in, n_out) = (C_in·H_in·W_in, C_out·H_out·W_out): the flat widths of input and output."""
+        ho, wo = self.out_hw(m, in_hw)
+        return m.in_channels * in_hw[0] * in_hw[1], m.out_channels * ho * wo
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def forward(self, m: nn.Conv2d, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """z (b, C_out, H_out, W_out) of x (b, C_in, H_in, W_in), with ``weight``/``bias`` in place of
+        the module's when given (the reference differentiates through them)."""
+        w = m.weight if weight is None else weight
+        bb = m.bias if bias is None else bias
+        return F.conv2d(F.pad(x, self.pads(m)), w, bb, m.stride, 0, m.dilation)
+
+    def unfold(self, m: nn.Conv2d, x: Tensor) -> Tensor:
+        """The patches (b, C_in·k_h·k_w, L) of x: z = W.flatten(1) @ patches + b (KFC's ⟦h⟧)."""
+        return F.unfold(F.pad(x, self.pads(m)), m.kernel_size, dilation=m.dilation, stride=m.stride)
+
+    def forward_cache(self, m: nn.Conv2d, x: Tensor) -> tuple[Tensor, ConvCache]:
+        """z and the cache (input, patches, output size) every backward verb reads."""
+        z = self.forward(m, x)  # the library's convolution: ~2x faster than W̃ @ patches on CPU
+        return z, ConvCache(x, self.unfold(m, x), (z.shape[2], z.shape[3]))
+
+    # --- Jacobian products on feature maps (any leading dims) -----------------------------------
+
+    def jac_vec(self, m: nn.Conv2d, v: Tensor) -> Tensor:
+        """J v = W ⋆ v for input perturbations v (…, C_in, H_in, W_in) → (…, C_out, H_out, W_out)."""
+        lead = v.shape[:-3]
+        out = F.conv2d(F.pad(v.reshape(-1, *v.shape[-3:]), self.pads(m)), m.weight, None, m.stride, 0, m.dilation)
+        return out.view(*lead, *out.shape[1:])
+
+    def jac_t_vec(self, m: nn.Conv2d, g: Tensor, in_hw: tuple[int, int]) -> Tensor:
+        """Jᵀ g (the transposed convolution, ``conv2d_input``): output gradients (…, C_out, H_out, W_out)
+        → input gradients (…, C_in, H_in, W_in); ∇_h ξ_i of ∇_z ξ_i (Chen et al., "Layer-wise
+        Equations", with W⋆ in place of W)."""
+        lead = g.shape[:-3]
+        g2 = g.reshape(-1, *g.shape[-3:])
+        left, right, top, bottom = self.pads(m)
+        size = (g2.shape[0], m.in_channels, in_hw[0] + top + bottom, in_hw[1] + left + right)
+        back = conv2d_input(size, m.weight, g2, m.stride, 0, m.dilation)  # into the padded input
+        back = back[:, :, top : top + in_hw[0], left : left + in_hw[1]]  # the pads are constants
+        return back.reshape(*lead, *back.shape[1:])
+
+    def jac_t_factors(self, m: nn.Conv2d, factors: Tensor, in_hw: tuple[int, int]) -> Tensor:
+        """Per-sample factors U_i (b, r, C_out, H_out, W_out) ↦ U_i J (b, r, C_in, H_in, W_in): the
+        Fisher/GN factor message (``PerSampleFactors``), one transposed convolution for all b·r rows."""
+        return self.jac_t_vec(m, factors, in_hw)
+
+    def jac_t_block(self, m: nn.Conv2d, block: Tensor, in_hw: tuple[int, int]) -> Tensor:
+        """Jᵀ H J of output-space blocks (…, n_out, n_out) → (…, n_in, n_in), exactly symmetric:
+        Eq. (4b) of Chen et al., first term, for per-sample blocks (b, n, n) or a batch mean (n, n)
+        (the Jacobian is the same for every sample, so both are exact)."""
+        lead, n_out = block.shape[:-2], block.shape[-1]
+        ho, wo = self.out_hw(m, in_hw)
+        fmap = (m.out_channels, ho, wo)
+        hj = self.jac_t_vec(m, block.reshape(*lead, n_out, *fmap), in_hw)  # (…, n_out, C_in, H, W): rows of H J
+        hj = hj.flatten(-3).transpose(-1, -2)  # (…, n_in, n_out) = (H J)ᵀ = Jᵀ H
+        out = self.jac_t_vec(m, hj.reshape(*hj.shape[:-1], *fmap), in_hw).flatten(-3)  # (…, n_in, n_in)
+        return 0.5 * (out + out.transpose(-1, -2))
+
+    # --- the parameters: gradients, Jacobian products --------------------------------------------
+
+    def param_jvp(self, m: nn.Conv2d, cache: ConvCache, dw: Tensor, db: Tensor | None = None) -> Tensor:
+        """J_θ,i (dW, db) per sample: (b, C_out, H_out, W_out) = dW ⋆ h_i + db."""
+        b = cache.x.shape[0]
+        out = (dw.reshape(m.out_channels, -1) @ cache.patches).view(b, m.out_channels, *cache.out_hw)
+        return out if db is None else out + db[:, None, None]
+
+    def weight_grad(self, m: nn.Conv2d, g: Tensor, cache: ConvCache) -> Tensor:
+        """Σ_i ∇_W ξ_i = Σ_i Σ_l g_{i,l} u_{i,l}ᵀ of output gradients g (b, C_out, H_out, W_out), in W's shape
+        (the transposed-Jacobian product of the weight, J_θᵀ g)."""
+        gw = torch.einsum("bol,bjl->oj", g.flatten(2), cache.patches)  # (C_out, C_in k_h k_w)
+        return gw.view_as(m.weight)
+
+    def bias_grad(self, g: Tensor) -> Tensor:
+        """Σ_i ∇_b ξ_i = Σ_i Σ_l g_{i,l} (C_out,): ∂z/∂b broadcasts b over the positions."""
+        return g.sum((0, 2, 3))
+
+    # --- exact blocks (small layers: tests and the Hessian-error logger) --------------------------
+
+    def bias_block(self, m: nn.Conv2d, blocks: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale`` · Σ_i Sᵀ H_i S of per-sample output blocks (b, n_out, n_out) in ``z.flatten()`` order,
+        S = ∂z/∂b: the sums over both positions, Σ_l Σ_l' H_i[(c, l), (c', l')], (C_out, C_out)."""
+        hv = self._split(m, blocks)  # (b, C_out, L, C_out, L)
+        return self._sym(torch.einsum("bcldm->cd", hv) * scale)
+
+    def weight_block(
+        self, m: nn.Conv2d, blocks: Tensor, cache: ConvCache, scale: float = 1.0, bias: bool = False
+    ) -> Tensor:
+        """``scale`` · Σ_i J_θ,iᵀ H_i J_θ,i (exact: z is linear in θ) in row-major ``W.flatten()`` order:
+        [(o, j), (p, k)] = Σ_i Σ_{l,l'} H_i[(o, l), (p, l')] u_{i,l}[j] u_{i,l'}[k]. With ``bias`` the
+        joint block of W̃ = [W.flatten(1), b] (patches with a ones row), row-major."""
+        u = self._augmented(cache.patches, bias)  # (b, J, L)
+        hv = self._split(m, blocks)  # (b, C_out, L, C_out, L)
+        w = torch.einsum("bolpm,bjl,bkm->ojpk", hv, u, u * scale)  # (C_out, J, C_out, J)
+        p = m.out_channels * u.shape[1]
+        return self._sym(w.reshape(p, p))
+
+    # --- Kronecker factors of the weight block (Fisher / GN) --------------------------------------
+
+    def kron_factors(
+        self, cache: ConvCache, factors: Tensor, approx: KFACType | str = KFACType.EXPAND,
+        bias: bool = True, scale: float | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(A, G) with G ⊗ A ≈ the block of W̃ = [W.flatten(1), b] (row-major; ``bias`` False: W only).
+
+        ``factors`` (b, r, C_out, H_out, W_out) are the per-sample output-gradient factors U_i of the
+        recursion's ``PerSampleFactors`` (U_iᵀ U_i the sample's GN/Fisher output block; rows g_r).
+        ``scale`` defaults to 1/b (batch means, ``KFACType`` for the formulas): A (J, J) with J =
+        C_in·k_h·k_w (+1 with ``bias``), G (C_out, C_out). The reduce G is exactly the KFLR/KFAC bias
+        block; so is the expand G when the positions' gradients are uncorrelated (KFC's SUD).
+        """
+        approx = KFACType(approx)
+        b, r = factors.shape[:2]
+        s = 1.0 / b if scale is None else scale
+        u = self._augmented(cache.patches, bias)  # (b, J, L)
+        g = factors.flatten(3)  # (b, r, C_out, L)
+        if approx is KFACType.EXPAND:
+            ut = u.transpose(0, 1).reshape(u.shape[1], -1)  # (J, b L): one GEMM over all positions
+            a = ut @ ut.T * (s / u.shape[2])
+            gg = torch.einsum("brol,brpl->op", g, g) * s
+        else:
+            um = u.mean(2)  # (b, J) patches averaged over positions
+            gs = g.sum(3).reshape(b * r, -1)  # (b r, C_out) gradients summed over positions
+            a, gg = um.T @ um * s, gs.T @ gs * s
+        return self._sym(a), self._sym(gg)
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _augmented(patches: Tensor, bias: bool) -> Tensor:
+        """Patches with a ones row for the bias (ũ = (u, 1)), or as they are."""
+        if not bias:
+            return patches
+        return torch.cat([patches, patches.new_ones(patches.shape[0], 1, patches.shape[2])], 1)
+
+    @staticmethod
+    def _split(m: nn.Conv2d, blocks: Tensor) -> Tensor:
+        """(b, n_out, n_out) → (b, C_out, L, C_out, L)."""
+        b, n = blocks.shape[:2]
+        c = m.out_channels
+        return blocks.view(b, c, n // c, c, n // c)
+
+    @staticmethod
+    def _sym(a: Tensor) -> Tensor:
+        return 0.5 * (a + a.T)
+
+
+CONV2D = Conv2dRule()
+
+
+def factors_matvec(factors: Tensor) -> OutMatvec:
+    """The per-sample output blocks H_i = U_iᵀ U_i of factors U (b, r, C, H, W) as a product
+    v_i ↦ U_iᵀ (U_i v_i) on (b, C, H, W), without forming them."""
+
+    def mv(v: Tensor) -> Tensor:
+        proj = torch.einsum("brchw,bchw->br", factors, v)
+        return torch.einsum("brchw,br->bchw", factors, proj)
+
+    return mv
+
+
+def block_matvec(
+    rule: Conv2dRule, m: nn.Conv2d, cache: ConvCache, out_matvec: OutMatvec, dw: Tensor, db: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """The parameter block times (dW, db) without forming the block: ``scale`` · Σ_i J_θ,iᵀ H_i J_θ,i.
+
+    ``out_matvec`` applies the output-space blocks per sample, (b, C_out, H_out, W_out) → same: the
+    exact H_i, factors (:func:`factors_matvec`), or one batch-mean H̄ (GN, PCH-1/2) applied to every
+    sample, which gives E_i[J_θ,iᵀ H̄ J_θ,i] (HBP's matrix-free curvature products, BackPACK's
+    ``curvmatprod``; for ``nn.Linear`` this is H̄ ⊗ E[h hᵀ], Eq. 11a of Chen et al.). What EA-CG's CG
+    multiplies with. ``scale`` defaults to 1/b. Returns (weight part in W's shape, bias part or None).
+    """
+    s = 1.0 / cache.x.shape[0] if scale is None else scale
+    hv = out_matvec(rule.param_jvp(m, cache, dw, db)) * s  # (b, C_out, H_out, W_out)
+    return rule.weight_grad(m, hv, cache), (None if db is None else rule.bias_grad(hv))

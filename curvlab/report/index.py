@@ -1,0 +1,58 @@
+"""``index.md``: every file one report wrote, grouped by experiment, one line each saying what it is.
+
+The lines come from the files themselves: a table's Markdown caption (its first line), a figure's
+title and caption from the PNG's metadata (:func:`curvlab.report.figures.save` puts them there);
+the CSV, LaTeX and PDF twins point at the Markdown table or PNG figure of the same name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curvlab.report.escape import md_text
+from curvlab.report.files import MAX_TEXT, new_file, read_bytes
+
+__all__ = ["describe", "write_index", "INDEX"]
+
+INDEX = "index.md"
+_TWINS = {".csv": ("the table {stem}.md as CSV", ".md"), ".tex": ("the table {stem}.md as LaTeX (booktabs)", ".md"),
+          ".pdf": ("the figure {stem}.png as PDF (vector)", ".png")}
+
+
+def describe(path: Path) -> str:
+    """One line of Markdown saying what ``path`` (a file the report just wrote) shows."""
+    if path.suffix in _TWINS:
+        return _TWINS[path.suffix][0].format(stem=path.stem)
+    if path.suffix == ".md":  # write_table's first line is the caption in bold, already escaped for Markdown
+        head = read_bytes(path, MAX_TEXT).decode("utf-8", "replace").split("\n", 1)[0].strip()
+        return "table: " + head.strip("*") if head.startswith("**") else "table"
+    if path.suffix == ".png":
+        from PIL import Image  # matplotlib's own dependency
+
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}) or {})
+        title, cap = text.get("Title", ""), text.get("Description", "")
+        return md_text("figure: " + " — ".join(t for t in (title, cap) if t)) if title or cap else "figure"
+    return "file"
+
+
+def write_index(out: Path, sections: list[tuple[str, list[Path]]]) -> Path:
+    """Write ``out/index.md`` listing ``sections`` (experiment or study name, the files it wrote); returns its path.
+
+    Where an output already took the name ``index.md`` (an experiment called ``index``), the index is
+    ``index_of_files.md``.
+    """
+    taken = {p.name for _, files in sections for p in files}
+    name = INDEX if INDEX not in taken else "index_of_files.md"
+    total = sum(len(files) for _, files in sections)
+    lines = ["# Report index", "", f"Every file this report wrote ({total}), by experiment or study. "
+             "Tables come as Markdown, CSV and LaTeX; figures as PNG and PDF.", ""]
+    for what, files in sections:
+        if not files:
+            continue
+        lines += [f"## {md_text(what)}", ""]
+        lines += [f"- [`{p.name}`]({p.name}): {describe(p)}" for p in files]
+        lines.append("")
+    with new_file(out, name) as f:
+        f.write("\n".join(lines).encode())
+    return out / name
