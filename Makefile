@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SCALE  ?= ci
 FORCE  ?= 0
+LAUNCHER ?=
+LAUNCHER_SET ?=
+# The launcher options of `make reproduce-*`: LAUNCHER=joblib LAUNCHER_SET='n_jobs=2' (Hydra launchers, configs/hydra/launcher/)
+REPRO_LAUNCH = $(if $(LAUNCHER),--launcher $(LAUNCHER),) $(foreach kv,$(LAUNCHER_SET),--launcher-set $(kv))
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow test-gpu bench reproduce-tables reproduce-figures clean
@@ -34,11 +38,11 @@ test-gpu: $(STAMP) ## Run the CUDA tests, a short GPU benchmark and a short cuda
 bench: $(STAMP) ## Run every benchmark script in scripts/ and print its figures
 	@set -e; for f in scripts/bench_*.py; do echo "=== $$f"; $(BIN)/python $$f; done
 
-reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|cpu|full, FORCE=1): runs in results/runs/, renders in results/tables/ (SCALE=ci: runs/reproduce/ci/)
-	$(BIN)/python scripts/reproduce.py tables --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,)
+reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|cpu|full, FORCE=1, LAUNCHER=joblib|submitit_local|submitit_slurm[_cpu|_gpu]|ray, LAUNCHER_SET='n_jobs=2'): runs in results/runs/, renders in results/tables/ (SCALE=ci: runs/reproduce/ci/)
+	$(BIN)/python scripts/reproduce.py tables --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,) $(REPRO_LAUNCH)
 
-reproduce-figures: $(STAMP) ## Run the figure experiments (SCALE=ci|cpu|full, FORCE=1): runs in results/runs/, renders in results/figures/ (SCALE=ci: runs/reproduce/ci/)
-	$(BIN)/python scripts/reproduce.py figures --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,)
+reproduce-figures: $(STAMP) ## Run the figure experiments (same options as reproduce-tables): runs in results/runs/, renders in results/figures/ (SCALE=ci: runs/reproduce/ci/)
+	$(BIN)/python scripts/reproduce.py figures --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,) $(REPRO_LAUNCH)
 
 clean: ## Remove caches and scratch run folders (keeps .venv and results/)
 	rm -rf .pytest_cache outputs multirun runs

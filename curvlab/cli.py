@@ -63,10 +63,17 @@ class SweepStatus(Callback):
         from curvlab import runfiles as rf
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        for path in sorted(sweep_dir.glob(f"**/{rf.SUMMARY}")):
+        paths = sorted(sweep_dir.glob(f"**/{rf.SUMMARY}"))
+        if config.hydra.sweeper.get("jobs_file"):  # hydra/sweeper=list: only its jobs (the sweep dir holds others)
+            from hydra_plugins.curvlab_sweeper.list_sweeper import read_jobs
+
+            jobs = read_jobs(config.hydra.sweeper.jobs_file)
+            paths = [sweep_dir / sub / rf.SUMMARY for sub, _ in jobs if (sweep_dir / sub / rf.SUMMARY).exists()]
+        for path in paths:
             summary = rf.read_json(path)
             if summary.get("status") != "completed":
-                _FAILURES[str(path.parent)] = str(summary.get("failure") or f"status {summary.get('status')}")
+                # keyed like the jobs' own records (absolute), so a job is listed once; the summary's words win
+                _FAILURES[_job_key(path.parent)] = str(summary.get("failure") or f"status {summary.get('status')}")
         if _FAILURES:
             print(f"curvlab train: {len(_FAILURES)} job(s) of the sweep failed:", file=sys.stderr)
             for run_dir, reason in sorted(_FAILURES.items()):
@@ -102,13 +109,30 @@ def unswept_warning(params: Any, overrides: list[str]) -> str | None:
     )
 
 
+def _job_key(run_dir: str | Path) -> str:
+    """A job's run directory as one key whether it was named relative or absolute."""
+    return str(Path(run_dir).resolve())
+
+
 def _record_failure(run_dir: str, reason: str) -> None:
     from curvlab import runfiles as rf
 
-    _FAILURES[run_dir] = reason
+    _FAILURES[_job_key(run_dir)] = reason
     summary_path = Path(run_dir) / rf.SUMMARY
     if not summary_path.exists():  # a config or data error: no run started, say why anyway
         rf.write_json(summary_path, {"status": "failed", "failure": reason})
+
+
+def _pinned_run_dir(run_dir: Path | None, argv: list[str]) -> list[str]:
+    """``hydra.run.dir`` set to the directory the preflight resolved and locked.
+
+    The default run directory ends in ``${now:...}``: resolved again by Hydra a second later it
+    would name another folder than the one locked (and leave the locked one empty).
+    """
+    if run_dir is None or any(a.startswith("hydra.run.dir=") for a in argv):
+        return []
+    quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
+    return [f"hydra.run.dir='{quoted}'"]
 
 
 def _task(cfg: Any) -> None:
@@ -139,7 +163,7 @@ def _task(cfg: Any) -> None:
         summary = train(run, run_dir)
     except RunDirBusy as err:  # another run owns the directory: write nothing into it
         log.error("%s", err)
-        _FAILURES[run_dir] = str(err)
+        _FAILURES[_job_key(run_dir)] = str(err)
         return
     except TrainingFailed as err:
         log.error("%s", err)
@@ -208,7 +232,7 @@ def _train(argv: list[str]) -> int:
     os.environ[LAUNCHER_ENV] = launcher_id(_LAUNCHER_PID)  # sweep jobs in other processes stop when it dies
     entry = hydra.main(version_base="1.3", config_path=source, config_name="config")(_task)
     saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
-    sys.argv = [saved[0] if saved else "curvlab", *argv]
+    sys.argv = [saved[0] if saved else "curvlab", *argv, *_pinned_run_dir(run_dir, argv)]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach us, instead of Hydra exiting 1
     try:
         with lock:

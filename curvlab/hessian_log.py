@@ -16,6 +16,7 @@ other kinds).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss
 from curvlab.metrics import layerwise_errors
 
-__all__ = ["HessianLogger"]
+__all__ = ["HessianLogger", "summary_line"]
 
 
 class HessianLogger:
@@ -102,3 +103,25 @@ class HessianLogger:
                     "batch": len(y), "mc_samples": mc, "fisher": None if ftype is None else ftype.value,
                 })
         return out
+
+
+def summary_line(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The errors of the last logged update in one line: per kind (and Fisher variant), the total
+    √Σ_t err_t² over layers (the "Total" row of Chen et al.'s Tables 2–5) and relative to ‖B‖
+    (√Σ_t ref_t²); None when nothing was logged. The first logging batch size only."""
+    if not rows:
+        return None
+    step, batch = rows[-1]["step"], rows[-1]["batch"]
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        if r["step"] != step or r["batch"] != batch:
+            continue
+        fisher = r.get("fisher")
+        name = r["kind"] + (f" (MC {r['mc_samples']})" if fisher == "mc" else f" ({fisher})" if fisher else "")
+        acc = totals.setdefault(name, [0.0, 0.0])
+        acc[0] += r["error"] ** 2
+        acc[1] += r["reference"] ** 2
+    parts = [f"{k} {math.sqrt(e):.4g} ({math.sqrt(e / ref):.1%})" if ref > 0 else f"{k} {math.sqrt(e):.4g}"
+             for k, (e, ref) in totals.items()]
+    return (f"layer-wise Hessian errors at update {step} (batch {batch}; total over layers, relative to ‖B‖): "
+            + ", ".join(parts) + " (all in hessian_errors.csv)")

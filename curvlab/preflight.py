@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import curvlab.config  # noqa: F401 - registers the resolvers the configs use (if_null, one_dir, prod)
 from curvlab.rundirs import check_run_dir
 from curvlab.safety import check_experiment_name
 
@@ -148,11 +149,11 @@ def preflight(argv: list[str], config_dir: str) -> Plan | None:
             _check_choice(group, option, app)  # set by a preset's defaults list
         HydraConfig.instance().set_config(cfg)
         plan = Plan(callbacks=_callback_lines(cfg, app, config_name, list(args.overrides), mode, config_dir))
+        check_experiment_name(_resolved(cfg, "experiment_name"))  # multirun: swept values are not applied here
         if mode == RunMode.MULTIRUN:
             plan.sweep_dir = check_run_dir(_resolved(cfg, "hydra.sweep.dir"), "hydra.sweep.dir", depth=3)
             _check_launcher(cfg)
             return plan
-        check_experiment_name(_resolved(cfg, "experiment_name"))
         run_dir = _resolved(cfg, "run_dir")
         if run_dir is not None:
             check_run_dir(run_dir, "run_dir")

@@ -8,6 +8,7 @@ updates an uninterrupted run would have made (on CPU; CUDA kernels may be nondet
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -18,12 +19,14 @@ from typing import Any, Mapping
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from curvlab import runfiles as rf
 from curvlab.runfiles import RunDirBusy
 from curvlab.config import RunConfig, Schedule, parse_config, to_dict
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
+from curvlab.hessian_log import summary_line as hessian_summary_line
 from curvlab.loggers import RunLoggers
 from curvlab.losses import Loss, make_loss
 from curvlab.modules import Net
@@ -326,6 +329,10 @@ class _Run:
             self.metrics.append(row)
         tty = cfg.log.progress and sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not tty, desc=cfg.experiment_name, leave=False)
+        # On a terminal the console's log lines go through tqdm (above the bar); train.log gets every line either way.
+        console = contextlib.ExitStack()
+        if tty:
+            console.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()]))
         session_steps = 0
         try:
             while self.step < self.total_steps:
@@ -360,7 +367,7 @@ class _Run:
                     if reason is not None:
                         self.metrics.append(row)
                         raise self.fail(reason)
-                    if not tty and cfg.log.progress:
+                    if cfg.log.progress:
                         log.info("%s", self.progress_line(row))
                 self.metrics.append(row)
                 bar.update(1)
@@ -373,7 +380,11 @@ class _Run:
                     return self.write("running")
         finally:
             bar.close()
+            console.close()
         self.log_final_hessian()
+        line = hessian_summary_line(self.hessian_rows)
+        if line and cfg.log.progress:
+            log.info("%s", line)
         self.checkpoint()
         return self.write("completed")
 

@@ -55,8 +55,10 @@ def merge(*groups: list[str]) -> list[str]:
 
 class Case:
     def __init__(self, group: str, name: str, args: list[str] | Callable[[Path], list[str]], expect: str | None,
-                 setup: Callable[[Path], None] | None = None, base: bool = True) -> None:
+                 setup: Callable[[Path], None] | None = None, base: bool = True,
+                 process: Callable[[Path], tuple[int, str]] | None = None) -> None:
         self.group, self.name, self.args, self.expect, self.setup, self.base = group, name, args, expect, setup, base
+        self.process = process  # runs the case in a process of its own: (exit code, output)
 
 
 # --- bad config values (each: overrides, a word the error must hold) -------------------------------
@@ -67,7 +69,7 @@ CONFIG_VALUES: list[tuple[str, str]] = [
     ("resume=true", "resume"), ("resume=[true]", "resume"), ("resume=null", "resume"),
     ("experiment_name=../x", "experiment_name"), ("experiment_name=a/b", "experiment_name"),
     ("experiment_name=..", "experiment_name"), ("experiment_name=.", "experiment_name"),
-    ("dataset.root=../../../x experiment_name=${dataset.root}", "experiment_name"), ("experiment_name=${oc.decode:'..'}", "experiment_name"),
+    ("dataset.root=../../x experiment_name=${dataset.root}", "experiment_name"), ("experiment_name=${oc.decode:'..'}", "experiment_name"),
     ("experiment_name=''", "experiment_name"),
     ("run_dir=.", "run_dir"), ("run_dir=''", "run_dir"), ("run_dir=..", "run_dir"), ("run_dir=/", "run_dir"),  # before the fix: a run in /
     ("run_dir=/dev/null", "run_dir"), ("run_dir=/proc/x", "run_dir"), ("run_dir=[a,b]", "run_dir"),
@@ -137,7 +139,7 @@ CONFIG_VALUES: list[tuple[str, str]] = [
 def _config_cases() -> list[Case]:
     cases = []
     for spec, word in CONFIG_VALUES:
-        args = [spec] if "{" in spec else spec.split(" ")  # a mapping value keeps its spaces
+        args = [spec] if "={" in spec else spec.split(" ")  # a mapping value keeps its spaces
         cases.append(Case("config", spec, args, word))
     return cases
 
@@ -325,10 +327,53 @@ def _fault_cases() -> list[Case]:
              setup=lambda t: _mount(t, "1m", ro=True) or _skip("mount -t tmpfs is not allowed here")),
         Case("faults", "read-only fs: resume", lambda t: [f"run_dir={t / 'work' / 'mnt' / 'run'}", "train.max_steps=4"],
              "read-only", setup=_read_only_resume),
+        Case("faults", "Ctrl-C during training", [], "interrupted at update", process=_ctrl_c),
+        Case("faults", "kill -9, then the same command resumes", [], None, process=_kill_and_resume),
+        Case("faults", "link in a sweep job's directory", lambda t: ["-m", "seed=0,1", f"hydra.sweep.dir={t / 'work' / 'sw'}"],
+             "symbolic link", setup=lambda t: ((t / "work" / "sw" / "0").mkdir(parents=True),
+                                               (t / "work" / "sw" / "0" / "train.log").symlink_to(t / "victim.txt"))),
+        Case("faults", "sweep with experiment_name=${dataset.root}",
+             ["-m", "seed=0,1", "dataset.root=../../../x", "experiment_name=${dataset.root}"], "experiment_name"),
         Case("faults", "data replaced before a resume", lambda t: [*DATA_ARGS, f"dataset.path={t / 'd.npz'}", *run(t),
                                                                    "train.max_steps=4"], "d.npz", setup=_data_swap),
     ]
     return cases
+
+
+def _background(t: Path, *extra: str) -> subprocess.Popen:
+    """``curvlab train`` in a process of its own, training for long, until its metrics.csv exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "curvlab.cli", "train", *merge(BASE, ["train.max_steps=100000",
+                            "train.checkpoint_every=5", "train.epochs=100000", f"run_dir={t / 'work' / 'run'}", *extra], ["log.progress=false"])],
+                            cwd=t / "work", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (t / "work" / "run" / "metrics.csv").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    return proc
+
+
+def _ctrl_c(t: Path) -> tuple[int, str]:
+    import signal
+
+    from curvlab import runfiles as rf
+
+    proc = _background(t)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    status = rf.read_json(t / "work" / "run" / rf.SUMMARY).get("status")
+    return (proc.returncode if status == "interrupted" else 0), out
+
+
+def _kill_and_resume(t: Path) -> tuple[int, str]:
+    from curvlab import cli
+    from curvlab import runfiles as rf
+
+    proc = _background(t, "train.max_steps=300", "train.epochs=1000")
+    proc.kill()
+    proc.communicate()
+    code = cli.main(["train", *merge(BASE, ["train.max_steps=300", "train.epochs=1000", f"run_dir={t / 'work' / 'run'}"])])
+    summary = rf.read_json(t / "work" / "run" / rf.SUMMARY)
+    return (code if summary.get("status") == "completed" and summary.get("steps") == 300 else 1), ""
 
 
 class Skip(Exception):
@@ -392,7 +437,11 @@ def run_case(case: Case, verbose: bool) -> str:
         os.chdir(t / "work")
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = cli.main(["train", *argv])
+                if case.process is not None:
+                    code, text = case.process(t)
+                    err.write(text)
+                else:
+                    code = cli.main(["train", *argv])
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 2
         except BaseException:  # noqa: BLE001 - an escaped exception is what is being counted

@@ -5,9 +5,12 @@ Called by ``make reproduce-tables`` / ``make reproduce-figures`` (``SCALE=ci|ful
 Each experiment is a preset in ``configs/experiment/``; its ``hydra.sweeper.params`` are
 expanded here exactly as Hydra's basic sweeper would (``curvlab train -m experiment=NAME``
 runs the same jobs), jobs that only differ in a setting their solver ignores are run once,
-and every job runs in-process through the plain :func:`curvlab.train.train`. A job whose run
-directory already holds a completed ``summary.json`` is skipped unless ``--force``; an
-interrupted one resumes from its checkpoint. Studies that are not training runs
+and a job whose run directory already holds a completed ``summary.json`` is skipped unless
+``--force``. The remaining jobs of every experiment go to ONE Hydra multirun, ``curvlab train -m
+hydra/sweeper=list`` (:mod:`hydra_plugins.curvlab_sweeper.list_sweeper`: the job list is the
+sweep) on the launcher of ``--launcher`` (default Hydra's basic one: the jobs one after another
+in this process), each into ``<runs-dir>/<experiment>/<job>/``; an interrupted one resumes from
+its checkpoint. Studies that are not training runs
 (``scripts/study_*.py``) run as subprocesses. Finally ``curvlab report`` renders everything
 into ``results/tables/`` and ``results/figures/`` (at ci scale into the untracked
 ``runs/reproduce/ci/``, so that a quick run never touches the committed record);
@@ -28,11 +31,13 @@ Scales:
 
 ``--steps/--seeds/--train-subset`` override a scale's sizes; ``--set KEY=VALUE`` adds Hydra
 overrides to every job (tests use ``--set net=tiny``); ``--where solver=eacg,sgd`` keeps only the
-matching sweep points; ``--shard 0/2`` and ``--shard 1/2`` split the jobs between two workers
-(with ``--threads 1`` each, two background workers use both cores of a 2-core machine).
+matching sweep points. ``--launcher joblib`` runs the jobs side by side (one per core, one torch
+thread each: ``train.threads=auto``); ``--launcher-set n_jobs=2`` sets ``hydra.launcher.n_jobs``;
+``submitit_slurm_cpu``/``submitit_slurm_gpu`` submit one SLURM array from a login node, ``ray``
+runs them on a Ray cluster (configs/hydra/launcher/).
 
     python scripts/reproduce.py tables --scale ci --data-root ../shared/data
-    nice -n 19 python scripts/reproduce.py figures --scale cpu --threads 1 --shard 0/2 --no-render &
+    nice -n 19 python scripts/reproduce.py figures --scale cpu --launcher joblib --launcher-set n_jobs=2 --no-render &
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ import itertools
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "submitit_slurm_cpu", "submitit_slurm_gpu", "ray"]
 
 # What each kind runs: training presets and studies (script, arguments per scale).
 TABLES = ["eacg_table2", "eacg_table3", "eacg_table4", "eacg_table5"]
@@ -94,6 +101,7 @@ class Job:
     experiment: str
     overrides: list[str]  # the sweep point, e.g. ["solver=kfi", "curvature=gn", "seed=0"]
     cfg: Any = field(repr=False, default=None)  # its resolved config, a plain dict (curvlab.sweeps.PointComposer)
+    head: list[str] = field(default_factory=list)  # the overrides before the point: experiment, data, sizes, --set
     problem: str | None = None  # why its config is invalid (curvlab.config.parse_config), if it is
 
     @property
@@ -208,7 +216,7 @@ def expand(exp: str, base: list[str], seeds: int, sweep: dict[str, str] | None =
             key = json.dumps(plain, sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
-                jobs.append(Job(exp, list(point), cfg))
+                jobs.append(Job(exp, list(point), cfg, head=[f"experiment={exp}", *base]))
     return jobs
 
 
@@ -236,27 +244,45 @@ def read_summary(run_dir: Path) -> dict[str, Any] | str | None:
         return str(e)
 
 
-def run_job(job: Job, run_dir: Path, force: bool) -> str:
-    """Train one job unless its run directory already holds a completed run."""
-    from curvlab.config import parse_config
-    from curvlab.train import TrainingFailed, train
-
-    summary = read_summary(run_dir)
-    if not force and isinstance(summary, str):
-        return f"failed: {summary}; move the run directory away or rerun it with --force"
-    if not force and isinstance(summary, dict) and summary.get("status") == "completed":
-        return "skipped (completed)"
-    cfg = parse_config(job.cfg)
-    cfg.log.progress = False
+def skip_reason(run_dir: Path, force: bool) -> str | None:
+    """Why a job is not launched (its run directory holds a completed or unreadable run); None: launch it."""
     if force:
-        cfg.resume = False
-    try:
-        s = train(cfg, run_dir)
-    except TrainingFailed as err:
-        return f"failed: {err}"
-    except (RuntimeError, ValueError) as err:  # a solver error: record it, go on with the other jobs
-        return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
-    return f"{s['status']} in {s['wall_time']:.1f} s, {s['steps']} steps"
+        return None
+    summary = read_summary(run_dir)
+    if isinstance(summary, str):
+        return f"failed: {summary}; move the run directory away or rerun it with --force"
+    if isinstance(summary, dict) and summary.get("status") == "completed":
+        return "skipped (completed)"
+    return None  # to do, or interrupted/failed: it runs (and resumes from its checkpoint)
+
+
+def outcome(run_dir: Path) -> str:
+    """A launched job's result line, from the ``summary.json`` it left."""
+    s = read_summary(run_dir)
+    if not isinstance(s, dict):
+        return f"failed: {s or 'no summary.json (the job did not start; see the launcher output above)'}"
+    if s.get("status") == "completed":
+        return f"completed in {s.get('elapsed') or 0:.1f} s, {s.get('steps')} steps"
+    if s.get("status") in ("running", "interrupted"):  # killed, or stopped by its launcher: a rerun resumes it
+        return f"failed: {s.get('status')} after {s.get('steps')} steps; rerun the same command to resume it"
+    return f"failed: {s.get('failure') or s.get('status')}"
+
+
+def launch(jobs: list[Job], runs_dir: Path, train_args: list[str]) -> int:
+    """Run ``jobs`` as one Hydra multirun, each into ``runs_dir/<experiment>/<job>``; ``curvlab train``'s exit code.
+
+    ``train_args`` are overrides for every job and Hydra's own (``hydra/launcher=joblib``, ...).
+    """
+    from hydra_plugins.curvlab_sweeper.list_sweeper import quote
+
+    from curvlab.cli import main as curvlab
+
+    with tempfile.TemporaryDirectory(prefix="curvlab-jobs-") as tmp:
+        jobs_file = Path(tmp) / "jobs.json"
+        jobs_file.write_text(json.dumps({"jobs": [{"dir": f"{j.experiment}/{j.name}", "overrides": [*j.head, *j.overrides]}
+                                                  for j in jobs]}))
+        return curvlab(["train", "-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={quote(str(jobs_file))}",
+                        f"hydra.sweep.dir={quote(str(runs_dir))}", *train_args])
 
 
 def job_state(run_dir: Path) -> str:
@@ -370,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="replace one of the preset's sweep parameters, e.g. --sweep curvature=pch1")
     p.add_argument("--where", action="append", default=[], metavar="KEY=V1,V2",
                    help="run only the sweep points whose KEY is one of the values, e.g. --where solver=eacg,sgd")
-    p.add_argument("--shard", default="0/1", metavar="K/N", help="run only every N-th job, starting at the K-th")
-    p.add_argument("--threads", type=_positive, default=None, help="torch threads of this process (default: torch's)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                   help="the Hydra launcher of the jobs (configs/hydra/launcher/; default: Hydra's basic one, "
+                        "one job after another in this process)")
+    p.add_argument("--launcher-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the launcher, e.g. --launcher-set n_jobs=2 (hydra.launcher.n_jobs=2)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads of each job (train.threads; default auto: all cores, or the launcher's share)")
     p.add_argument("--list", action="store_true", help="print the jobs and their state, run nothing")
     p.add_argument("--no-render", action="store_true", help="run only")
     p.add_argument("--render-only", action="store_true", help="render what results/runs holds; run nothing")
@@ -396,33 +427,39 @@ def main(argv: list[str] | None = None) -> int:
     _pairs(p, "--set", a.set, "solver.lr=0.05")
     sweep = _pairs(p, "--sweep", a.sweep, "curvature=pch1")
     where = {k: set(v.split(",")) for k, v in _pairs(p, "--where", a.where, "solver=eacg,sgd").items()}
-    try:
-        shard, shards = (int(v) for v in a.shard.split("/"))
-        assert 0 <= shard < shards
-    except (ValueError, AssertionError):
-        raise SystemExit(f"reproduce: expected --shard K/N with 0 <= K < N; got --shard {a.shard}") from None
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    launcher_set = _pairs(p, "--launcher-set", a.launcher_set, "n_jobs=2")
+    train_args = ["log.progress=false", *(["resume=false"] if a.force else []),
+                  *([f"train.threads={a.threads}"] if a.threads else []),
+                  *([f"hydra/launcher={a.launcher}"] if a.launcher else []),
+                  *(f"hydra.launcher.{k}={v}" for k, v in launcher_set.items())]
 
     from curvlab.report.views import VIEWS
 
-    t0, failed, index = time.perf_counter(), 0, 0
+    t0, failed, todo = time.perf_counter(), 0, []
     for exp, jobs in [] if a.render_only else plan(experiments, a, data_root, sweep, where):
         if exp in VIEWS:  # Figures 9–12 draw their companion figure's runs (its sweep has PCH-2)
             print(f"== {exp}: no jobs of its own, drawn from the runs of {VIEWS[exp].source}", flush=True)
             continue
         print(f"== {exp}: {len(jobs)} job(s)", flush=True)
         for job in jobs:
-            index += 1
-            if (index - 1) % shards != shard:
-                continue
             run_dir = runs_dir / exp / job.name
             status = (f"failed: invalid config: {job.problem}" if job.problem
-                      else job_state(run_dir) if a.list else run_job(job, run_dir, a.force))
+                      else job_state(run_dir) if a.list else skip_reason(run_dir, a.force))
+            if status is None:
+                todo.append(job)
+                status = "to run" if read_summary(run_dir) is None else f"to resume ({job_state(run_dir)})"
             failed += status.startswith("failed")
             print(f"   {job.name}: {status}", flush=True)
+    if todo and not a.list:
+        print(f"== launching {len(todo)} job(s) on {a.launcher or 'basic'}", flush=True)
+        code = launch(todo, runs_dir, train_args)
+        if code == 2:  # a config error of the launcher settings: nothing ran
+            return _fail(f"curvlab train refused the launch (see its error above); --launcher {a.launcher or '-'} "
+                         f"--launcher-set {' '.join(a.launcher_set) or '-'}")
+        for job in todo:
+            status = outcome(runs_dir / job.experiment / job.name)
+            failed += status.startswith("failed")
+            print(f"   {job.experiment}/{job.name}: {status}", flush=True)
     if a.list:
         return 0
     for name, (script, args) in {} if a.render_only else studies.items():

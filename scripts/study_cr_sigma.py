@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the config
 from reproduce import ROOT, Job, data_overrides, dataset_of, expand, run_job, seed_of  # noqa: E402
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from curvlab import runfiles as rf  # noqa: E402
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
              *([f"dataset.train_subset={a.train_subset}"] if a.train_subset else [])]
     base = [*data_overrides(dataset_of(EXPERIMENT, a.set), root), *sized, *a.set]
     jobs = jobs_for(base, a.seeds, floats(a.sigmas), floats(a.lrs))
-    cfg = jobs[0][2].cfg
+    cfg = OmegaConf.create(jobs[0][2].cfg)  # the job list holds plain resolved dicts
     meta: dict[str, Any] = {
         "study": "cr_sigma", "name": "cr_sigma", "paper": "Bakker et al. 2018, Sections 3.2, 4 and 5; Eq. 9",
         "experiment": EXPERIMENT, "steps": a.steps, "seeds": a.seeds, "sigmas": floats(a.sigmas), "lrs": floats(a.lrs),
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = runs / job.name
             t1 = time.process_time()
             status = run_job(job, run_dir, force=True)
-            row = {"method": method, "sigma": value if method == "cr" else None, "lr": job.cfg.solver.lr,
+            row = {"method": method, "sigma": value if method == "cr" else None, "lr": job.cfg["solver"]["lr"],
                    "value": value, "seed": seed_of(job), **summarise(run_dir, status),
                    "cpu_seconds": round(time.process_time() - t1, 2)}
             rows.append(row)

@@ -54,7 +54,8 @@ def test_required_groups_exist():
     assert set(group_options("solver")) >= set(solver_names())
     assert set(group_options("loss")) == {"cross_entropy", "nonconvex"}
     assert {"eacg_cifar", "lowrank", "rahimi"} <= set(group_options("net"))
-    assert set(group_options("hydra/launcher")) == {"joblib", "submitit_local", "submitit_slurm"}
+    assert set(group_options("hydra/launcher")) == {"joblib", "submitit_local", "submitit_slurm", "submitit_slurm_cpu",
+                                                     "submitit_slurm_gpu", "ray"}
 
 
 @pytest.mark.parametrize("group", ["dataset", "net", "loss", "curvature", "solver"])

@@ -88,6 +88,7 @@ def test_a_directory_named_like_a_stale_temporary_is_left_alone(tmp_path):
     (["run_dir=" + "x" * 300], "run_dir"), (["run_dir=${oc.env:CURVLAB_SURELY_UNSET}"], "run_dir"),
     (["run_dir=[a,b]"], "run_dir"), (["dataset.root=../../../x", "experiment_name=${dataset.root}"], "experiment_name"),
     (["experiment_name=${oc.decode:'..'}"], "experiment_name"),
+    (["-m", "seed=0,1", "dataset.root=../../x", "experiment_name=${dataset.root}"], "experiment_name"),
 ])
 def test_bad_resolved_run_dirs_exit_2_before_anything_is_written(tmp_path, monkeypatch, capsys, args, field):
     work = tmp_path / "a" / "b" / "c"

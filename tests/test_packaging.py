@@ -23,7 +23,8 @@ QUIET = ["log.progress=false", "log.hessian_every=0", "log.hessian_first=0"]
 def build_wheel(dest: Path) -> Path:
     """``pip wheel`` of a copy of the source tree (the checkout gets no build/ folder), offline."""
     src = dest / "src"
-    shutil.copytree(REPO / "curvlab", src / "curvlab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in ("curvlab", "hydra_plugins"):  # hydra_plugins: the sweeper plugin reproduce.py launches with
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     subprocess.run(
@@ -49,6 +50,8 @@ def test_wheel_ships_every_config(tmp_path):
     assert len(expected) > 50 and "curvlab/configs/config.yaml" in expected
     assert not expected - names, sorted(expected - names)[:5]
     assert "curvlab/configs/__init__.py" in names  # Hydra's pkg:// source needs it
+    # Hydra finds plugins only in the hydra_plugins namespace package (no __init__.py of its own)
+    assert "hydra_plugins/curvlab_sweeper/list_sweeper.py" in names and "hydra_plugins/__init__.py" not in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "curvlab = curvlab.cli:main" in entry_points
 

@@ -517,7 +517,8 @@ def test_a_study_without_renderer_is_one_table(tmp_path: Path) -> None:
         "cr": 0.5, "sgd": 0.7}
     assert "Bakker et al. Section 4" in (tmp_path / "o" / "new_study.md").read_text()
     _study(tmp_path / "big" / "s", "big_study", pd.DataFrame({"i": range(501)}))
-    assert [f.name for f in report([tmp_path / "big"], tmp_path / "o2")] == ["big_study.csv"]  # too long to read
+    assert [f.name for f in report([tmp_path / "big"], tmp_path / "o2")] == ["big_study.csv", "index.md"]  # too long
+    assert "CSV only" in (tmp_path / "o2" / "index.md").read_text()
     assert len(pd.read_csv(tmp_path / "o2" / "big_study.csv")) == 501
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,11 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from curvlab.report import load_runs, report
-from curvlab.report.figures import scaling_figure, training_figure
+from curvlab.report import load_runs, render, report
+from curvlab.report.figures import cr_figure, hessian_error_figure, scaling_figure, training_figure
 from curvlab.report.grid import best_labels, heatmap_figure, searches
 from curvlab.report.groups import group_runs
-from curvlab.report.styles import curve_traits, natural_key, panels
+from curvlab.report.styles import CurveTraits, curve_traits, natural_key, panels
 from curvlab.report.tables import cr_rate_table
 from report_fixtures import write_run
 
@@ -102,11 +101,21 @@ def test_crowded_figure_is_one_panel_per_kind(fig1_3: Path) -> None:
     plt.close(fig)
 
 
+def test_panels_fall_back_to_solver_families_then_chunks() -> None:
+    one_kind = CurveTraits({f"{f} · lr={lr}": f"{f} · lr={lr}" for f in ("EA-CG", "KFI") for lr in (1, 2, 3, 4)}
+                           | {"SGD": "SGD"}, {})
+    one_kind = CurveTraits(one_kind.method, {k: ("" if k == "SGD" else "PCH-1") for k in one_kind.method})
+    assert panels(one_kind) == [("EA-CG", ["EA-CG · lr=1", "EA-CG · lr=2", "EA-CG · lr=3", "EA-CG · lr=4", "SGD"]),
+                                ("KFI", ["KFI · lr=1", "KFI · lr=2", "KFI · lr=3", "KFI · lr=4", "SGD"])]
+    many = CurveTraits.each_own([f"run {i}" for i in range(1, 14)])
+    assert [len(c) for _, c in panels(many)] == [6, 6, 1] and panels(many)[0][1][:3] == ["run 1", "run 2", "run 3"]
+
+
 def test_legend_sorts_naturally_and_report_states_the_bands(tmp_path: Path) -> None:
     for split in (16, 2, 4):
         for seed in (0, 1):
-            write_run(tmp_path / "runs", f"s{split}_{seed}", experiment="hbp", curvature="pch1", solver="eacg", seed=seed,
-                      cfg_extra={"solver": {"name": "eacg", "lr": 0.1, "split": split}})
+            write_run(tmp_path / "runs", f"s{split}_{seed}", experiment="hbp", curvature="pch1", solver="eacg",
+                      seed=seed, cfg_extra={"solver": {"name": "eacg", "lr": 0.1, "split": split}})
     r = load_runs([tmp_path / "runs"])
     runs = group_runs(r.runs).runs
     m = r.metrics.assign(label=r.metrics["run_dir"].map(dict(zip(runs["run_dir"], runs["label"]))))
@@ -150,6 +159,30 @@ def test_cr_peak_moving_average_uses_full_windows_only() -> None:
     assert tab.loc["CR", "at update"] == 3  # the first full window, not update 0
     short = cr_rate_table(m.iloc[:3], ["CR"], window=3, period=4)  # shorter than one window: no peak
     assert pd.isna(short.loc["CR", "max moving-average alpha/lr"]) and pd.isna(short.loc["CR", "at update"])
+
+
+def test_error_and_cr_figures_explain_their_lines_and_fit(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", f"e{seed}", experiment="e", curvature="pch1", solver="eacg", seed=seed,
+                  kinds=("fisher", "gn", "pch1", "pch2"), reference=True)
+        write_run(tmp_path / "runs", f"cr{seed}", experiment="c", curvature=None, solver="cr", seed=seed, cr=True,
+                  steps=12)
+        write_run(tmp_path / "runs", f"sgd{seed}", experiment="c", curvature=None, solver="sgd", seed=seed, steps=12)
+    r = load_runs([tmp_path / "runs"])
+    fig = hessian_error_figure(r.errors, "errors " * 30)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Fisher", "GN", "PCH-1", "PCH-2"]
+    assert "geometric standard deviation" in _caption(fig)
+    _texts_inside(fig)
+    plt.close(fig)
+    runs = group_runs(r.select("c").runs).runs
+    m = r.metrics.assign(label=r.metrics["run_dir"].map(dict(zip(runs["run_dir"], runs["label"])))).dropna(
+        subset=["label"])
+    fig = cr_figure(m, "cr", cr_groups=["SGD + CR"], period=4)
+    rate = [ln for ln in fig.axes[1].lines if ln.get_label() == "SGD + CR: moving average (4)"][0]
+    assert np.isnan(np.asarray(rate.get_ydata(), float)[:3]).all()  # full windows: none before update 3
+    assert "full windows of 4" in _caption(fig)
+    _texts_inside(fig)
+    plt.close(fig)
 
 
 def test_scaling_figure_has_labelled_slope_guides_through_the_first_point() -> None:
@@ -218,8 +251,12 @@ def test_small_grid_gives_best_point_table_and_annotated_heat_map(tmp_path: Path
     assert len(left_out) == 11 and "EA-CG · PCH-1 · alpha=0.01 lr=0.1" not in left_out
 
 
-def test_576_point_grid_reports_best_points_only(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
+def test_576_point_grid_reports_best_points_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 24 × 24 grid: the best-point table, one heat map without cell labels, a training figure of 1 curve.
+
+    Figures are caught before they are written (``save``), which keeps the test fast; their files are
+    tested on the 3 × 4 grid above.
+    """
     rng = np.random.default_rng(0)
     lrs, alphas = np.round(np.geomspace(0.01, 1, 24), 5), np.round(np.geomspace(0.001, 0.5, 24), 5)
     loss = rng.random((24, 24)) + 1.0
@@ -227,16 +264,23 @@ def test_576_point_grid_reports_best_points_only(tmp_path: Path) -> None:
     for i, lr in enumerate(lrs):
         for j, a in enumerate(alphas):
             _grid_run(tmp_path / "runs", f"p{i}_{j}", float(lr), float(a), float(loss[i, j]), 0.3)
-    files = report([tmp_path / "runs"], tmp_path / "o")
-    names = {f.name for f in files}
-    assert {"grid.png", "grid_heatmap.png", "grid_best.md", "index.md"} <= names
+    drawn: dict[str, plt.Figure] = {}
+    monkeypatch.setattr(render.F, "save", lambda fig, out, name: drawn.setdefault(name, fig) and [])
+    files = render.render_experiment(load_runs([tmp_path / "runs"]), "grid", tmp_path / "o")
     best = pd.read_csv(tmp_path / "o" / "grid_best.csv", index_col=0)
     assert best.loc["EA-CG · PCH-1", "best point"] == f"alpha={alphas[3]:g} lr={lrs[7]:g}"
-    assert best.loc["EA-CG · PCH-1", "points searched"] == 576
-    index = (tmp_path / "o" / "index.md").read_text()
-    assert index.count("\n- [`") == len(files) - 1  # every file but the index itself, once each
-    assert re.search(r"^## grid$", index, re.M)
-    assert time.perf_counter() - t0 < 60  # the figure draws 1 curve, not 576
+    assert best.loc["EA-CG · PCH-1", "points searched"] == 576 and best.loc["EA-CG · PCH-1", "swept"] == "alpha, lr"
+    assert {"grid_best.md", "grid_grid.csv", "grid_final.md"} <= {f.name for f in files}
+    assert set(drawn) == {"grid", "grid_heatmap"}
+    heat = drawn["grid_heatmap"]
+    assert heat.axes[0].images[0].get_array().shape == (24, 24) and not heat.axes[0].texts  # > 100 cells: no labels
+    assert [t.get_text() for t in heat.axes[0].get_yticklabels()] == [f"{v:g}" for v in alphas]
+    curves = drawn["grid"]
+    legend = [t.get_text() for t in curves.legends[0].get_texts()]
+    assert legend == [f"EA-CG · PCH-1 · alpha={alphas[3]:g} lr={lrs[7]:g} (best of 576)"]
+    assert all(len(ax.lines) == 1 for ax in curves.axes)
+    for fig in drawn.values():
+        plt.close(fig)
 
 
 def test_index_lists_every_file_by_experiment(fig1_3: Path, tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ def test_reproduce_tables_ci(tiny_root: Path, tmp_path: Path, capsys: pytest.Cap
 def test_reproduce_figures_ci(tiny_root: Path, tmp_path: Path) -> None:
     exps = ["eacg_fig5_7", "lowrank_fig2", "hbp_fig5"]
     only = [x for e in exps for x in ("--only", e)]
-    assert reproduce.main(_args("figures", tiny_root, tmp_path, "--steps", "3", "--seeds", "2", *only)) == 0
+    # 16 hidden units: HBP's split 16 needs a layer of at least 16 rows (config check)
+    wide = ["--set", "net.widths=[${dataset.input_dim},16,${dataset.num_classes}]"]
+    assert reproduce.main(_args("figures", tiny_root, tmp_path, "--steps", "3", "--seeds", "2", *only, *wide)) == 0
     out = tmp_path / "figures"
     for name in ["eacg_fig5_7", "eacg_fig11", "lowrank_fig2", "lowrank_fig2_cr", "hbp_fig5"]:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -122,7 +124,7 @@ def test_cpu_scale_sizes_the_campaign() -> None:
     assert "train.max_steps=20000" in e200 and seeds == 1  # the 200-epoch family before eacg_fig's prefix
 
 
-def test_campaign_listing_filters_shards_and_orders_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_campaign_listing_filters_and_orders_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     done = tmp_path / "runs" / "hbp_fig5" / "solver=sgd,seed=0"
     done.mkdir(parents=True)
     (done / "summary.json").write_text('{"status": "completed", "steps": 2000}')
@@ -133,11 +135,58 @@ def test_campaign_listing_filters_shards_and_orders_by_seed(tmp_path: Path, caps
     assert lines[:3] == ["solver=eacg_split2,seed=0: to do", "solver=sgd,seed=0: completed (2000 steps)",
                          "solver=eacg_split2,seed=1: to do"]
     assert len(lines) == 2 * 5
-    assert reproduce.main([*base, "--shard", "1/2"]) == 0
-    shard = [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith("   ")]
-    assert shard == lines[1::2]
-    with pytest.raises(SystemExit, match="--shard K/N"):
-        reproduce.main([*base, "--shard", "2/2"])
+    with pytest.raises(SystemExit):  # no hand-made sharding: several workers are a launcher (--launcher joblib)
+        reproduce.main([*base, "--shard", "1/2"])
+
+
+# A slice of the figure campaign at ci scale: 13 EA-CG/KFI runs and 2 low-rank ones, one torch thread each.
+CAMPAIGN = ["--only", "eacg_fig1_3", "--only", "lowrank_fig2", "--steps", "3", "--threads", "1", "--no-render"]
+TIME_COLUMNS = ["wall_time", "elapsed", "log_time"]  # the only columns that differ between two identical runs
+
+
+def _run_files(runs: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
+    """Each run directory's metrics and Hessian errors (time columns dropped) and config (its run_dir line dropped)."""
+    out = {}
+    for path in sorted(runs.glob("*/*/metrics.csv")):
+        frames = [pd.read_csv(path.parent / name) for name in ("metrics.csv", "hessian_errors.csv")]
+        config = "".join(ln for ln in (path.parent / "config.yaml").read_text().splitlines(True)
+                         if not ln.startswith("run_dir:"))
+        out[str(path.parent.relative_to(runs))] = (*(f.drop(columns=[c for c in TIME_COLUMNS if c in f]) for f in frames),
+                                                   config)
+    return out
+
+
+@pytest.fixture(scope="module")
+def serial_runs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The campaign slice on the default launcher (Hydra's basic one: one job after another in this process)."""
+    tmp = tmp_path_factory.mktemp("serial")
+    assert reproduce.main(_args("figures", tiny_root, tmp, *CAMPAIGN)) == 0
+    return tmp / "runs"
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "ray"])
+def test_campaign_through_a_launcher_matches_the_serial_run(launcher: str, serial_runs: Path, tiny_root: Path,
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--launcher joblib|ray`` writes the same run files (bit-identical metrics) into the same directories;
+    a run interrupted under the launcher resumes there, and a rerun launches nothing."""
+    if launcher == "ray":
+        pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="Hydra's Ray launcher: pip install 'curvlab[ray]'")
+    workers = ["--launcher-set", "n_jobs=2"] if launcher == "joblib" else ["--launcher-set", "ray.init.num_cpus=2"]
+    args = _args("figures", tiny_root, tmp_path, *CAMPAIGN, "--launcher", launcher, *workers)
+    assert reproduce.main([*args, "--set", "train.stop_after=2"]) == 1  # every run stops after 2 of its 3 updates
+    assert capsys.readouterr().out.count("failed: running after 2 steps; rerun the same command to resume it") == 15
+    assert reproduce.main(args) == 0  # ... and resumes from its checkpoint
+    out = capsys.readouterr().out
+    assert out.count("to resume (running (2 steps))") == 15 and out.count("completed in") == 15
+    want, got = _run_files(serial_runs), _run_files(tmp_path / "runs")
+    assert len(want) == 15 and sorted(got) == sorted(want)  # runs-dir/<experiment>/<job>, as the serial run
+    for name, (metrics, errors, config) in want.items():
+        pd.testing.assert_frame_equal(got[name][0], metrics, check_exact=True, obj=f"{name}/metrics.csv")
+        pd.testing.assert_frame_equal(got[name][1], errors, check_exact=True, obj=f"{name}/hessian_errors.csv")
+        assert got[name][2] == config, name
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped (completed)") == 15 and "launching" not in out
 
 
 def test_reproduce_rejects_unknown_experiment(tiny_root: Path, tmp_path: Path) -> None:

@@ -156,13 +156,13 @@ def caption(fig: Figure, text: str, width_in: float | None = None) -> None:
     """The figure's footer: ``text`` wrapped to the figure's width (never clipped); :func:`save` also writes it
     into the PNG's ``Description`` and the PDF's ``Subject`` (and :mod:`curvlab.report.index` lists it)."""
     chars = int(11.5 * (width_in or fig.get_figwidth()))  # ~11 characters of 7-pt text per inch
-    fig.supxlabel("\n".join(textwrap.wrap(text, max(chars, 40))), fontsize=7, gid=_CAPTION)
+    fig.supxlabel("\n".join(textwrap.wrap(text, max(chars, 40), break_on_hyphens=False)), fontsize=7, gid=_CAPTION)
 
 
 def suptitle(fig: Figure, text: str, fontsize: float = 11) -> None:
     """The figure's title, wrapped to its width (a long setting label never runs off the page)."""
     chars = int(7.2 * fig.get_figwidth() * 11 / fontsize)
-    fig.suptitle("\n".join(textwrap.wrap(text, max(chars, 30))), fontsize=fontsize)
+    fig.suptitle("\n".join(textwrap.wrap(text, max(chars, 30), break_on_hyphens=False)), fontsize=fontsize)
 
 
 def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wall_note: str | None = WALL_NOTE,
@@ -184,8 +184,8 @@ def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wal
     """
     present = set(metrics[group].dropna().astype(str).unique())
     traits = traits if traits is not None else CurveTraits.each_own(present)
-    traits = CurveTraits({k: v for k, v in traits.method.items() if k in present},
-                         {k: v for k, v in traits.kind.items() if k in present})
+    traits = CurveTraits({k: traits.method.get(k, k) for k in present},  # a curve unknown to traits: its own method
+                         {k: traits.kind.get(k, "") for k in present})
     colors, styles = traits.colors(), traits.linestyles()
     layout = panels(traits)
     log = _wants_log(metrics.get("train_loss", pd.Series(dtype=float)))
@@ -224,10 +224,11 @@ def training_figure(metrics: pd.DataFrame, title: str, group: str = "label", wal
     if legend_labels and fig.legends:
         for text in fig.legends[0].get_texts():
             text.set_text(legend_labels.get(text.get_text(), text.get_text()))
-    what = ("Colour: method; line style: curvature kind. " if any(traits.kind.values()) else "") + (
-        "One panel per " + ("curvature kind (kind-less methods, e.g. SGD, in each)" if len(
-            {traits.kind[c] for _, cs in layout for c in cs if traits.kind[c]}) > 1 else "group of methods")
-        + "; axes shared along each row. " if len(layout) > 1 else "")
+    several_kinds = len({k for k in traits.kind.values() if k}) > 1  # then panels() splits by kind
+    what = "Colour: method; line style: curvature kind. " if several_kinds else ""
+    if len(layout) > 1:
+        what += ("One panel per " + ("curvature kind (kind-less methods, e.g. SGD, in each)" if several_kinds
+                                     else "group of methods") + "; axes shared along each row. ")
     caption(fig, what + band_note(log) + (f" † {wall_note}" if wall_note else ""))
     suptitle(fig, title)
     return fig
@@ -455,7 +456,8 @@ def figure_texts(fig: Figure) -> tuple[str, str]:
 def _savefig(fig: Figure, f: BinaryIO, fmt: str) -> None:
     # No creation date in the PDF: re-rendering unchanged data gives identical files. "tight": nothing clipped.
     head, foot = figure_texts(fig)
-    meta = {"Title": head, "Subject": foot, "CreationDate": None} if fmt == "pdf" else {"Title": head, "Description": foot}
+    meta = ({"Title": head, "Subject": foot, "CreationDate": None} if fmt == "pdf"
+            else {"Title": head, "Description": foot})
     fig.savefig(f, format=fmt, dpi=150, metadata=meta, bbox_inches="tight", pad_inches=0.05)
 
 

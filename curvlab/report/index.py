@@ -19,10 +19,14 @@ _TWINS = {".csv": ("the table {stem}.md as CSV", ".md"), ".tex": ("the table {st
           ".pdf": ("the figure {stem}.png as PDF (vector)", ".png")}
 
 
-def describe(path: Path) -> str:
-    """One line of Markdown saying what ``path`` (a file the report just wrote) shows."""
-    if path.suffix in _TWINS:
-        return _TWINS[path.suffix][0].format(stem=path.stem)
+def describe(path: Path, written: set[str] | None = None) -> str:
+    """One line of Markdown saying what ``path`` (a file the report just wrote) shows; ``written``: the names
+    of the other files written (a CSV without its Markdown table is a table too long to show)."""
+    twin = _TWINS.get(path.suffix)
+    if twin and (written is None or path.stem + twin[1] in written):
+        return twin[0].format(stem=path.stem)
+    if path.suffix == ".csv":
+        return "table (CSV only: too many rows for a Markdown table)"
     if path.suffix == ".md":  # write_table's first line is the caption in bold, already escaped for Markdown
         head = read_bytes(path, MAX_TEXT).decode("utf-8", "replace").split("\n", 1)[0].strip()
         return "table: " + head.strip("*") if head.startswith("**") else "table"
@@ -51,7 +55,7 @@ def write_index(out: Path, sections: list[tuple[str, list[Path]]]) -> Path:
         if not files:
             continue
         lines += [f"## {md_text(what)}", ""]
-        lines += [f"- [`{p.name}`]({p.name}): {describe(p)}" for p in files]
+        lines += [f"- [`{p.name}`]({p.name}): {describe(p, taken)}" for p in files]
         lines.append("")
     with new_file(out, name) as f:
         f.write("\n".join(lines).encode())

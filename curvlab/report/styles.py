@@ -31,7 +31,8 @@ _SENTINEL = "\x00kind\x00"  # stands for the kind in a method label, then cut ou
 
 
 def natural_key(text: object) -> tuple[tuple[int, Any], ...]:
-    """Sort key that reads numbers as numbers: ``split 2`` < ``split 16``, ``lr=0.05`` < ``lr=0.1``, ``1e-10`` < ``1e-5``.
+    """Sort key that reads numbers as numbers: ``split 2`` < ``split 16``, ``lr=0.05`` < ``lr=0.1``,
+    ``1e-10`` < ``1e-5`` (legends, the curve tables and the best-point table all sort with it).
 
     >>> sorted(["split 16", "split 2", "lr=0.1", "lr=0.05"], key=natural_key)
     ['lr=0.05', 'lr=0.1', 'split 2', 'split 16']

@@ -12,14 +12,19 @@ system's unknown (a vector when ``c == 1``, a weight matrix otherwise). Inner pr
 reduce over the last two dimensions. Several groups of different shapes are solved in
 one loop (:func:`batched_cg`).
 
-**Per-iteration cost.** The iterates of all groups live in one flat buffer and the
-step-size arithmetic of all systems is done on one (S,) vector, so that an iteration is a
-fixed handful of tensor operations whatever the number of systems, plus one matrix
-product per group. With short systems (EA-CG's reduced rank-one systems, see
-:mod:`curvlab.solvers.eacg`) the inner products and vector updates also run on the whole
-flat buffer at once, because such an iteration is bound by per-operation overhead; with
-long ones (weight matrices) they run per group with broadcast step sizes, so that no
-buffer-sized temporary is made, because such an iteration is bound by memory traffic.
+**Per-iteration cost.** An iteration is a fixed handful of tensor operations whatever the
+number of systems, without host synchronisation: every per-system quantity (step sizes, the
+stopping tests, the iteration counts) lives in small (S,) tensors, stopped systems are frozen
+by zero step sizes rather than removed, and whether any system is still running is asked only
+at growing intervals (:data:`_CHECK_SHORT`), when groups whose systems have all stopped also
+stop being multiplied. With short systems (EA-CG's reduced rank-one systems, see
+:mod:`curvlab.solvers.eacg`) the iterates of all groups live in one dense, zero-padded (S, L)
+layout, so that the inner products are one batched product and the updates of x and r one
+fused ``addcmul``, because such an iteration is bound by per-operation overhead (on a GPU: by
+kernel launches); with long ones (weight matrices) the inner products and updates run per
+group in the groups' own shapes, so that no padded or buffer-sized temporary is made, because
+such an iteration is bound by memory traffic. ``scripts/bench_cg_kernels.py`` counts the
+operations.
 
 Stopping, per system: ``‖r‖ ≤ eps · ‖b‖`` (EA-CG's ε_CG rule), ``max_iter`` iterations,
 or non-positive curvature ``pᵀAp ≤ 0``. In the last case CG cannot continue (the
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -41,7 +47,12 @@ from torch import Tensor
 __all__ = ["CGResult", "batched_cg"]
 
 MatVec = Callable[[Tensor], Tensor]
-_SHORT = 4096  # systems with at most this many unknowns count as short (see _FlatCG._dots)
+_SHORT = 4096  # systems with at most this many unknowns count as short (dense padded layout)
+# Short layout: after ``it`` iterations the next host check of which systems still run comes
+# max(1, it // _CHECK_SHORT) iterations later, so at most ~1/_CHECK_SHORT of the iterations run
+# after the last system stopped, with O(_CHECK_SHORT · log max_iter) checks.
+_CHECK_SHORT = 4
+_DOT_BY_BMM: bool | None = None  # dense inner products by bmm; None: on CUDA (one kernel), not on CPU
 
 
 @dataclass
@@ -63,127 +74,198 @@ class CGResult:
 
 @dataclass(frozen=True)
 class _Group:
-    """Where one group lives in the flat buffers."""
+    """Where one group's systems live: ``systems`` indexes the (S,) per-system buffers."""
 
     shape: torch.Size  # (*S, m, c)
-    entries: slice  # its entries in the (N,) iterate buffers
-    systems: slice  # its systems in the (S_total,) per-system buffers
+    systems: slice
+    size: int  # unknowns per system, m c
 
-    def view(self, flat: Tensor) -> Tensor:
-        """The group's part of a flat (N,) buffer as (*S, m, c), sharing memory."""
-        return flat[self.entries].view(self.shape)
+    @property
+    def n_sys(self) -> int:
+        return self.systems.stop - self.systems.start
 
 
-class _FlatCG:
-    """CG state of all groups: iterates in flat (N,) buffers, scalars in (S_total,) ones."""
+Op = Callable[[], object]  # one bound step of the iteration: its tensors and views made once
+
+
+class _Dense:
+    """Short systems: x, r (and p, Ap) of all systems in one zero-padded (2, S, L) buffer each.
+
+    Padded entries stay exactly 0 (the right-hand side is 0 there and a matvec writes only its
+    group's part), so inner products over whole rows are the systems' own.
+    """
+
+    def __init__(self, groups: list[_Group], rhs: Sequence[Tensor]) -> None:
+        n_sys, width = groups[-1].systems.stop, max(g.size for g in groups)
+        self.xr = rhs[0].new_zeros(2, n_sys, width)  # (x, r)
+        self.pa = rhs[0].new_zeros(2, n_sys, width)  # (p, A p)
+        self.x, self.r = self.xr.unbind()
+        self.p, self.ap = self.pa.unbind()
+        for g, b in zip(groups, rhs):
+            self.r[g.systems, : g.size] = b.reshape(g.n_sys, g.size)
+        self.p.copy_(self.r)
+        # Strided views where a group is narrower than L.
+        self.views = {name: [buf[g.systems, : g.size].view(g.shape) for g in groups]
+                      for name, buf in (("x", self.x), ("r", self.r), ("p", self.p), ("ap", self.ap))}
+
+    def dot(self, u: str, v: str, out: Tensor) -> Op:
+        """``out = uᵀv`` per system, (S,), as one op over whole rows."""
+        uu, vv = getattr(self, u), getattr(self, v)
+        if uu.is_cuda if _DOT_BY_BMM is None else _DOT_BY_BMM:  # one batched (1, L) @ (L, 1) product
+            return partial(torch.bmm, uu.unsqueeze(1), vv.unsqueeze(2), out=out.view(-1, 1, 1))
+        return partial(torch.linalg.vecdot, uu, vv, out=out)  # CPU's bmm loops over the systems (L > 400)
+
+    def update(self, coef: Tensor) -> Op:
+        """x += a p, r −= a A p in one fused op; ``coef`` (2, S) = (a, −a)."""
+        return partial(self.xr.addcmul_, coef.unsqueeze(-1), self.pa)
+
+    def new_direction(self, beta: Tensor) -> Op:
+        """p = r + β p with (S,) β."""
+        return partial(torch.addcmul, self.r, beta.unsqueeze(-1), self.p, out=self.p)
+
+
+class _PerGroup:
+    """Long systems: iterates in the groups' own shapes; per-group products and updates with
+    broadcast step sizes, so that no padded or buffer-sized temporary is made."""
+
+    def __init__(self, groups: list[_Group], rhs: Sequence[Tensor]) -> None:
+        self.groups = groups
+        self.views = {"x": [torch.zeros_like(b) for b in rhs], "r": [b.clone() for b in rhs],
+                      "p": [b.clone() for b in rhs],
+                      "ap": [torch.zeros_like(b) for b in rhs]}  # zeros: unmultiplied groups are frozen
+
+    def _per_sys(self, t: Tensor) -> list[Tensor]:
+        """(S,) per-system scalars as one broadcastable (*S, 1, 1) view per group."""
+        return [t[g.systems].view(*g.shape[:-2], 1, 1) for g in self.groups]
+
+    @staticmethod
+    def _run(ops: list[Op]) -> Op:
+        return lambda: [op() for op in ops]
+
+    def dot(self, u: str, v: str, out: Tensor) -> Op:
+        # One batched (1, n) @ (n, 1) product per group: no temporary as (u * v).sum would make.
+        return self._run([
+            partial(torch.bmm, uu.reshape(g.n_sys, 1, -1), vv.reshape(g.n_sys, -1, 1),
+                    out=out[g.systems].view(g.n_sys, 1, 1))
+            for g, uu, vv in zip(self.groups, self.views[u], self.views[v])])
+
+    def update(self, coef: Tensor) -> Op:
+        a, na = self._per_sys(coef[0]), self._per_sys(coef[1])
+        v = self.views
+        return self._run([partial(x.addcmul_, ai, p) for x, ai, p in zip(v["x"], a, v["p"])]
+                         + [partial(r.addcmul_, ni, ap) for r, ni, ap in zip(v["r"], na, v["ap"])])
+
+    def new_direction(self, beta: Tensor) -> Op:
+        v = self.views
+        return self._run([partial(torch.addcmul, r, bi, p, out=p)
+                          for r, bi, p in zip(v["r"], self._per_sys(beta), v["p"])])
+
+
+def _matvec_op(mv: MatVec, p: Tensor, ap: Tensor) -> Op:
+    """``ap = A p`` as one call: ``mv.bind(p, ap)`` (views made once), ``mv.into`` or a copy."""
+    bind, into = getattr(mv, "bind", None), getattr(mv, "into", None)
+    if bind is not None:
+        return bind(p, ap)
+    return partial(into, p, ap) if into is not None else lambda: ap.copy_(mv(p))
+
+
+class _MaskedCG:
+    """CG state of all systems: fixed-shape masked updates, stopped systems frozen.
+
+    The per-system scalars live in rows of small (rows, S) buffers, laid out so that each half
+    of an iteration is one division and one ``where`` over stacked rows, written in place:
+
+    - ``m`` = (pᵀAp, ‖r‖², −‖r‖², β, z), z = 0 for a running system, +∞ for a stopped one, so
+      that ``ok = pᵀAp > z`` is "running with positive curvature" in one comparison;
+    - step: ``w[4:7]`` = (t, a, −a) = (pᵀAp, ‖r‖², −‖r‖²) / pᵀAp where ok, else (∞, 0, 0);
+    - direction: q = ‖r_new‖² / ``w[0:5]`` = ‖r_new‖² / (1, −1, ‖r‖², ∞, t) =
+      (‖r_new‖², −‖r_new‖², β, 0, ‖r_new‖² or 0), and ``m[1:5]`` = q[0:4] where q[4] > ε²‖b‖²,
+      else (0, 0, 0, ∞): a system that did not update (t = ∞) stops there.
+
+    ``w`` alternates between two buffers: the new ‖r‖² is written into the other one's row 2.
+    """
 
     def __init__(self, matvecs: Sequence[MatVec], rhs: Sequence[Tensor], eps: float) -> None:
-        self.matvecs = list(matvecs)
+        self.rhs = list(rhs)
         self.groups: list[_Group] = []
-        sizes: list[int] = []  # entries per system, one per system
-        n = s = 0
+        s = 0
         for b in rhs:
-            n_sys, size = math.prod(b.shape[:-2]), b.shape[-2] * b.shape[-1]
-            self.groups.append(_Group(b.shape, slice(n, n + n_sys * size), slice(s, s + n_sys)))
-            sizes += [size] * n_sys
-            n, s = n + n_sys * size, s + n_sys
-        dev = rhs[0].device
-        self.b = torch.cat([b.reshape(-1) for b in rhs])  # (N,)
-        self.lengths = torch.tensor(sizes, device=dev)  # (S,) entries per system
-        # System index of every entry, to spread per-system scalars over the iterates.
-        self.seg = torch.repeat_interleave(torch.arange(s, device=dev), self.lengths)
-        self.x = torch.zeros_like(self.b)
-        self.r = self.b.clone()
-        self.p = self.b.clone()
-        self.ap = torch.zeros_like(self.b)  # zeros: skipped groups multiply it by a = 0
-        self.n_sys = s
-        # The buffers are only ever updated in place, so each group's views are made once.
-        self.p_views = [g.view(self.p) for g in self.groups]
-        self.ap_views = [g.view(self.ap) for g in self.groups]
-        self.x_views = [g.view(self.x) for g in self.groups]
-        self.r_views = [g.view(self.r) for g in self.groups]
-        # Short systems: one segmented sum for the inner products of all groups; long ones: one
-        # batched product per group (no (N,) temporary, pairwise-accurate sums).
-        self.short = max(sizes) <= _SHORT
-        self.rs = self._dots(self.r, self.r)  # (S,) ‖r‖²
-        self.tol2 = eps**2 * self.rs  # stop when ‖r‖² ≤ ε² ‖b‖²
-        self.active = self.rs > self.tol2  # b = 0 is solved by x = 0
-        self.converged = ~self.active
-        self.iters = torch.zeros(s, dtype=torch.long, device=dev)
-        self.neg = torch.zeros(s, dtype=torch.bool, device=dev)
+            n_sys = math.prod(b.shape[:-2])
+            self.groups.append(_Group(b.shape, slice(s, s + n_sys), b.shape[-2] * b.shape[-1]))
+            s += n_sys
+        short = max(g.size for g in self.groups) <= _SHORT
+        lay: _Dense | _PerGroup = (_Dense if short else _PerGroup)(self.groups, rhs)
+        self.lay = lay
+        self.check_div = _CHECK_SHORT if short else 0  # long: a matvec costs far more than a sync
+        self.matvecs = [_matvec_op(mv, p, ap) for mv, p, ap in zip(matvecs, lay.views["p"], lay.views["ap"])]
+        new = rhs[0].new_tensor
+        self.w = new([[1.0], [-1.0], [0.0], [math.inf], [0.0], [0.0], [0.0]]).expand(2, 7, s).clone().unbind()
+        self.m = rhs[0].new_zeros(5, s)
+        self.q = rhs[0].new_zeros(5, s)
+        self.t3 = rhs[0].new_zeros(3, s)
+        self.step_else = new([[math.inf], [0.0], [0.0]])
+        self.dir_else = new([[0.0], [0.0], [0.0], [math.inf]])
+        self.ok = torch.zeros(s, dtype=torch.bool, device=self.m.device)
+        self.act = torch.zeros_like(self.ok)
+        self.iters = torch.zeros(s, dtype=torch.long, device=self.m.device)
+        self.rs_end = rhs[0].new_zeros(s)
+        rs = self.w[0][2]
+        lay.dot("r", "r", rs)()
+        self.tol2 = eps**2 * rs  # stop when ‖r‖² ≤ ε² ‖b‖²; b = 0 is solved by x = 0
+        torch.mul(rs, self.w[0][:2, :1], out=self.m[1:3])  # (‖b‖², −‖b‖²)
+        self.m[4].masked_fill_(rs <= self.tol2, math.inf)  # z: b = 0 has stopped
+        self.ops = [self._iteration(i) for i in range(2)]
+        self.z = self.m[4]
+        self.cur = 0
+        self.live = list(range(len(self.groups)))
 
-    def _dots(self, u: Tensor, v: Tensor) -> Tensor:
-        """Per-system inner products of two flat buffers, (S,)."""
-        if self.short:  # a segmented sum: ≈ 4× faster than index_add_ on CPU (no scatter)
-            return torch.segment_reduce(u * v, "sum", lengths=self.lengths)
-        out = u.new_empty(self.n_sys)
-        for g in self.groups:
-            n_sys = g.systems.stop - g.systems.start
-            uu = u[g.entries].view(n_sys, 1, -1)
-            vv = v[g.entries].view(n_sys, -1, 1)
-            # One batched (1, n) @ (n, 1) product per group: no temporary as (u * v).sum would make.
-            torch.bmm(uu, vv, out=out[g.systems].view(n_sys, 1, 1))
-        return out
+    def _iteration(self, i: int) -> list[Op]:
+        """The ops of one iteration after the matvecs, reading ``w[i]``; views made once."""
+        m, w, w_next, q, lay = self.m, self.w[i], self.w[1 - i], self.q, self.lay
+        return [
+            lay.dot("p", "ap", m[0]),  # pᵀAp
+            partial(torch.gt, m[0], m[4], out=self.ok),  # updates: running and pᵀAp > 0
+            partial(torch.div, m[0:3], m[0], out=self.t3),
+            partial(torch.where, self.ok, self.t3, self.step_else, out=w[4:7]),  # (t, a, −a)
+            lay.update(w[5:7]),
+            lay.dot("r", "r", w_next[2]),  # ‖r_new‖²
+            partial(torch.div, w_next[2], w[0:5], out=q),
+            partial(torch.gt, q[4], self.tol2, out=self.act),
+            partial(torch.where, self.act, q[0:4], self.dir_else, out=m[1:5]),  # (‖r‖², −‖r‖², β, z)
+            lay.new_direction(m[3]),
+            partial(self.iters.add_, self.ok),
+        ]
 
-    def step(self) -> bool:
-        """One iteration of every active system; False when none was active."""
-        active = self.active.tolist()  # the one host sync per iteration
-        live = [i for i, g in enumerate(self.groups) if any(active[g.systems])]
-        if not live:
-            return False
-        for i in live:
-            mv, p, ap = self.matvecs[i], self.p_views[i], self.ap_views[i]
-            into = getattr(mv, "into", None)
-            if into is not None:
-                into(p, ap)
-            else:
-                ap.copy_(mv(p))
-        pap = self._dots(self.p, self.ap)
-        upd = self.active & (pap > 0)
-        self.neg |= self.active ^ upd  # active with pᵀAp ≤ 0: stops, keeping its iterate
-        # Systems that do not update get a = β = 0, so their iterate and residual stay frozen.
-        a = torch.where(upd, self.rs / pap, 0.0)
-        self._update(a)
-        rs_new = self._dots(self.r, self.r)
-        self.iters += upd
-        self.active = upd & (rs_new > self.tol2)
-        self.converged |= upd ^ self.active  # updated and now ‖r‖ ≤ ε ‖b‖
-        beta = torch.where(self.active, rs_new / self.rs, 0.0)
-        self._new_direction(beta)
-        self.rs = rs_new
-        return True
+    def next_check(self, it: int) -> int:
+        """The iteration of the host check after the one at ``it``."""
+        return it + max(1, it // self.check_div) if self.check_div else it + 1
 
-    def _update(self, a: Tensor) -> None:
-        """x += a p, r −= a A p with per-system step sizes a (S,), in place."""
-        if self.short:  # few entries: one op on all groups at once
-            af = a.index_select(0, self.seg)  # (N,)
-            self.x.addcmul_(af, self.p)
-            self.r.addcmul_(af, self.ap, value=-1)
-            return
-        for g, x, r, p, ap in zip(self.groups, self.x_views, self.r_views, self.p_views, self.ap_views):
-            ag = a[g.systems].view(*g.shape[:-2], 1, 1)  # broadcast: no (N,) temporary
-            x.addcmul_(ag, p)
-            r.addcmul_(ag, ap, value=-1)
+    def check(self) -> bool:
+        """Host sync: the groups with a running system; False when there is none."""
+        running = self.z.eq(0).tolist()
+        self.live = [i for i, g in enumerate(self.groups) if any(running[g.systems])]
+        return bool(self.live)
 
-    def _new_direction(self, beta: Tensor) -> None:
-        """p = r + β p with per-system β (S,), in place."""
-        if self.short:
-            self.p.mul_(beta.index_select(0, self.seg)).add_(self.r)
-            return
-        for g, r, p in zip(self.groups, self.r_views, self.p_views):
-            p.mul_(beta[g.systems].view(*g.shape[:-2], 1, 1)).add_(r)
+    def step(self) -> None:
+        """One iteration of every running system; stopped ones keep x, r and their counts."""
+        for g in self.live:
+            self.matvecs[g]()
+        for op in self.ops[self.cur]:
+            op()
+        self.cur = 1 - self.cur
 
     def results(self) -> list[CGResult]:
+        self.lay.dot("r", "r", self.rs_end)()
+        converged = self.rs_end <= self.tol2  # r is frozen once a system stops
+        neg = (self.m[4] != 0) & ~converged  # stopped, not converged: by pᵀAp ≤ 0
         # Non-positive curvature at x = 0 (no update before it): fall back to steepest descent b = −g.
-        at_start = self.neg & (self.iters == 0)
-        x = torch.where(at_start.index_select(0, self.seg), self.b, self.x)
+        at_start = neg & (self.iters == 0)
         out = []
-        for g in self.groups:
+        for g, x, b in zip(self.groups, self.lay.views["x"], self.rhs):
             sys_shape = g.shape[:-2]
-            out.append(CGResult(
-                g.view(x), self.iters[g.systems].view(sys_shape), self.converged[g.systems].view(sys_shape),
-                self.neg[g.systems].view(sys_shape),
-            ))
+            fallback = at_start[g.systems].view(*sys_shape, 1, 1)
+            out.append(CGResult(torch.where(fallback, b, x), self.iters[g.systems].view(sys_shape),
+                                converged[g.systems].view(sys_shape), neg[g.systems].view(sys_shape)))
         return out
 
 
@@ -195,7 +277,8 @@ def batched_cg(
     Args:
         matvecs: per group, ``X ↦ A X`` applied to all systems of the group at once;
             maps ``(*S, m, c)`` to the same shape. ``A_s`` must be symmetric. A matvec
-            may also offer ``into(X, out)``, which writes ``A X`` into ``out`` (one copy less).
+            may also offer ``into(X, out)``, which writes ``A X`` into ``out`` (one copy less;
+            ``X`` and ``out`` may be strided views).
         rhs: per group, the right-hand sides ``b``, shape ``(*S, m, c)``, all of one dtype
             and device.
         max_iter: the most CG iterations of any system (EA-CG's max|CG|), ≥ 1.
@@ -212,8 +295,12 @@ def batched_cg(
         raise ValueError(f"batched_cg: {len(matvecs)} matvecs for {len(rhs)} right-hand sides")
     if not rhs:
         return []
-    state = _FlatCG(matvecs, rhs, eps)
-    for _ in range(max_iter):
-        if not state.step():
-            break
+    state = _MaskedCG(matvecs, rhs, eps)
+    check = 0
+    for it in range(max_iter):
+        if it == check:
+            if not state.check():
+                break
+            check = state.next_check(it)
+        state.step()
     return state.results()

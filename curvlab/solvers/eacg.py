@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
@@ -228,18 +229,40 @@ def _reduced_layer(
 class _ReducedMatVec:
     """``x ↦ α x + scale · x diag(0, B_j)`` on row vectors: ``x`` (S, nb, 1, size), ``blocks``
     (S, size − 1, size − 1), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ,
-    and the weight and bias systems of a row group share one pass over ``B_j``. The leading
-    (⊥) unknown is handled apart, so that B_j is used as it is, without a padded copy."""
+    and the weight and bias systems of a row group share one pass over ``B_j``.
+
+    Small blocks (at most :data:`_FOLD` entries) are copied once into scale · diag(0, B_j), one
+    copy per system, so that the product is one operation (an iteration is bound by their
+    count); larger ones are used as they are, with the scaling and the leading (⊥) unknown
+    apart (a copy would cost more than the operations it saves)."""
 
     def __init__(self, blocks: Tensor, scale: Tensor, alpha: float) -> None:
+        self.fold = blocks.shape[-1] ** 2 <= _FOLD
+        if self.fold:  # (S nb, size, size)
+            padded = torch.nn.functional.pad(blocks, (1, 0, 1, 0))[:, None]
+            blocks = (scale[..., None] * padded).flatten(0, 1)
         self.blocks, self.scale, self.alpha = blocks, scale, alpha
 
-    def into(self, x: Tensor, out: Tensor) -> None:
-        x3 = x.view(self.scale.shape[0], self.scale.shape[1], -1)  # (S, nb, size)
+    def bind(self, x: Tensor, out: Tensor) -> Callable[[], None]:
+        """``out = 𝒜 x`` as a call without arguments, its views made once (a CG iteration's form)."""
+        x3 = x.view(self.scale.shape[0], self.scale.shape[1], -1)  # (S, nb, size), maybe strided
         o3 = out.view(x3.shape)
-        rest = x3[..., 1:]  # (S, nb, size − 1)
-        torch.baddbmm(rest, rest * self.scale, self.blocks, beta=self.alpha, out=o3[..., 1:])
-        torch.mul(x3[..., :1], self.alpha, out=o3[..., :1])  # the ⊥ unknown: eigenvalue α
+        if self.fold:  # one (1, size) @ (size, size) product per system
+            xf, of = x3.flatten(0, 1).unsqueeze(1), o3.flatten(0, 1).unsqueeze(1)
+            return partial(torch.baddbmm, xf, xf, self.blocks, beta=self.alpha, out=of)
+        scaled = torch.empty_like(x3, memory_format=torch.contiguous_format)
+        rest, o_rest, o_perp, x_perp = x3[..., 1:], o3[..., 1:], o3[..., :1], x3[..., :1]
+        scaled = scaled[..., 1:]
+
+        def run_apart() -> None:
+            torch.mul(rest, self.scale, out=scaled)
+            torch.baddbmm(rest, scaled, self.blocks, beta=self.alpha, out=o_rest)
+            torch.mul(x_perp, self.alpha, out=o_perp)  # the ⊥ unknown: eigenvalue α
+
+        return run_apart
+
+    def into(self, x: Tensor, out: Tensor) -> None:
+        self.bind(x, out)()
 
     def __call__(self, x: Tensor) -> Tensor:
         out = torch.empty_like(x)
@@ -247,6 +270,7 @@ class _ReducedMatVec:
         return out
 
 
+_FOLD = 65536  # B_j entries up to which scale · diag(0, B_j) is formed (two ops less per iteration)
 _PAD_BUDGET = 65536  # padded matrix entries per batch that cost less than one more batch per iteration
 
 

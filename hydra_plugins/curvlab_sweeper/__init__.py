@@ -1,0 +1,1 @@
+"""curvlab's Hydra sweeper plugin: ``hydra/sweeper=list`` (see :mod:`.list_sweeper`)."""

@@ -1,0 +1,116 @@
+"""Batched CG (curvlab.solvers.cg) against a plain per-system CG loop, float64: the same x,
+iteration counts, convergence and non-positive-curvature flags on groups of mixed sizes with
+systems that stop early (converged, zero right-hand side, pᵀAp ≤ 0), in both layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from curvlab.solvers import cg, eacg
+from curvlab.solvers.eacg import eacg_solve
+
+from tests.test_eacg import random_blocks
+
+pytestmark = pytest.mark.usefixtures("float64_default")  # compare in float64 (tests/conftest.py)
+
+
+def plain_cg(a: torch.Tensor, b: torch.Tensor, max_iter: int, eps: float) -> tuple[torch.Tensor, int, bool, bool]:
+    """Textbook CG from 0 for one system: (x, iterations, converged, stopped by pᵀAp ≤ 0)."""
+    x, r, p = torch.zeros_like(b), b.clone(), b.clone()
+    rs = r @ r
+    tol2 = eps**2 * rs
+    if rs <= tol2:
+        return x, 0, True, False
+    for i in range(max_iter):
+        ap = a @ p
+        pap = p @ ap
+        if pap <= 0:  # the model is unbounded along p: keep x, or −g = b at the start
+            return (b.clone() if i == 0 else x), i, False, True
+        step = rs / pap
+        x, r = x + step * p, r - step * ap
+        rs_new = r @ r
+        if rs_new <= tol2:
+            return x, i + 1, True, False
+        p, rs = r + (rs_new / rs) * p, rs_new
+    return x, max_iter, False, False
+
+
+def random_spd(n: int, gen: torch.Generator) -> torch.Tensor:
+    q = torch.randn(n, n, generator=gen)
+    return q @ q.T / n + 0.1 * torch.eye(n)
+
+
+def mixed_groups(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Groups (A (S, n, n), b (S, m, c)) with n = m c: random SPD systems of three shapes, and
+    systems that stop early: identity (converges in one step), b = 0, an indefinite matrix whose
+    pᵀAp turns negative after a few steps, diag(1, −1, …) with pᵀAp = 0 exactly at the start,
+    and a negative definite one (pᵀAp < 0 at the start)."""
+    gen = torch.Generator().manual_seed(seed)
+    groups = []
+    for n_sys, m, c in ((4, 6, 1), (3, 3, 2), (2, 12, 1)):
+        a = torch.stack([random_spd(m * c, gen) for _ in range(n_sys)])
+        groups.append((a, torch.randn(n_sys, m, c, generator=gen)))
+    n = 5
+    indefinite = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5, -0.2]))
+    rot = torch.linalg.qr(torch.randn(n, n, generator=gen))[0]
+    zero_at_start = torch.diag(torch.tensor([1.0, -1.0, 2.0, 2.0, 2.0]))
+    a = torch.stack([torch.eye(n), random_spd(n, gen), rot @ indefinite @ rot.T, zero_at_start, -random_spd(n, gen)])
+    b = torch.randn(5, n, 1, generator=gen)
+    b[1] = 0
+    b[3] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])[:, None]
+    groups.append((a, b))
+    return groups
+
+
+def matvec(a: torch.Tensor) -> cg.MatVec:
+    return lambda x: (a @ x.reshape(a.shape[0], -1, 1)).reshape(x.shape)
+
+
+@pytest.fixture(params=["dense", "dense_bmm", "per_group"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "per_group":
+        monkeypatch.setattr(cg, "_SHORT", 0)  # every system counts as long
+    monkeypatch.setattr(cg, "_DOT_BY_BMM", request.param == "dense_bmm")  # CUDA's inner products
+    return request.param
+
+
+@pytest.mark.parametrize("check_every", [1, 3, 1000])  # how often the host checks which groups run
+@pytest.mark.parametrize(("max_iter", "eps"), [(1, 0.0), (2, 1e-8), (4, 0.3), (7, 0.0), (60, 1e-9), (60, 0.05)])
+def test_batched_cg_equals_plain_cg(max_iter: int, eps: float, check_every: int, layout: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cg, "_CHECK_SHORT", check_every)
+    groups = mixed_groups()
+    results = cg.batched_cg([matvec(a) for a, _ in groups], [b for _, b in groups], max_iter, eps)
+    stops = set()
+    for (a, b), res in zip(groups, results, strict=True):
+        for s in range(a.shape[0]):
+            x, iters, conv, neg = plain_cg(a[s], b[s].flatten(), max_iter, eps)
+            # Round-off only: reductions are summed in another order than a @ b.
+            torch.testing.assert_close(res.x[s].flatten(), x, rtol=1e-7, atol=1e-9 * float(x.abs().max()))
+            assert (int(res.iters[s]), bool(res.converged[s]), bool(res.neg_curvature[s])) == (iters, conv, neg)
+            stops.add((conv, neg, iters < max_iter))
+    if max_iter == 60:  # every way of stopping occurred: converged early, pᵀAp ≤ 0, and ran out
+        assert {(True, False, True), (False, True, True)} <= stops
+
+
+def test_stopped_systems_stay_frozen() -> None:
+    """A system that stopped keeps x bit for bit while the others go on."""
+    (a, b), *_ = mixed_groups()
+    a[0] = torch.eye(a.shape[1])  # stops after one step; the others run all 5
+    short, = cg.batched_cg([matvec(a)], [b], 1, 1e-12)
+    long, = cg.batched_cg([matvec(a)], [b], 5, 1e-12)
+    assert long.iters.tolist() == [1, 5, 5, 5]
+    assert torch.equal(short.x[0], long.x[0])
+
+
+def test_rank_one_perp_apart_equals_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EA-CG's reduced systems: the ⊥ unknown handled apart (large blocks) or folded into
+    diag(0, B_j) (small ones) give the same direction and statistics."""
+    blocks = random_blocks([7, 6, 5, 3], seed=3)
+    folded = eacg_solve(blocks, 0.05, max_cg=6, eps_cg=1e-6, split=2)
+    monkeypatch.setattr(eacg, "_FOLD", 0)
+    apart = eacg_solve(blocks, 0.05, max_cg=6, eps_cg=1e-6, split=2)
+    assert folded[1] == apart[1]
+    for got, want in zip(apart[0], folded[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
