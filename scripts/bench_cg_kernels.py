@@ -15,11 +15,11 @@ their ancestors: what Python dispatches, one kernel launch each on a GPU at most
 composite op such as ``bmm`` on CPU may call further ``aten::`` ops inside, counted under
 *all*). The counts are deterministic. **Time per iteration**: the same difference of the two
 solves' times, 1 thread, process CPU time (``--clock wall`` for wall-clock), the median of
-``--reps`` repetitions; with ``--baseline REV`` (default ``HEAD``) the solver of that git
-revision (``curvlab/solvers/cg.py`` and ``eacg.py``) runs interleaved with the working tree's
+``--reps`` repetitions; with ``--baseline REV`` (default ``a09d8ea``, the last commit before
+the masked iteration of issue 24) the solver of that git revision (``curvlab/solvers/cg.py`` and ``eacg.py``) runs interleaved with the working tree's
 in one process, so that both see the same machine load.
 
-    python scripts/bench_cg_kernels.py                   # both nets, against HEAD
+    python scripts/bench_cg_kernels.py                   # both nets, against a09d8ea
     python scripts/bench_cg_kernels.py --baseline none --reps 5
 """
 
@@ -53,6 +53,7 @@ NETS = {
 }
 ALPHA, LONG, SHORT = 0.02, 50, 1
 TARGET = 8  # top-level aten calls per iteration, issue 24
+BASELINE = "a09d8ea"  # the last commit with the former iteration (segment_reduce, a host sync per iteration)
 Solver = tuple[ModuleType, ModuleType]  # (eacg module, cg module)
 
 
@@ -139,7 +140,7 @@ def times(solvers: dict[str, Solver], blocks: list[Any], reps: int, clock: str) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
-    ap.add_argument("--baseline", default="HEAD", help="git revision to compare with, or 'none'")
+    ap.add_argument("--baseline", default=BASELINE, help="git revision to compare with, or 'none'")
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     args = ap.parse_args()

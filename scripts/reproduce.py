@@ -256,6 +256,31 @@ def skip_reason(run_dir: Path, force: bool) -> str | None:
     return None  # to do, or interrupted/failed: it runs (and resumes from its checkpoint)
 
 
+def run_job(job: Job, run_dir: Path, force: bool) -> str:
+    """Train one job in this process unless its run directory already holds a completed run.
+
+    For the studies that time their own runs one by one (``scripts/study_cr_sigma.py``); the
+    campaign's jobs go through :func:`launch`.
+    """
+    from curvlab.config import parse_config
+    from curvlab.train import TrainingFailed, train
+
+    skip = skip_reason(run_dir, force)
+    if skip:
+        return skip
+    cfg = parse_config(job.cfg)
+    cfg.log.progress = False
+    if force:
+        cfg.resume = False
+    try:
+        s = train(cfg, run_dir)
+    except TrainingFailed as err:
+        return f"failed: {err}"
+    except (RuntimeError, ValueError) as err:  # a solver error: record it, go on with the other jobs
+        return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    return f"{s['status']} in {s['wall_time']:.1f} s, {s['steps']} steps"
+
+
 def outcome(run_dir: Path) -> str:
     """A launched job's result line, from the ``summary.json`` it left."""
     s = read_summary(run_dir)

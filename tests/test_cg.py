@@ -104,10 +104,12 @@ def test_stopped_systems_stay_frozen() -> None:
     assert torch.equal(short.x[0], long.x[0])
 
 
-def test_rank_one_perp_apart_equals_folded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """EA-CG's reduced systems: the ⊥ unknown handled apart (large blocks) or folded into
-    diag(0, B_j) (small ones) give the same direction and statistics."""
+@pytest.mark.parametrize("fold_scale", [False, True])
+def test_rank_one_perp_apart_equals_folded(fold_scale: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EA-CG's reduced systems: the ⊥ unknown (and the scale) handled apart (large blocks) or
+    folded into (scale ·) diag(0, B_j) (small ones) give the same direction and statistics."""
     blocks = random_blocks([7, 6, 5, 3], seed=3)
+    monkeypatch.setattr(eacg, "_FOLD_SCALE", fold_scale)
     folded = eacg_solve(blocks, 0.05, max_cg=6, eps_cg=1e-6, split=2)
     monkeypatch.setattr(eacg, "_FOLD", 0)
     apart = eacg_solve(blocks, 0.05, max_cg=6, eps_cg=1e-6, split=2)

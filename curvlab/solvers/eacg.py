@@ -231,25 +231,35 @@ class _ReducedMatVec:
     (S, size − 1, size − 1), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ,
     and the weight and bias systems of a row group share one pass over ``B_j``.
 
-    Small blocks (at most :data:`_FOLD` entries) are copied once into scale · diag(0, B_j), one
-    copy per system, so that the product is one operation (an iteration is bound by their
-    count); larger ones are used as they are, with the scaling and the leading (⊥) unknown
-    apart (a copy would cost more than the operations it saves)."""
+    Small blocks (at most :data:`_FOLD` entries) are copied once into diag(0, B_j), so that the
+    ⊥ unknown needs no operation of its own; on CUDA (:data:`_FOLD_SCALE`) into scale ·
+    diag(0, B_j), one copy per system, so that the product is one kernel (an iteration there is
+    bound by launches; on CPU writing the copies costs more than the multiplication they save).
+    Larger blocks are used as they are, with the scaling and the ⊥ unknown apart."""
 
     def __init__(self, blocks: Tensor, scale: Tensor, alpha: float) -> None:
         self.fold = blocks.shape[-1] ** 2 <= _FOLD
-        if self.fold:  # (S nb, size, size)
-            padded = torch.nn.functional.pad(blocks, (1, 0, 1, 0))[:, None]
-            blocks = (scale[..., None] * padded).flatten(0, 1)
+        self.fold_scale = self.fold and (blocks.is_cuda if _FOLD_SCALE is None else _FOLD_SCALE)
+        if self.fold:
+            blocks = torch.nn.functional.pad(blocks, (1, 0, 1, 0))  # (S, size, size)
+        if self.fold_scale:  # (S nb, size, size)
+            blocks = (scale[..., None] * blocks[:, None]).flatten(0, 1)
         self.blocks, self.scale, self.alpha = blocks, scale, alpha
 
     def bind(self, x: Tensor, out: Tensor) -> Callable[[], None]:
         """``out = 𝒜 x`` as a call without arguments, its views made once (a CG iteration's form)."""
         x3 = x.view(self.scale.shape[0], self.scale.shape[1], -1)  # (S, nb, size), maybe strided
         o3 = out.view(x3.shape)
-        if self.fold:  # one (1, size) @ (size, size) product per system
+        if self.fold_scale:  # one (1, size) @ (size, size) product per system
             xf, of = x3.flatten(0, 1).unsqueeze(1), o3.flatten(0, 1).unsqueeze(1)
             return partial(torch.baddbmm, xf, xf, self.blocks, beta=self.alpha, out=of)
+        scaled = torch.empty_like(x3, memory_format=torch.contiguous_format)
+        if self.fold:
+            def run() -> None:
+                torch.mul(x3, self.scale, out=scaled)
+                torch.baddbmm(x3, scaled, self.blocks, beta=self.alpha, out=o3)
+
+            return run
         scaled = torch.empty_like(x3, memory_format=torch.contiguous_format)
         rest, o_rest, o_perp, x_perp = x3[..., 1:], o3[..., 1:], o3[..., :1], x3[..., :1]
         scaled = scaled[..., 1:]
@@ -270,7 +280,8 @@ class _ReducedMatVec:
         return out
 
 
-_FOLD = 65536  # B_j entries up to which scale · diag(0, B_j) is formed (two ops less per iteration)
+_FOLD = 65536  # B_j entries up to which diag(0, B_j) is formed (one op less per iteration)
+_FOLD_SCALE: bool | None = None  # fold the scale too (one op less again); None: on CUDA only
 _PAD_BUDGET = 65536  # padded matrix entries per batch that cost less than one more batch per iteration
 
 
