@@ -41,7 +41,7 @@ bench: $(STAMP) ## Run every benchmark script in scripts/ and print its figures
 reproduce-tables: $(STAMP) ## Run the table experiments (SCALE=ci|cpu|full, FORCE=1, LAUNCHER=joblib|submitit_local|submitit_slurm[_cpu|_gpu]|ray, LAUNCHER_SET='n_jobs=2'): runs in results/runs/, renders in results/tables/ (SCALE=ci: runs/reproduce/ci/)
 	$(BIN)/python scripts/reproduce.py tables --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,) $(REPRO_LAUNCH)
 
-reproduce-figures: $(STAMP) ## Run the figure experiments (same options as reproduce-tables): runs in results/runs/, renders in results/figures/ (SCALE=ci: runs/reproduce/ci/)
+reproduce-figures: $(STAMP) ## Run the figure experiments (SCALE=ci|cpu|full; FORCE, LAUNCHER, LAUNCHER_SET as reproduce-tables): runs in results/runs/, renders in results/figures/ (SCALE=ci: runs/reproduce/ci/)
 	$(BIN)/python scripts/reproduce.py figures --scale $(SCALE) $(if $(filter 1,$(FORCE)),--force,) $(REPRO_LAUNCH)
 
 clean: ## Remove caches and scratch run folders (keeps .venv and results/)
