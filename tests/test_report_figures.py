@@ -292,3 +292,20 @@ def test_index_lists_every_file_by_experiment(fig1_3: Path, tmp_path: Path) -> N
     what = dict(listed)
     assert what["fig_final.csv"] == "the table fig_final.md as CSV"
     assert what["fig_final.md"].startswith("table: fig · tiny") and "final metrics" in what["fig_final.md"]
+
+
+def test_index_keeps_the_entries_of_experiments_not_rendered_this_time(tmp_path):
+    """Rendering one experiment into a full report's folder keeps the others listed (while their files exist)."""
+    from curvlab.report.index import write_index
+
+    for name in ("a_final.md", "b_final.md"):
+        (tmp_path / name).write_text(f"**{name[0]} caption**\n\n| x |\n|---|\n| 1 |\n")
+    write_index(tmp_path, [("exp_a", [tmp_path / "a_final.md"])])
+    write_index(tmp_path, [("exp_b", [tmp_path / "b_final.md"])])
+    text = (tmp_path / "index.md").read_text()
+    assert "## exp_a" in text and "## exp_b" in text and "(2)" in text
+    assert "a caption" in text and "b caption" in text
+    (tmp_path / "a_final.md").unlink()
+    write_index(tmp_path, [("exp_b", [tmp_path / "b_final.md"])])
+    text = (tmp_path / "index.md").read_text()
+    assert "## exp_a" not in text and "## exp_b" in text and "(1)" in text
