@@ -129,10 +129,14 @@ def _pinned_run_dir(run_dir: Path | None, argv: list[str]) -> list[str]:
     The default run directory ends in ``${now:...}``: resolved again by Hydra a second later it
     would name another folder than the one locked (and leave the locked one empty).
     """
+    from hydra_plugins.curvlab_sweeper.list_sweeper import quote  # the one quoting of override values
+
     if run_dir is None or any(a.startswith("hydra.run.dir=") for a in argv):
         return []
-    quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
-    return [f"hydra.run.dir='{quoted}'"]
+    try:
+        return [f"hydra.run.dir={quote(str(run_dir))}"]
+    except ValueError:  # a backslash: Hydra's grammar cannot carry it, so Hydra resolves the directory itself
+        return []
 
 
 def _task(cfg: Any) -> None:

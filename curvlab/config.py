@@ -242,7 +242,7 @@ class LogConfig:
     hessian_batches: list[int] = field(default_factory=list)  # logging batch sizes; []: the training batch
     hessian_fisher_mc: list[int] = field(default_factory=list)  # MC Fisher sample counts; []: curvature's
     hessian_fisher_types: list[FisherType] = field(default_factory=list)  # Fisher definitions; []: curvature's
-    compact: bool = False  # tables as float32-precision CSV, gzip-compressed (metrics.csv.gz): ≈ 8× smaller
+    compact: bool = False  # tables as float32-precision CSV, gzip-compressed (metrics.csv.gz): ≈ 5× smaller
 
     def __post_init__(self) -> None:
         _check(int(self.hessian_every) >= 0, f"log.hessian_every must be >= 0, got {self.hessian_every}")

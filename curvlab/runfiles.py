@@ -30,7 +30,8 @@ __all__ = [
     "CONFIG", "METRICS", "HESSIAN_ERRORS", "SUMMARY", "CHECKPOINT", "METRIC_COLUMNS", "HESSIAN_COLUMNS",
     "atomic_write_bytes", "atomic_write_text", "write_csv", "write_json", "read_json",
     "save_checkpoint", "load_checkpoint", "CheckpointError", "RunDirBusy", "lock_run_dir", "remove_stale_temporaries",
-    "RUN_FILES", "WRITTEN_FILES", "LOCK", "COMPACT_SUFFIX", "table_path", "table_name", "compact_text", "float32_text",
+    "RUN_FILES", "WRITTEN_FILES", "LOCK", "COMPACT_SUFFIX", "table_path", "compact_text", "float32_text",
+    "gzip_text",
 ]
 
 CONFIG = "config.yaml"
@@ -104,11 +105,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def table_name(name: str, compact: bool) -> str:
-    """The file name of table ``name`` (``metrics.csv``, ``hessian_errors.csv``) in either format."""
-    return name + COMPACT_SUFFIX if compact else name
-
-
 def table_path(run_dir: str | Path, name: str) -> Path | None:
     """The run's table ``name``, plain or compact (``name.gz``), or None when it has neither.
 
@@ -149,7 +145,7 @@ def _compact_cell(cell: str) -> str:
         return cell
 
 
-def _gzip(text: str) -> bytes:
+def gzip_text(text: str) -> bytes:
     """Deterministic gzip (no time stamp, no file name): equal tables give equal bytes."""
     return gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)
 
@@ -161,7 +157,7 @@ def write_csv(
 
     Missing values are written as empty cells (for example evaluation columns on rows
     without an evaluation). With ``compact`` the table goes to ``path + ".gz"`` at float32
-    precision, gzip-compressed (about 8× smaller), and a plain ``path`` is removed, so that a
+    precision, gzip-compressed (≈ 5× smaller on the record), and a plain ``path`` is removed, so that a
     run directory holds one form of each table.
     """
     rows = list(rows)
@@ -176,7 +172,7 @@ def write_csv(
                          for k, v in row.items()})
     path = Path(path)
     if compact:
-        atomic_write_bytes(path.with_name(path.name + COMPACT_SUFFIX), _gzip(buf.getvalue()))
+        atomic_write_bytes(path.with_name(path.name + COMPACT_SUFFIX), gzip_text(buf.getvalue()))
         path.unlink(missing_ok=True)
     else:
         atomic_write_text(path, buf.getvalue())

@@ -15,7 +15,6 @@ after the compact one is in place).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ def convert(run_dir: Path, dry_run: bool = False) -> tuple[int, int]:
         if not plain.is_file():
             continue
         text = plain.read_text(encoding="utf-8")
-        data = gzip.compress(rf.compact_text(text).encode("utf-8"), compresslevel=9, mtime=0)
+        data = rf.gzip_text(rf.compact_text(text))
         before, after = before + len(text.encode("utf-8")), after + len(data)
         if not dry_run:
             rf.atomic_write_bytes(packed, data)
