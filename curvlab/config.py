@@ -20,8 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind, parse_enum
 from curvlab.loggers import LoggerConfig
 from curvlab.losses import LossKind, make_loss
-from curvlab.nets import Activation, Init, parse_layers
+from curvlab.nets import Activation, Init, check_image_layers, needs_images, parse_layers
 from curvlab.registry import solver_class, solver_names
+from curvlab.solvers.options import check_step_options
 from curvlab.typecheck import INT_LIMIT, check_fields, check_value, type_hints
 
 __all__ = [
@@ -112,6 +113,17 @@ class DatasetConfig:
         _check(int(self.input_dim) >= 1, f"dataset.input_dim must be >= 1, got {self.input_dim}")
         _check(0 < float(self.test_fraction) < 1, f"dataset.test_fraction must lie in (0, 1), got {self.test_fraction}")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images, with C = input_dim / image_size² (digits, MNIST: 1; CIFAR-10: 3)."""
+        side = int(self.image_size)
+        _check(
+            int(self.input_dim) % (side * side) == 0,
+            f"dataset.input_dim={self.input_dim} is not a whole number of image_size² = {side * side} pixel planes; "
+            "set dataset.image_size to the images' side",
+        )
+        return (int(self.input_dim) // (side * side), side, side)
+
 
 @dataclass
 class NetConfig:
@@ -128,6 +140,8 @@ class NetConfig:
     init_scale: float = 0.2
     bias: bool = True
     layers: list[int | str] | None = None
+    # (C, H, W) of the images a net with image layers was made for (net=mnist_2c2d: [1, 28, 28]); null: the dataset's
+    input_shape: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.activation = parse_enum(Activation, self.activation, "net.activation")
@@ -136,6 +150,11 @@ class NetConfig:
             _check(len(self.widths) >= 1, "net.widths must give the input width (widths[0]) when net.layers is set")
             self.layers = parse_layers(self.layers, "net.layers")
             self.widths = [self.widths[0], *(w for w in self.layers if isinstance(w, int))]
+        if self.input_shape is not None:
+            _check(len(self.input_shape) == 3 and all(int(n) >= 1 for n in self.input_shape),
+                   f"net.input_shape must be [C, H, W] of positive sizes or null, got {self.input_shape}")
+            _check(needs_images(self.layers), "net.input_shape is only for nets with image layers "
+                   "(net.layers with conv(...), maxpool(...), ...); drop it or set it to null")
         _check(
             len(self.widths) >= 2 and all(int(w) >= 1 for w in self.widths),
             f"net.widths must list at least two positive sizes, got {list(self.widths)}",
@@ -257,6 +276,13 @@ class LogConfig:
             _check(all(int(v) >= 1 for v in values), f"log.{name} must list sizes >= 1, got {values}")
 
 
+# The datasets whose images a net's input_shape asks for (for the message when they differ).
+_IMAGE_DATASETS = {
+    (1, 8, 8): "dataset=digits", (1, 28, 28): "dataset=mnist",
+    (3, 32, 32): "dataset=cifar10 (or dataset=imagenet10 dataset.image_size=32)",
+}
+
+
 @dataclass
 class RunConfig:
     """One run: identity, numerics, and the component configs."""
@@ -296,6 +322,7 @@ class RunConfig:
             f"net.widths[-1]={self.net.widths[-1]} but dataset.num_classes={self.dataset.num_classes}; "
             "write the last width as ${dataset.num_classes}",
         )
+        self._check_images()
         self._check_kind()
         split = self.solver.options.get("split")
         rows = max(self.net.widths[1:])
@@ -305,11 +332,29 @@ class RunConfig:
             "(split is capped per layer at its number of rows)",
         )
 
+    def _check_images(self) -> None:
+        """A net with image layers must fit the dataset's images: the preset's ``net.input_shape``,
+        and every layer's input size (a kernel larger than its input is refused here, not mid-run)."""
+        if not needs_images(self.net.layers):
+            return
+        shape = self.dataset.image_shape
+        wanted = tuple(self.net.input_shape or shape)
+        fits = _IMAGE_DATASETS.get(wanted, "a dataset with such images")
+        _check(
+            wanted == shape,
+            f"net.input_shape={list(wanted)}: the net is made for images of (C, H, W) = {wanted} but "
+            f"dataset={self.dataset.name.value} has {shape}; train it on {fits}, pick the net preset made for "
+            "these images, or set net.input_shape=null to build the same layers for them",
+        )
+        check_image_layers(shape, self.net.layers or [])
+
     def _check_kind(self) -> None:
         """The solver (CR: its base) must accept the curvature kind with this loss, by its own rule
         (e.g. GN is not PSD for the nonconvex loss of EA-CG Eq. 14, so CG/KFI on it are ill-posed)."""
         reader = solver_class(self.solver.name).curvature_reader(self.solver.options)
         reader.check_kind(self.curvature.kind, make_loss(self.loss.name, **self.loss.options))
+        if {"weight_factor", "sketch"} <= reader.curvature_fields:
+            check_step_options(self.curvature, needs_images(self.net.layers))
 
 
 def _resolve(cfg: Any) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""Datasets behind one small interface: flattened float inputs and int64 labels in memory.
+"""Datasets behind one small interface: float inputs and int64 labels in memory.
 
 Normalisation follows the papers' fully connected setups: pixels are scaled to [0, 1]
 (digits: /16, MNIST: /255, as Bakker et al.); CIFAR-10 and ImageNet-10 are then
 standardised per channel with the training set's mean and standard deviation (the usual
 preprocessing for Chen et al.'s 3072-…-10 net). Images are flattened in (C, H, W) order,
 whichever source and array layout they come in (:mod:`curvlab.datafiles` detects and checks
-it), so a torchvision and an npz copy give the same layout.
+it), so a torchvision and an npz copy give the same layout. A net with image layers (a
+convolution first, ``net=mnist_2c2d``) gets them unflattened instead, ``(N, C, H, W)``
+(``load_dataset(cfg, images=True)``; the 8×8 digits as (N, 1, 8, 8)).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ _SUBSET_SEED = 0  # subsets do not depend on the run's seed, so runs compare on 
 
 @dataclass
 class Dataset:
-    """Train and test tensors: ``x_*`` (N, input_dim) float, ``y_*`` (N,) int64."""
+    """Train and test tensors: ``x_*`` (N, input_dim) or images (N, C, H, W) float, ``y_*`` (N,) int64."""
 
     name: str
     x_train: Tensor
@@ -41,7 +43,7 @@ class Dataset:
 
     @property
     def input_dim(self) -> int:
-        return self.x_train.shape[1]
+        return self.x_train[0].numel()
 
     @property
     def num_classes(self) -> int:
@@ -192,8 +194,9 @@ def _fingerprint(source: str, *arrays: np.ndarray) -> dict[str, str]:
     return {"source": source, "sha256": h.hexdigest()}
 
 
-def load_dataset(cfg: DatasetConfig) -> Dataset:
-    """Load, normalise, flatten and subset the dataset that ``cfg`` names (float32, CPU).
+def load_dataset(cfg: DatasetConfig, images: bool = False) -> Dataset:
+    """Load, normalise, flatten and subset the dataset that ``cfg`` names (float32, CPU);
+    ``images`` keeps the image shape (N, C, H, W), for nets that start with a convolution.
 
     Raises:
         DatasetError: when the files are missing, corrupt or not as expected (naming the file,
@@ -207,6 +210,8 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         for key, labels in (("y_train", l_tr), ("y_test", l_te)):
             _check_classes(labels, f"{where} ({key})", cfg)
         x_tr, x_te = (torch.from_numpy(a).float().div_(16.0) for a in (a_tr, a_te))
+        if images:  # (N, 64) row-major 8×8 pixels → (N, 1, 8, 8)
+            x_tr, x_te = x_tr.view(-1, 1, 8, 8), x_te.view(-1, 1, 8, 8)
     else:
         arrays, where = _load_images(cfg)
         for key in ("y_train", "y_test"):
@@ -223,7 +228,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         img_tr, img_te = _images_to_float(a_tr), _images_to_float(a_te)
         if cfg.name is not DatasetName.MNIST:
             img_tr, img_te = _standardise(img_tr, img_te)
-        x_tr, x_te = img_tr.flatten(1), img_te.flatten(1)
+        x_tr, x_te = (img_tr, img_te) if images else (img_tr.flatten(1), img_te.flatten(1))
     y_tr, y_te = torch.as_tensor(l_tr, dtype=torch.long), torch.as_tensor(l_te, dtype=torch.long)
     data = Dataset(cfg.name.value, x_tr, y_tr, x_te, y_te, _fingerprint(where, a_tr, l_tr, a_te, l_te))
     if data.input_dim != cfg.input_dim:

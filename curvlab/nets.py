@@ -4,23 +4,25 @@ The notation follows Chen et al. (EA-CG, AAAI 2019), Section "Fully-Connected Ne
 Networks": ``h^0 = x``, ``z^t = W^t h^{t-1} + b^t``, ``h^t = σ(z^t)`` for ``t < k`` and a
 linear output layer ``h^k = z^k``. Two ways to build one: :class:`MLP` (one activation, a
 fused forward pass) and :func:`sequential` (an ``nn.Sequential`` from a list of widths and
-module names, the runner's ``net.layers``); :mod:`curvlab.modules` reads any such net.
+module names, the runner's ``net.layers``, with the image layers of :mod:`curvlab.image_layers`
+for convolutional nets such as DeepOBS's ``mnist_2c2d``); :mod:`curvlab.modules` reads any such net.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from enum import Enum
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from curvlab.image_layers import build_call, is_call, parse_call
 from curvlab.modules.elementwise import RELU, SIGMOID, TANH, ActivationFns
 
 __all__ = [
     "Activation", "ActivationFns", "ACTIVATIONS", "ACTIVATION_MODULES", "Init", "initialise", "MLP", "ForwardCache",
-    "LAYER_NAMES", "parse_layers", "sequential", "make_net",
+    "StepCache", "LAYER_NAMES", "parse_layers", "needs_images", "check_image_layers", "sequential", "make_net",
 ]
 
 
@@ -54,33 +56,78 @@ class Init(str, Enum):
     DEFAULT = "default"  # PyTorch's nn.Linear default
     XAVIER = "xavier"  # Glorot & Bengio (2010), used by EA-CG; biases zero
     UNIFORM = "uniform"  # U(-a, a) for weights (Bakker et al., Appendix A: a = 0.2, or 0.1 on a plateau)
+    # DeepOBS mnist_2c2d (after TensorFlow's CNN tutorial): weights N(0, s²) cut at ±2s, biases s; s = 0.05
+    TRUNCATED_NORMAL = "truncated_normal"
+    # DeepOBS cifar10_3c3d: Xavier normal on conv weights, Xavier uniform on Linear weights, biases 0
+    XAVIER_CONV_NORMAL = "xavier_conv_normal"
 
 
-def initialise(layers: Sequence[nn.Linear], init: str | Init, scale: float) -> None:
-    """Initialise linear layers in place (``default`` keeps PyTorch's; ``uniform`` is U(±scale))."""
+def initialise(layers: Sequence[nn.Linear | nn.Conv2d], init: str | Init, scale: float) -> None:
+    """Initialise linear and conv layers in place (``default`` keeps PyTorch's; ``uniform`` is
+    U(±scale); ``truncated_normal`` and ``xavier_conv_normal`` as DeepOBS's conv test problems,
+    ``deepobs/pytorch/testproblems/testproblems_modules.py``)."""
     init = Init(init)
     for layer in layers:
-        if init is Init.XAVIER:
+        bias = layer.bias
+        if init is Init.XAVIER or (init is Init.XAVIER_CONV_NORMAL and isinstance(layer, nn.Linear)):
             nn.init.xavier_uniform_(layer.weight)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+            if bias is not None:
+                nn.init.zeros_(bias)
+        elif init is Init.XAVIER_CONV_NORMAL:
+            nn.init.xavier_normal_(layer.weight)
+            if bias is not None:
+                nn.init.zeros_(bias)
         elif init is Init.UNIFORM:
             nn.init.uniform_(layer.weight, -scale, scale)
-            if layer.bias is not None:
-                nn.init.uniform_(layer.bias, -scale, scale)
+            if bias is not None:
+                nn.init.uniform_(bias, -scale, scale)
+        elif init is Init.TRUNCATED_NORMAL:  # TensorFlow's truncated_normal: redraw beyond 2 std
+            nn.init.trunc_normal_(layer.weight, 0.0, scale, -2 * scale, 2 * scale)
+            if bias is not None:
+                nn.init.constant_(bias, scale)
+
+
+@dataclass(frozen=True)
+class StepCache:
+    """What the forward pass keeps of one step of a step net (a net with convolutions).
+
+    ``x`` is the step's input (B, *in_shape), per-sample shape (C, H, W) or (n,); ``cache`` is the
+    step's own forward cache (a conv's ``ConvCache``, MaxPool's indices) or None.
+    """
+
+    x: Tensor
+    cache: Any = None
+
+
+def _select(obj: Any, part: slice) -> Any:
+    """``obj`` restricted to the samples ``part`` (tensors and dataclasses of tensors), detached."""
+    if isinstance(obj, Tensor):
+        return obj[part].detach()
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: _select(getattr(obj, f.name), part) for f in fields(obj)})
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_select(o, part) for o in obj)
+    return obj  # sizes, None
 
 
 @dataclass
 class ForwardCache:
     """What one forward pass keeps for the curvature recursion.
 
-    ``inputs[t]`` is ``h^{t}`` of shape (B, n_t) for t = 0..k-1 (the input of linear layer t+1),
-    ``preacts[t]`` is ``z^{t+1}`` of shape (B, n_{t+1}), and ``output`` is ``h^k`` (B, n_k).
+    ``inputs[t]`` is ``h^{t}`` of shape (B, n_t) for t = 0..k-1 (the input of layer t+1; (B, C, H, W)
+    maps for a conv layer), ``preacts[t]`` is ``z^{t+1}`` of shape (B, n_{t+1}) (maps for a conv), and
+    ``output`` is ``h^k`` (B, n_k). ``steps`` (step nets only, else None) holds every step's input
+    and cache in forward order, from the first layer on.
     """
 
     inputs: list[Tensor]
     preacts: list[Tensor]
     output: Tensor
+    steps: list[StepCache] | None = None
+
+    def select(self, part: slice = slice(None)) -> ForwardCache:
+        """The cache of the samples ``part`` (all by default), detached from autograd."""
+        return _select(self, part)
 
 
 class MLP(nn.Module):
@@ -188,8 +235,9 @@ ELEMENTWISE_NAMES = set(LAYER_NAMES) - {"identity", "flatten"}  # what may not f
 
 
 def parse_layers(layers: Sequence[int | str], field: str = "net.layers") -> list[int | str]:
-    """Validate a layer list: positive ints (Linear widths) and names of :data:`LAYER_NAMES`;
-    at least one Linear, and the last module must be a Linear."""
+    """Validate a layer list: positive ints (Linear widths), names of :data:`LAYER_NAMES` and
+    image layers written as calls (:mod:`curvlab.image_layers`, e.g. ``conv(32, 5)``, kept in
+    their normal form); at least one Linear, and the last module must be a Linear."""
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
         raise ValueError(f"{field} must be a list such as [64, tanh, 32, relu, 10], got {layers!r}")
     out: list[int | str] = []
@@ -203,10 +251,12 @@ def parse_layers(layers: Sequence[int | str], field: str = "net.layers") -> list
             out.append(width)
         elif isinstance(item, str) and item.strip().lower() in LAYER_NAMES:
             out.append(item.strip().lower())
+        elif is_call(item):
+            out.append(str(parse_call(item, f"{field}[{i}]")))
         else:
             raise ValueError(
-                f"{field}[{i}]: unknown entry {item!r}; use a positive int (nn.Linear width) or one of "
-                f"{', '.join(LAYER_NAMES)}"
+                f"{field}[{i}]: unknown entry {item!r}; use a positive int (nn.Linear width), one of "
+                f"{', '.join(LAYER_NAMES)}, or an image layer such as conv(32, 5, padding=2) or maxpool(2)"
             )
     linear_at = [i for i, item in enumerate(out) if isinstance(item, int)]
     if not linear_at:
@@ -216,27 +266,80 @@ def parse_layers(layers: Sequence[int | str], field: str = "net.layers") -> list
     return out
 
 
+def needs_images(layers: Sequence[int | str] | None) -> bool:
+    """Whether a layer list has image layers, so that its input must keep the shape (C, H, W)."""
+    return any(is_call(item) for item in layers or ())
+
+
+def check_image_layers(in_shape: Sequence[int], layers: Sequence[int | str], field: str = "net.layers") -> None:
+    """Raise the error :func:`sequential` would for a layer list on images of ``in_shape``,
+    without allocating (the modules are made on the meta device)."""
+    with torch.device("meta"):
+        _image_modules([int(n) for n in in_shape], parse_layers(layers, field), True, field)
+
+
+def _image_modules(in_shape: Sequence[int], spec: list[int | str], bias: bool, field: str) -> list[nn.Module]:
+    """The modules of a layer list with image layers on inputs of shape ``in_shape`` = (C, H, W).
+
+    Shapes are followed with a meta tensor (no memory, no compute), so that a Linear after
+    ``flatten`` gets its input width and a layer that does not fit its input is named.
+    """
+    x = torch.zeros(1, *in_shape, device="meta")  # (1, C, H, W)
+    mods: list[nn.Module] = []
+    for i, item in enumerate(spec):
+        if isinstance(item, int):
+            if x.dim() != 2:
+                raise ValueError(f"{field}[{i}]: the Linear of width {item} gets images of shape "
+                                 f"{tuple(x.shape[1:])}; put flatten in front of it")
+            mod: nn.Module = nn.Linear(x.shape[1], item, bias=bias)
+        elif is_call(item):
+            if x.dim() != 4:
+                raise ValueError(f"{field}[{i}]: {item} needs images (C, H, W), got features of shape "
+                                 f"{tuple(x.shape[1:])}; image layers go before flatten")
+            call = parse_call(item, f"{field}[{i}]")
+            try:
+                mod = build_call(call, x.shape[1], bias)
+            except ValueError as err:  # torch's own check, e.g. "padding='same' is not supported for strided convolutions"
+                raise ValueError(f"{field}[{i}]: {item}: {str(err).splitlines()[0]}") from None
+        else:
+            mod = LAYER_NAMES[item]()
+        try:  # the module's own parameters stay on the CPU; meta copies give the shape
+            x = torch.func.functional_call(mod, {k: p.to("meta") for k, p in mod.named_parameters()}, (x,))
+        except RuntimeError as err:  # e.g. "Output size is too small", "Kernel size can't be greater"
+            raise ValueError(f"{field}[{i}]: {item} does not fit its input of shape (C, H, W) = "
+                             f"{tuple(x.shape[1:])} ({str(err).splitlines()[0]}); use larger images or a smaller "
+                             "kernel, stride or pooling") from None
+        mods.append(mod)
+    return mods
+
+
 def sequential(
-    in_features: int,
+    in_features: int | Sequence[int],
     layers: Sequence[int | str],
     bias: bool = True,
     init: str | Init = Init.DEFAULT,
     init_scale: float = 0.2,
 ) -> nn.Sequential:
     """Build an ``nn.Sequential`` from a layer list: an int is an ``nn.Linear`` of that width,
-    a name (see :data:`LAYER_NAMES`) an activation or identity-like module; the Linear layers
-    are initialised as :class:`MLP` does (``init``, ``init_scale``)."""
+    a name (see :data:`LAYER_NAMES`) an activation or identity-like module, a call an image layer
+    (:mod:`curvlab.image_layers`; then ``in_features`` is the input's shape (C, H, W)); the Linear
+    and conv layers are initialised as :class:`MLP` does (``init``, ``init_scale``)."""
     spec = parse_layers(layers)
     mods: list[nn.Module] = []
-    n = int(in_features)
-    for item in spec:
-        if isinstance(item, int):
-            mods.append(nn.Linear(n, item, bias=bias))
-            n = item
-        else:
-            mods.append(LAYER_NAMES[item]())
+    if needs_images(spec):
+        if isinstance(in_features, int) or len(in_features) != 3:
+            raise ValueError(f"a net with image layers needs the input shape (C, H, W), got {in_features!r}")
+        mods = _image_modules([int(n) for n in in_features], spec, bias, "net.layers")
+    else:
+        n = int(in_features if isinstance(in_features, int) else torch.Size(in_features).numel())
+        for item in spec:
+            if isinstance(item, int):
+                mods.append(nn.Linear(n, item, bias=bias))
+                n = item
+            else:
+                mods.append(LAYER_NAMES[item]())
     net = nn.Sequential(*mods)
-    initialise([m for m in mods if isinstance(m, nn.Linear)], init, init_scale)
+    initialise([m for m in mods if isinstance(m, (nn.Linear, nn.Conv2d))], init, init_scale)
     return net
 
 
@@ -247,9 +350,11 @@ def make_net(
     init_scale: float = 0.2,
     bias: bool = True,
     layers: Sequence[int | str] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> MLP | nn.Sequential:
     """The runner's net: an :class:`MLP` of ``widths``, or with ``layers`` the ``nn.Sequential``
-    of :func:`sequential` on ``widths[0]`` inputs (``activation`` is then not used)."""
+    of :func:`sequential` on ``widths[0]`` inputs, or on images of ``input_shape`` (C, H, W) when
+    ``layers`` has image layers (``activation`` is then not used)."""
     if layers is None:
         return MLP(widths, activation, init, init_scale, bias)
-    return sequential(widths[0], layers, bias, init, init_scale)
+    return sequential(input_shape if needs_images(layers) and input_shape else widths[0], layers, bias, init, init_scale)

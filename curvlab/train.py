@@ -29,9 +29,9 @@ from curvlab.hessian_log import HessianLogger
 from curvlab.hessian_log import summary_line as hessian_summary_line
 from curvlab.loggers import RunLoggers
 from curvlab.losses import Loss, make_loss
-from curvlab.modules import Net
-from curvlab.nets import make_net
-from curvlab.registry import solver_class
+from curvlab.modules import Net, chain
+from curvlab.nets import make_net, needs_images
+from curvlab.registry import curvature_fields, solver_class
 from curvlab.resume import check_data, check_solver_state, check_state
 from curvlab.rundirs import RunDirError, check_run_dir, os_error_line
 from curvlab.safety import check_experiment_name
@@ -92,6 +92,16 @@ def evaluate(net: Net, loss: Loss, x: torch.Tensor, y: torch.Tensor, batch_size:
     return total / len(y), correct / len(y)
 
 
+def curvature_gap(net: Net) -> str | None:
+    """Why the curvature recursion cannot walk ``net`` (a module without a rule), or None when it can;
+    the first-order solvers train such a net all the same, without the Hessian-error logging."""
+    try:
+        chain(net)
+    except (TypeError, ValueError) as err:
+        return str(err).splitlines()[0]
+    return None
+
+
 class _Run:
     """The state of one run; :meth:`checkpoint` and :meth:`restore` are exact inverses."""
 
@@ -101,21 +111,30 @@ class _Run:
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype.value)
         torch.manual_seed(cfg.seed)
-        data = load_dataset(cfg.dataset)
+        images = needs_images(cfg.net.layers)  # a conv net takes (N, C, H, W)
+        data = load_dataset(cfg.dataset, images=images)
         self.data: Dataset = data.to(self.device, self.dtype)
         n, n_test = len(data.y_train), len(data.y_test)
         # A fixed random training subset the size of the test set (DeepOBS, HBP) for train_loss.
         self.eval_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_test]
         self.net = make_net(
-            cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers
+            cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers,
+            tuple(data.x_train.shape[1:]) if images else None,
         )
         self.net.to(self.device, self.dtype)
         self.loss = make_loss(cfg.loss.name, **cfg.loss.options)
+        gap = curvature_gap(self.net)
+        if gap and curvature_fields(cfg.solver.name, cfg.solver.options):
+            raise ValueError(f"solver={cfg.solver.name} needs the curvature recursion, which cannot walk this net yet "
+                             f"({gap}); train it with a first-order solver (solver=sgd, adam, or cr on base sgd/adam)")
         self.solver = build_solver(cfg, self.net, self.loss)
+        # a conv net's logging is sized by the logger itself (its notes say what it skipped)
         self.hessian = HessianLogger(
-            cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every, cfg.log.hessian_first,
-            cfg.log.hessian_fisher_mc, cfg.log.hessian_fisher_types,
+            [] if gap else cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every,
+            cfg.log.hessian_first, cfg.log.hessian_fisher_mc, cfg.log.hessian_fisher_types,
         )
+        if gap and cfg.log.hessian_kinds and (cfg.log.hessian_every or cfg.log.hessian_first):
+            self.hessian.notes.append(f"log.hessian_*: no layer-wise Hessian errors on this net ({gap})")
         self.batches = torch.Generator().manual_seed(cfg.seed)  # batch order, on CPU for every device
         self.steps_per_epoch = math.ceil(n / cfg.train.batch_size)
         total = cfg.train.epochs * self.steps_per_epoch

@@ -16,11 +16,23 @@ composite op such as ``bmm`` on CPU may call further ``aten::`` ops inside, coun
 *all*). The counts are deterministic. **Time per iteration**: the same difference of the two
 solves' times, 1 thread, process CPU time (``--clock wall`` for wall-clock), the median of
 ``--reps`` repetitions; with ``--baseline REV`` (default ``a09d8ea``, the last commit before
-the masked iteration of issue 24) the solver of that git revision (``curvlab/solvers/cg.py`` and ``eacg.py``) runs interleaved with the working tree's
-in one process, so that both see the same machine load.
+the masked iteration of issue 24) the solver of that git revision (``curvlab/solvers/cg.py``
+and ``eacg.py``) runs interleaved with the working tree's in one process, so that both see the
+same machine load. The time per iteration includes what grows with ``max_cg`` outside the loop.
+``--cuda-config`` counts what a CUDA run does (the scale folded into the blocks, inner products
+by ``bmm``), whose top-level calls in an iteration are one kernel launch each on a GPU.
+
+**Step ratios** (``--steps N``, on ``mnist-relu``): one process, process CPU time, 1 thread;
+every round times one step of each method on its own copy of the net (the same batch), and
+the ratio to the SGD step of the same round is kept; the median over ``N`` rounds is printed
+(the issue's targets: EA-CG 50 iterations ≤ 2.5×, 5 iterations ≤ 1.6×, KFI ≤ 2.5×; 40 rounds
+unless told). EA-CG runs with ε_CG = 0, so every system takes all of its iterations. ``--parts`` also splits the
+EA-CG 5-iteration step into curvature pass, EA-CG set-up, CG and read-out (medians, ÷ SGD).
 
     python scripts/bench_cg_kernels.py                   # both nets, against a09d8ea
     python scripts/bench_cg_kernels.py --baseline none --reps 5
+    python scripts/bench_cg_kernels.py --nets mnist-relu --baseline none --steps 200 --parts
+    python scripts/bench_cg_kernels.py --cuda-config     # the counts of CUDA's configuration
 """
 
 from __future__ import annotations
@@ -137,20 +149,104 @@ def times(solvers: dict[str, Solver], blocks: list[Any], reps: int, clock: str) 
     return {k: statistics.median(v) for k, v in got.items()}
 
 
+STEP_TARGETS = {"eacg-cg50": 2.5, "eacg-cg5": 1.6, "kfi": 2.5}  # × an SGD step, issue 24
+
+
+def step_ratios(rounds: int) -> dict[str, float]:
+    """Median (method step ÷ SGD step) on ``mnist-relu``, interleaved in one process (CPU time)."""
+    from curvlab.solvers import make_solver
+
+    widths, activation, batch = NETS["mnist-relu"]
+    torch.manual_seed(0)
+    x, y = torch.rand(batch, widths[0]), torch.randint(0, widths[-1], (batch,))
+    loss = make_loss("cross_entropy")
+    specs = {"sgd": ("sgd", {}), "eacg-cg50": ("eacg", {"max_cg": 50, "eps_cg": 0.0}),
+             "eacg-cg5": ("eacg", {"max_cg": 5, "eps_cg": 0.0}), "kfi": ("kfi", {})}
+    solvers = {}
+    for label, (name, opts) in specs.items():
+        torch.manual_seed(0)
+        net = curvlab.MLP(widths, activation=activation, init="xavier")
+        solvers[label] = make_solver(name, net, loss, lr=1e-4, **opts)  # tiny lr: the nets barely move
+        solvers[label].step(x, y)  # warm-up
+    got: dict[str, list[float]] = {k: [] for k in specs if k != "sgd"}
+    for _ in range(rounds):
+        t = {}
+        for label, solver in solvers.items():
+            t0 = time.process_time()
+            solver.step(x, y)
+            t[label] = time.process_time() - t0
+        for label in got:
+            got[label].append(t[label] / t["sgd"])
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def step_parts(rounds: int) -> dict[str, float]:
+    """EA-CG (5 iterations) step split into its parts, medians ÷ the median SGD step."""
+    from curvlab.solvers import make_solver
+
+    widths, activation, batch = NETS["mnist-relu"]
+    torch.manual_seed(0)
+    x, y = torch.rand(batch, widths[0]), torch.randint(0, widths[-1], (batch,))
+    loss = make_loss("cross_entropy")
+    net = curvlab.MLP(widths, activation=activation, init="xavier")
+    sgd = make_solver("sgd", curvlab.MLP(widths, activation=activation, init="xavier"), loss, lr=1e-4)
+    opts = as_curvature_options({"kind": "pch1"})
+    parts: dict[str, list[float]] = {k: [] for k in ("sgd", "curvature", "setup", "cg", "read-out")}
+    for _ in range(rounds + 1):
+        t0 = time.process_time()
+        sgd.step(x, y)
+        t1 = time.process_time()
+        _, blocks, _ = compute_blocks(net, x, y, loss, opts, set())
+        t2 = time.process_time()
+        with torch.no_grad():
+            groups = eacg._rank_one_groups(blocks, ALPHA, 1, True, True)
+            t3 = time.process_time()
+            res = cg.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], 5, 0.0)
+            t4 = time.process_time()
+            for group, r in zip(groups, res):
+                for unpack in group.unpack:
+                    unpack(r.x)
+            eacg._stats(res)
+        t5 = time.process_time()
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            parts[k].append(v)
+    med = {k: statistics.median(v[1:]) for k, v in parts.items()}
+    return {k: v / med["sgd"] for k, v in med.items()} | {"sgd ms": med["sgd"] * 1e3}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     ap.add_argument("--baseline", default=BASELINE, help="git revision to compare with, or 'none'")
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--steps", type=int, default=40, help="rounds of the step-ratio timing (0: none)")
+    ap.add_argument("--parts", action="store_true", help="split the EA-CG step into its parts")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the per-iteration counts and times")
+    ap.add_argument("--cuda-config", action="store_true",
+                    help="count CUDA's configuration on the CPU: scale folded into the blocks, inner products by bmm")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.steps:
+        ratios = step_ratios(args.steps)
+        print(f"mnist-relu step ÷ SGD step (median of {args.steps} interleaved rounds, CPU time, 1 thread):")
+        for k, v in ratios.items():
+            print(f"  {k:>10}: {v:5.2f}×  ({'meets' if v <= STEP_TARGETS[k] else 'misses'} ≤ {STEP_TARGETS[k]})")
+    if args.parts:
+        parts = step_parts(max(args.steps, 50))
+        print("  EA-CG 5 iterations by part, ÷ SGD step (" f"{parts.pop('sgd ms'):.3f} ms): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "sgd"))
+    if args.no_kernels:
+        return
     solvers: dict[str, Solver] = {"new": (eacg, cg)}
     if args.baseline != "none":
         try:
             solvers = {f"base {args.baseline}": load_baseline(args.baseline), **solvers}
         except (OSError, subprocess.CalledProcessError) as err:  # no git, or no such revision
             print(f"no baseline {args.baseline!r} ({type(err).__name__}); the working tree only")
+    if args.cuda_config:  # what a CUDA run does by default (one kernel per matvec and per inner product)
+        for eacg_mod, cg_mod in solvers.values():
+            eacg_mod._FOLD_SCALE, cg_mod._DOT_BY_BMM = True, True
     for net in args.nets:
         blocks = blocks_for(*NETS[net])
         print(f"{net}: {'-'.join(map(str, NETS[net][0]))}, batch {NETS[net][2]}, PCH-1 rank-one, float32")

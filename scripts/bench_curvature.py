@@ -19,6 +19,10 @@ Printed figures:
 * ``exact``: the exact bias blocks of the whole batch (seconds; target ≤ 10 s on 2 cores),
   with the GEMM work it needs and the GEMM rate of the machine at that moment.
 
+Beside each ratio: ``floor``, the flop floor of what the row computes ÷ that of a gradient
+step (``scripts/flop_floor.py``; BackPACK's rows: the floor of the same curvature, with
+E[h hᵀ]), so that ratio ÷ floor is how far a row runs above its matrix products.
+
 Usage: ``python scripts/bench_curvature.py [--quick] [--batch B] [--repeats N] [--no-exact]
 [--no-backpack]``.
 """
@@ -34,6 +38,7 @@ import torch
 
 import curvlab
 import curvlab.nets
+import flop_floor as ff
 from curvlab.losses import CrossEntropy
 
 WIDTHS = [3072, 1024, 512, 256, 128, 64, 32, 16, 10]
@@ -148,9 +153,11 @@ def main() -> None:
             print("BackPACK not installed (pip install backpack-for-pytorch); peers skipped")
     best = best_times(fns, args.repeats)
     t_grad, t_fwd = best["gradient step (fwd+bwd)"], best["forward pass (cached)"]
+    floors = flop_floors(args.batch)
     for name, t in best.items():
         extra = f"   extra {(t + t_fwd - t_grad) / t_grad:+5.2f}x" if name.endswith(" pass") else ""
-        print(f"{name:28s} {t * 1e3:8.1f} ms   {t / t_grad:5.2f}x{extra}")
+        floor = f"   floor {floors[name]:4.2f}x" if name in floors else ""
+        print(f"{name:28s} {t * 1e3:8.1f} ms   {t / t_grad:5.2f}x{floor}{extra}")
 
     for kind, _ in GENERIC_PASSES:
         ratio = best[f"{kind} fwd+pass nn.Sequential"] / best[f"{kind} fwd+pass MLP"]
@@ -167,6 +174,29 @@ def main() -> None:
         rate = gemm_gflops()
         print(f"  {flops / 1e9:.0f} GFLOP in GEMMs; one float32 GEMM runs at {rate:.0f} GFLOP/s ({args.clock} clock) "
               f"now, i.e. {flops / rate / 1e9:.1f} s of pure GEMM")
+
+
+def flop_floors(batch: int) -> dict[str, float]:
+    """Flop floor of each row ÷ that of a gradient step (the exact kind has its own line)."""
+    w, fwd = WIDTHS, ff.forward(WIDTHS, batch)
+    fisher_mc, fisher_exact = ff.fisher_pass(w, batch), ff.fisher_pass(w, batch, rows=w[-1])
+    flops = {
+        "gradient step (fwd+bwd)": ff.grad_step(w, batch),
+        "forward pass (cached)": fwd,
+        "pch1 pass": ff.mean_pass(w, batch),
+        "gn pass": ff.mean_pass(w, batch),
+        "pch2 pass": ff.mean_pass(w, batch),
+        "pch1 mean pass": ff.mean_pass(w, batch, per_sample=False),
+        "fisher mc pass": fisher_mc,
+        "fisher exact pass": fisher_exact,
+        "BackPACK KFAC (fwd+bwd)": fwd + ff.fisher_pass(w, batch, cov=True),
+        "BackPACK KFRA (fwd+bwd)": fwd + ff.mean_pass(w, batch, cov=True),
+        "BackPACK KFLR (fwd+bwd)": fwd + ff.fisher_pass(w, batch, rows=w[-1], cov=True),
+    }
+    for label in ("MLP", "nn.Sequential"):
+        flops[f"pch1 fwd+pass {label}"] = fwd + flops["pch1 pass"]
+        flops[f"fisher fwd+pass {label}"] = fwd + fisher_exact
+    return {k: v / flops["gradient step (fwd+bwd)"] for k, v in flops.items()}
 
 
 def exact_macs(widths: list[int], batch: int) -> float:

@@ -61,7 +61,8 @@ TABLES = ["eacg_table2", "eacg_table3", "eacg_table4", "eacg_table5"]
 FIGURES = ["eacg_fig1_3", "eacg_fig2_4", "eacg_fig5_7", "eacg_fig6_8", "eacg_fig9", "eacg_fig10", "eacg_fig11",
            "eacg_fig12", "hbp_fig5", "lowrank_fig1", "lowrank_fig2", "lowrank_fig3", "lowrank_fig4", "lowrank_fig5",
            "lowrank_adam", "rahimi_newton", "eacg_grid_reduced", "eacg_fig1_3_e200", "eacg_fig2_4_e200",
-           "eacg_fig6_8_e200", "eacg_fig5_7_grid", "hbp_fig5_e40", "hbp_eq6_eq7", "eacg_grid_cg"]
+           "eacg_fig6_8_e200", "eacg_fig5_7_grid", "hbp_fig5_e40", "hbp_eq6_eq7", "eacg_grid_cg",
+           "conv_mnist_2c2d", "conv_cifar10_3c3d"]
 STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     "tables": {"table1_measured": ("study_table1.py", {"ci": ["--quick"], "full": []})},
     "figures": {
@@ -69,11 +70,12 @@ STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
         "rahimi_scaling": ("study_rahimi_scaling.py", {"ci": ["--quick"], "full": []}),
         "lowrank_structure": ("study_lowrank_structure.py", {"ci": ["--quick"], "full": []}),
         "cr_sigma": ("study_cr_sigma.py", {"ci": ["--quick"], "full": []}),
+        "cr_depth": ("study_cr_depth.py", {"ci": ["--quick"], "full": []}),
     },
 }
 # Sizes at ci scale by experiment family: (max_steps, batch_size or None, seeds).
 CI_SIZES = {"eacg_table": (2, 20, 1), "eacg_fig": (3, 100, 1), "eacg_grid_reduced": (3, 100, 1),
-            "hbp_fig5": (3, 100, 2), "lowrank": (150, None, 1), "rahimi": (10, None, 1)}
+            "hbp_fig5": (3, 100, 2), "lowrank": (150, None, 1), "rahimi": (10, None, 1), "conv_": (3, 100, 1)}
 # The CPU campaign by experiment family: (max_steps, seeds, extra overrides). Figures: 2,000
 # updates = 20 epochs of CIFAR-10 at batch 500 (≈ 105 epochs of the 9,469 Imagenette images).
 # Tables: the layer-wise errors along 4,000 updates, every 250 and at each of the first 10, on fresh
@@ -93,6 +95,10 @@ CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
     "eacg_fig": (2000, 3, []),
     "eacg_grid_reduced": (2000, 1, []),  # lr × α around the figures' settings, one seed (issue 10 §2)
     "hbp_fig5": (2000, 5, []),
+    # DeepOBS's conv nets at batch 128 (issue 19): 2,000 updates = 4.3 epochs of MNIST, 5.1 of CIFAR-10. A momentum
+    # SGD update costs 0.19 s (mnist_2c2d) / 0.33 s (cifar10_3c3d) of one core's CPU time, Adam the same, CR on SGD
+    # 2.7× / 5× that: the first-order runs (3 methods × 3 seeds) are ≈ 1.6 + 3.9 core-hours.
+    "conv_": (2000, 3, []),
 }
 
 

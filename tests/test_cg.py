@@ -1,6 +1,9 @@
 """Batched CG (curvlab.solvers.cg) against a plain per-system CG loop, float64: the same x,
 iteration counts, convergence and non-positive-curvature flags on groups of mixed sizes with
-systems that stop early (converged, zero right-hand side, pᵀAp ≤ 0), in both layouts."""
+systems that stop early (converged, zero right-hand side, pᵀAp ≤ 0), in every layout (short
+systems unrolled with their history, with bmm or vecdot inner products; long systems masked per
+group; short systems whose history does not fit); the short iteration's operation count; and
+the short layout's buffers kept from one solve to the next."""
 
 from __future__ import annotations
 
@@ -67,10 +70,12 @@ def matvec(a: torch.Tensor) -> cg.MatVec:
     return lambda x: (a @ x.reshape(a.shape[0], -1, 1)).reshape(x.shape)
 
 
-@pytest.fixture(params=["dense", "dense_bmm", "per_group"])
+@pytest.fixture(params=["dense", "dense_bmm", "per_group", "no_history"])
 def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "per_group":
         monkeypatch.setattr(cg, "_SHORT", 0)  # every system counts as long
+    if request.param == "no_history":
+        monkeypatch.setattr(cg, "_HISTORY_BYTES", 0)  # short systems whose history does not fit: masked
     monkeypatch.setattr(cg, "_DOT_BY_BMM", request.param == "dense_bmm")  # CUDA's inner products
     return request.param
 
@@ -116,3 +121,43 @@ def test_rank_one_perp_apart_equals_folded(fold_scale: bool, monkeypatch: pytest
     assert folded[1] == apart[1]
     for got, want in zip(apart[0], folded[0], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def _top_level_aten_calls(fn) -> int:  # type: ignore[no-untyped-def]
+    """ATen calls that Python dispatches while ``fn`` runs (not called by another ATen op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    called = [(e.name, e.cpu_parent.name if e.cpu_parent else "") for e in prof.events()]
+    return sum(name.startswith("aten::") and not parent.startswith("aten::") for name, parent in called)
+
+
+@pytest.mark.parametrize("bmm", [False, True])
+def test_short_iteration_is_seven_ops_plus_the_matvec(bmm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One iteration of the short layout: 2 inner products, 2 divisions, 2 ``addcmul`` and the
+    matvec (EA-CG's folded reduced matvec: one ``baddbmm``), nothing per system or per group."""
+    monkeypatch.setattr(cg, "_DOT_BY_BMM", bmm)
+    monkeypatch.setattr(eacg, "_FOLD_SCALE", True)
+    groups = eacg._rank_one_groups(random_blocks([7, 6, 5, 3], seed=3), 0.05, 2, True, False)
+    rhs = [g.rhs for g in groups]
+    state = cg._Unrolled.cached(cg._groups(rhs), rhs, 0.0, 4)
+    ops = [cg._matvec_op(g.matvec, p, ap) for g, p, ap in zip(groups, state.views["p"], state.views["ap"])]
+    state.step(ops)  # first-call work stays out of the count
+    assert _top_level_aten_calls(lambda: state.step(ops)) == 6 + len(ops)
+
+
+def test_kept_state_gives_the_same_bits_as_a_fresh_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The short layout's buffers are kept for the next solve of the same shapes: a solve after
+    one that ran systems into NaN (b = 0, pᵀAp = 0) gives what a fresh state gives, bit for bit."""
+    monkeypatch.setattr(cg, "_STATES", {})
+    first, second = mixed_groups(0), mixed_groups(1)
+    solve = lambda gs: cg.batched_cg([matvec(a) for a, _ in gs], [b for _, b in gs], 30, 0.0)  # noqa: E731
+    solve(first)
+    assert len(cg._STATES) == 1
+    kept = solve(second)
+    cg._STATES.clear()
+    fresh = solve(second)
+    for k, f in zip(kept, fresh, strict=True):
+        assert torch.equal(k.x, f.x) and torch.equal(k.iters, f.iters)
+        assert torch.equal(k.converged, f.converged) and torch.equal(k.neg_curvature, f.neg_curvature)

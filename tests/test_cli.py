@@ -121,7 +121,7 @@ def test_single_run_failure_exits_1_in_process(tmp_path):
 # Item 10 of issue 11: every config error exits 2 with one line, Hydra's own errors included.
 CONFIG_ERRORS = [
     (["solver=foo"], "solver=foo: no such option; allowed: adadelta, adadelta_tf, adagrad"),
-    (["experiment=nonexistent"], "experiment=nonexistent: no such option; allowed: eacg_fig10"),
+    (["experiment=nonexistent"], "experiment=nonexistent: no such option; allowed: conv_cifar10_3c3d"),
     (["hydra/launcher=foo"], "hydra/launcher=foo: no such option; allowed: basic, joblib, ray"),  # ray_aws too with curvlab[ray]
     (["foo=1"], "foo: unknown key; allowed: curvature, dataset, device, dtype, experiment_name, hydra, log"),
     (["train.foo=1"], "train.foo: unknown key; allowed: batch_size, checkpoint_every"),

@@ -312,10 +312,12 @@ def test_unsupported_settings_are_refused_with_the_module_named() -> None:
         Conv2dRule().check(nn.Linear(2, 2))
 
 
-def test_chain_refuses_conv_until_the_recursion_walks_it() -> None:
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
-    with pytest.raises(TypeError, match=r"unsupported module Conv2d.*convolutions are coming \(issue 19"):
-        chain(net)
+def test_chain_walks_conv_nets_as_steps() -> None:
+    conv, lin = nn.Conv2d(1, 2, 3), nn.Linear(2 * 3 * 3, 3)
+    view = chain(nn.Sequential(conv, nn.ReLU(), nn.Flatten(), lin))
+    assert view.layers == (conv, lin) and view.rules == (CONV2D, view.rules[1]) and len(view.steps) == 4
+    with pytest.raises(ValueError, match=r"must end with nn.Linear"):
+        chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
 
 
 def _peer_problem():

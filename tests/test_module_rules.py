@@ -9,7 +9,9 @@ from torch.func import hessian, jacrev, jvp, vjp
 
 import curvlab
 from curvlab.curvature.options import JacobianAverage
-from curvlab.modules import ELEMENTWISE, LINEAR, RULES, ElementwiseRule, IdentityRule, LayerRule, chain, rule_for
+from curvlab.modules import (
+    ELEMENTWISE, LINEAR, RULES, ElementwiseRule, IdentityRule, LayerRule, ModuleRule, Role, chain, rule_for,
+)
 
 B, N_IN, N = 5, 4, 3
 KWARGS = {nn.LeakyReLU: {"negative_slope": 0.3}, nn.ELU: {"alpha": 0.7}, nn.Softplus: {"beta": 1.5, "threshold": 3.0}}
@@ -157,12 +159,13 @@ def test_elementwise_verbs_match_autograd(cls: type[nn.Module]) -> None:
 
 def test_registry_and_identity_rules() -> None:
     assert isinstance(RULES[nn.Linear], LayerRule)
-    assert all(isinstance(r, (LayerRule, ElementwiseRule, IdentityRule)) for r in RULES.values())
+    assert all(isinstance(r, ModuleRule) for r in RULES.values())
+    assert {r.role for r in RULES.values()} == set(Role)  # every family is registered (Conv2d: LINEAR)
     assert isinstance(rule_for(nn.Flatten()), IdentityRule)
     with pytest.raises(ValueError, match=r"Flatten\(start_dim=1\)"):
         rule_for(nn.Flatten(0))
-    with pytest.raises(TypeError, match=r"unsupported module Conv2d"):
-        rule_for(nn.Conv2d(1, 1, 3))
+    with pytest.raises(TypeError, match=r"unsupported module Conv1d"):
+        rule_for(nn.Conv1d(1, 1, 3))
 
 
 class _MyLinear(nn.Linear):

@@ -41,3 +41,23 @@ def test_symmetric_product_with_base(width: int) -> None:
     assert torch.equal(got, got.T)  # still exactly symmetric
     with pytest.raises(ValueError, match="base and times"):
         symmetric_product(a, c, base=base, times=(a, a))
+
+
+@pytest.mark.parametrize("width, rows", [(1300, 100), (1300, 700)])  # 5 panels; 2K < n scales c, else the product
+def test_symmetric_product_with_many_panels_and_a_scale(width: int, rows: int) -> None:
+    """More than 4 panels (E[h hᵀ] of a 3072-wide input has 12), a scale on the inputs or on the
+    product, and a Hadamard factor whose scale moves onto c₂: equal to the full product and
+    exactly symmetric."""
+    gen = torch.Generator().manual_seed(2)
+    h = torch.rand(rows, width, generator=gen, dtype=torch.float64)
+    d = torch.rand(50, width, generator=gen, dtype=torch.float64)
+    got = symmetric_product(h, h, scale=1 / rows)
+    torch.testing.assert_close(got, h.T @ h / rows)
+    assert torch.equal(got, got.T)
+    got = symmetric_product(h, h, times=(d, d), scale=0.02)
+    torch.testing.assert_close(got, (h.T @ h) * (d.T @ d) * 0.02)
+    assert torch.equal(got, got.T)
+    base = torch.eye(width, dtype=torch.float64)
+    got = symmetric_product(h, h, scale=-0.5, base=base)
+    torch.testing.assert_close(got, base - 0.5 * h.T @ h)
+    assert torch.equal(got, got.T)

@@ -69,9 +69,9 @@ def test_elapsed_excludes_start_up(tmp_path, monkeypatch):
     """Data loading (here made 2 s slower) happens before the clock starts."""
     load = train_module.load_dataset
 
-    def slow_load(cfg):
+    def slow_load(cfg, **kwargs):
         time.sleep(2.0)
-        return load(cfg)
+        return load(cfg, **kwargs)
 
     monkeypatch.setattr(train_module, "load_dataset", slow_load)
     t0 = time.perf_counter()

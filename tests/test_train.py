@@ -229,13 +229,14 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> dict[str, list[str]]:
-    """Overrides that point each dataset at a tiny synthetic copy (8×8 images for cifar/imagenet)."""
+    """Overrides that point each dataset at a tiny synthetic copy (32×32 images for cifar/imagenet, the
+    size net=cifar10_3c3d is made for)."""
     from fixtures import write_idx_mnist, write_npz
 
     root = tmp_path_factory.mktemp("data")
     write_idx_mnist(root, n_train=64, n_test=32)
-    write_npz(root / "images.npz", n_train=64, n_test=32, size=8)
-    images = ["dataset.source=npz", f"dataset.path={root / 'images.npz'}", "dataset.image_size=8"]
+    write_npz(root / "images.npz", n_train=64, n_test=32, size=32)
+    images = ["dataset.source=npz", f"dataset.path={root / 'images.npz'}", "dataset.image_size=32"]
     return {"digits": [], "mnist": [f"dataset.root={root}"], "cifar10": images, "imagenet10": images}
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor
 
-__all__ = ["LayerCurvature", "drop_absent_biases"]
+__all__ = ["LayerCurvature", "drop_absent_biases", "shape_weights"]
 
 
 @dataclass
@@ -27,6 +27,17 @@ class LayerCurvature:
         has_bias: whether the layer has a bias (without one, ``bias`` and ``grad_bias`` are those of z^t).
         grad_samples: (B, n_t) the samples' shares ∇_{b^t} ξ_i / B of ``grad_bias`` (their sum), on
             request only (``curvature(..., grad_samples=...)``); else None.
+        kron_out: the output-side Kronecker factor G of the weight block G ⊗ A where it differs from
+            ``bias`` (a conv layer with ``kfac_type=expand``: KFC's Σ over positions); None: use ``bias``.
+        weight_shape: the weight's shape, to reshape a (n_t, n_in) direction back; None: (n_t, n_in).
+        block_product: (nets with convolutions, on request) (dW, db or None) ↦ (weight part, bias part
+            or None) of the kind's block of (W, b) times (dW, db), matrix-free; None otherwise.
+
+    A conv layer (``nn.Conv2d``) is read as a linear layer over its input patches (J = C_in·k_h·k_w
+    inputs, C_out outputs): ``bias`` (C_out, C_out) is the exact bias block of the kind (Σ over both
+    positions), ``grad_weight`` (C_out, J) in ``W.flatten(1)`` order, ``input_mean`` (J,) the patch
+    mean and ``input_cov`` (J, J) the factor A of ``CurvatureOptions.kfac_type`` (expand: KFC;
+    reduce: Eschenhagen et al. 2023), so that the solvers use G ⊗ A as for ``nn.Linear``.
     """
 
     bias: Tensor
@@ -37,6 +48,9 @@ class LayerCurvature:
     weight: Tensor | None = None
     has_bias: bool = True
     grad_samples: Tensor | None = None
+    kron_out: Tensor | None = None
+    weight_shape: tuple[int, ...] | None = None
+    block_product: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]] | None = None
 
     @property
     def n_out(self) -> int:
@@ -45,6 +59,11 @@ class LayerCurvature:
     @property
     def n_in(self) -> int:
         return self.input_mean.shape[0]
+
+    @property
+    def out_factor(self) -> Tensor:
+        """G of the weight block G ⊗ A: ``kron_out`` where set, else the bias block."""
+        return self.bias if self.kron_out is None else self.kron_out
 
 
 def drop_absent_biases(d: list[Tensor], blocks: Sequence[LayerCurvature]) -> list[Tensor]:
@@ -58,3 +77,11 @@ def drop_absent_biases(d: list[Tensor], blocks: Sequence[LayerCurvature]) -> lis
     if len(d) != 2 * len(blocks) or all(b.has_bias for b in blocks):
         return d
     return [e for blk, w, b in zip(blocks, d[0::2], d[1::2]) for e in ((w, b) if blk.has_bias else (w,))]
+
+
+def shape_weights(d: list[Tensor], blocks: Sequence[LayerCurvature]) -> list[Tensor]:
+    """A direction ``[d_W1, d_b1, …]`` (bias entries for every layer or for none) with each weight
+    entry in its parameter's shape (a conv layer's (C_out, J) entry back to (C_out, C_in, k_h, k_w))."""
+    per = len(d) // len(blocks)  # 2 with bias entries, 1 without
+    shapes = [blocks[i // per].weight_shape if i % per == 0 else None for i in range(len(d))]
+    return [e if shape is None else e.reshape(shape) for e, shape in zip(d, shapes)]

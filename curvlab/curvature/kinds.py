@@ -15,6 +15,14 @@ pch1/pch   Pos-Eig(E_i[∇²_{h^k} ξ_i]), |eigenvalues|       |·| of the mean 
 pch2       Pos-Eig(E_i[∇²_{h^k} ξ_i]), |eigenvalues|       max(·, 0) (γ = 0)
 fisher     per-sample factors g (mc, empirical, exact)     drop
 =========  =============================================  =====================
+
+On a step net (convolutions, ``STEP_KINDS``) every kind keeps per-sample Jacobians all the way
+(BackPACK's ``curvmatprod``, HBP Sec. 3), not the Jacobian average of Eq. (6), which would need
+batch-mean blocks of whole feature maps: ``exact`` per-sample blocks as above; ``fisher`` per-sample
+factors as above; ``gn``/``pch1``/``pch2`` per-sample factors of the output Hessians H_i (GN signed,
+PCH-1/2 Pos-Eig of each H_i) and, for PCH, the per-sample residual |r_i| or max(r_i, 0) as rows.
+The cross-entropy H_i takes C−1 exact rows (``ce_hessian_rows``: its rank); ``sketch`` replaces them by
+``mc_samples`` Rademacher sketch rows (``sketched``), an unbiased approximation that is cheaper when m < C−1.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual
+from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual, SampleFactors
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
-from curvlab.losses import Loss
+from curvlab.losses import Loss, LossKind
 from curvlab.symmetric import symmetrized
 
-__all__ = ["Batching", "KindPolicy", "KINDS", "EA_EXACT", "policy", "pos_eig", "fisher_factors"]
+__all__ = [
+    "Batching", "KindPolicy", "KINDS", "STEP_KINDS", "EA_EXACT", "policy", "pos_eig", "fisher_factors",
+    "ce_hessian_rows", "sketched",
+]
 
 OutputBuilder = Callable[[Loss, Tensor, Tensor, CurvatureOptions, "torch.Generator | None"], Message]
 
@@ -85,6 +96,58 @@ def _fisher_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, g
     return PerSampleFactors(fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen))
 
 
+def ce_hessian_rows(loss: Loss, out: Tensor, y: Tensor) -> Tensor:
+    """C−1 rows U_i (b, C−1, C) with U_iᵀ U_i = diag(p_i) − p_i p_iᵀ, the cross-entropy output Hessian.
+
+    Its C exact-Fisher rows R_c = √p_c (p − e_c) (``fisher_factors``, ``exact``) are dependent: aᵀR = 0
+    for a = √p, a unit vector. The Householder reflection Q = I − 2vvᵀ/vᵀv, v = a + e_C, maps e_C to −a,
+    so the last row of QR is −aᵀR = 0 and the other C−1 rows keep RᵀQᵀQR = RᵀR (exact; O(C²) per
+    sample, no eigh; vᵀv = 2 + 2a_C ≥ 2, so no cancellation). The rank of the Hessian is C−1.
+    """
+    rows = fisher_factors(loss, out, y, FisherType.EXACT, 1, None)  # (b, C, C)
+    v = loss.probs(out).sqrt()  # (b, C) a
+    v[:, -1] += 1.0  # v = a + e_C
+    w = torch.einsum("bc,bcn->bn", v, rows) * (2.0 / (v * v).sum(1, keepdim=True))  # (b, C) 2vᵀR / vᵀv
+    return (rows - v[:, :, None] * w[:, None, :])[:, :-1]  # (b, C−1, C): QR without its zero row
+
+
+def sketched(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
+    """m sketch rows per sample, Ũ_i = S_i U_i / √m with Rademacher S_i (m, r): E[Ũ_iᵀ Ũ_i] = U_iᵀ U_i,
+    since E[s sᵀ] = I. An unbiased approximation (Hutchinson-type sketch) that carries m rows instead of r."""
+    b, r = rows.shape[:2]
+    dev = rows.device if generator is None else generator.device
+    signs = torch.randint(0, 2, (b, m, r), generator=generator, device=dev).to(rows.device, rows.dtype) * 2 - 1
+    return torch.bmm(signs, rows.flatten(2)).view(b, m, *rows.shape[2:]) / m**0.5
+
+
+def _sample_factors_output(treat: Residual) -> OutputBuilder:
+    """Per-sample output Hessians H_i as signed factors (step nets), Pos-Eig'd per sample by ``treat``
+    (DROP: none, GN; ABS: |λ|, PCH-1; CLIP: max(λ, 0), PCH-2); with ``sketch``, ``mc_samples``
+    sketch rows of them (PSD H_i only: not GN on a nonconvex loss)."""
+
+    def build(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
+        if loss.kind is LossKind.CROSS_ENTROPY:  # H_i = diag(p) − ppᵀ, PSD: Pos-Eig changes nothing
+            rows, signs = ce_hessian_rows(loss, out, y), None
+        else:
+            h = loss.hessian(out, y)  # (b, C, C)
+            lam, q = torch.linalg.eigh(0.5 * (h + h.transpose(1, 2)))
+            lam = treat.apply(lam)  # (b, C)
+            rows = (q * lam.abs().sqrt()[:, None, :]).transpose(1, 2)  # (b, C, C): rows √|λ_c| q_cᵀ
+            signs = torch.sign(lam) if treat is Residual.DROP else None
+        if not opts.sketch:
+            return SampleFactors(rows, signs)
+        if signs is not None and not loss.convex:  # a convex loss: signs +1 up to round-off
+            raise ValueError(f"curvature.sketch=true needs PSD output Hessians; kind=gn on the {loss.kind.value} "
+                             "loss has negative eigenvalues: use kind=pch1 or pch2, or curvature.sketch=false")
+        return SampleFactors(sketched(rows, opts.mc_samples, gen))
+
+    return build
+
+
+def _fisher_sample_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
+    return SampleFactors(fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen))
+
+
 class Batching(str, Enum):
     """How the samples of a batch travel through the recursion (fixed by the output block)."""
 
@@ -111,11 +174,21 @@ KINDS: dict[Kind, KindPolicy] = {
     Kind.FISHER: KindPolicy(_fisher_output, Residual.DROP, Batching.FACTORS),
 }
 
+# Step nets (convolutions): per-sample Jacobians all the way for every kind (module docstring).
+STEP_KINDS: dict[Kind, KindPolicy] = {
+    Kind.EXACT: KINDS[Kind.EXACT],
+    Kind.GN: KindPolicy(_sample_factors_output(Residual.DROP), Residual.DROP, Batching.FACTORS),
+    Kind.PCH1: KindPolicy(_sample_factors_output(Residual.ABS), Residual.ABS, Batching.FACTORS),
+    Kind.PCH: KindPolicy(_sample_factors_output(Residual.ABS), Residual.ABS, Batching.FACTORS),
+    Kind.PCH2: KindPolicy(_sample_factors_output(Residual.CLIP), Residual.CLIP, Batching.FACTORS),
+    Kind.FISHER: KindPolicy(_fisher_sample_output, Residual.DROP, Batching.FACTORS),
+}
+
 # Not a public kind: the EA recursion of the exact Hessian (Eq. 6 with the residual kept). It
 # is what PCH-2 equals when every residual is non-negative, and what tests compare against.
 EA_EXACT = KindPolicy(_mean_output, Residual.KEEP, Batching.MEAN)
 
 
-def policy(kind: Kind) -> KindPolicy:
-    """The policy of a kind (``Kind`` already validated by ``CurvatureOptions``)."""
-    return KINDS[kind]
+def policy(kind: Kind, steps: bool = False) -> KindPolicy:
+    """The policy of a kind (``Kind`` already validated by ``CurvatureOptions``); ``steps``: on a step net."""
+    return STEP_KINDS[kind] if steps else KINDS[kind]

@@ -19,6 +19,13 @@ Three message types cover every kind:
 ``PerSampleFactors`` per-sample factors U_i (m rows) with block U_iᵀ U_i: KFAC's E[g gᵀ] (``fisher``).
 ``MeanBlock``        the batch-mean block with averaged Jacobians: Eq. (6)/(8b) of Chen et al.
                      (per-sample Jacobians) or Eq. (7) of Dangel & Hennig (mean Jacobians).
+``SampleFactors``    per-sample signed factors U_i (b, r, *shape), block U_iᵀ diag(s_i) U_i, on the
+                     step nets (convolutions): every kind keeps each sample's own Jacobians all the
+                     way (BackPACK's ``curvmatprod`` GGNMP/PCHMP quantity, HBP Sec. 3).
+
+On a step net the recursion also asks ``through(blocks_fn, factors_fn)`` (a step's pull-back:
+the message applies the verb for its representation), ``scale_diag(d)`` (an element-wise step,
+diag(d_i) on both sides) and, at a conv layer, ``conv_grams`` (its reduce and expand G).
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import torch
 from torch import Tensor, nn
 
 from curvlab.curvature.options import JacobianAverage
@@ -35,8 +43,13 @@ from curvlab.symmetric import symmetric_product, symmetrized
 
 if TYPE_CHECKING:
     from curvlab.modules.base import LayerRule
+    from curvlab.modules.conv import Conv2dRule
 
-__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "MeanBlock"]
+__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "MeanBlock", "SampleFactors"]
+
+TensorMap = Callable[[Tensor], Tensor]
+# Residual rows of a smooth activation in factor form: one row per unit and sample, b·n² elements.
+RESIDUAL_ROW_BUDGET = 2**26
 
 
 class Residual(str, Enum):
@@ -136,8 +149,26 @@ class PerSampleBlocks(Message):
         if residual is not Residual.KEEP:
             raise ValueError(f"per-sample blocks support residual keep/drop, not {residual.value!r}")
         # In place: a message owns its blocks and is consumed by the recursion.
-        self.blocks.diagonal(dim1=1, dim2=2).add_(r)
+        self.blocks.diagonal(dim1=1, dim2=2).add_(r.flatten(1))  # (b, n), maps flattened
         return self
+
+    def through(self, blocks_fn: TensorMap, factors_fn: TensorMap) -> PerSampleBlocks:
+        """A step net's pull-back: J_iᵀ H_i J_i by the step's block verb (b, n_out, n_out) → (b, n_in, n_in)."""
+        return PerSampleBlocks(blocks_fn(self.blocks))
+
+    def scale_diag(self, d: Tensor) -> PerSampleBlocks:
+        """diag(d_i) H_i diag(d_i) of an element-wise step, d (b, *shape) (Eq. 4b, first term)."""
+        d = d.flatten(1)
+        return PerSampleBlocks(self.blocks * d[:, :, None] * d[:, None, :])
+
+    def conv_grams(self, rule: Conv2dRule, module: nn.Module, scale: float) -> tuple[Tensor, Tensor]:
+        """A conv layer's (bias block = reduce G, expand G), exact sums over the positions."""
+        return rule.bias_block(module, self.blocks, scale), rule.position_block(module, self.blocks, scale)
+
+    def out_matvec(self) -> TensorMap:
+        """v_i ↦ H_i v_i on per-sample maps or vectors (b, *shape), for matrix-free block products."""
+        blocks = self.blocks
+        return lambda v: torch.bmm(blocks, v.flatten(1)[:, :, None]).view_as(v)
 
     def total(self, scale: float) -> Tensor:
         return symmetrized(self.blocks.sum(0), scale)  # the per-sample products round apart
@@ -174,3 +205,71 @@ class PerSampleFactors(Message):
     def total(self, scale: float) -> Tensor:
         u = self.factors.reshape(-1, self.factors.shape[2])  # (b m, n)
         return symmetric_product(u, u, scale=scale)
+
+
+@dataclass
+class SampleFactors(Message):
+    """Per-sample signed factors: U_i (b, r, *shape) with row signs s_i (b, r) (None: all +1), standing
+    for the blocks H_i = U_iᵀ diag(s_i) U_i over the flattened shape.
+
+    The message of every factor kind on a step net (BackPACK's ``curvmatprod``, HBP Sec. 3): the
+    pull-back through a linear step is J's transposed product on each row, exact for the per-sample
+    chain E_i[J_iᵀ H_i J_i]; an indefinite output block (GN of the nonconvex loss, Eq. 14) keeps its
+    negative rows as signs; a residual adds one row per unit (``add_residual``).
+    """
+
+    factors: Tensor  # (b, r, *shape)
+    signs: Tensor | None = None  # (b, r) ±1
+
+    @property
+    def count(self) -> int:  # type: ignore[override]
+        return self.factors.shape[0]
+
+    def pull_back(
+        self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
+    ) -> SampleFactors:
+        return SampleFactors(rule.jac_t_factors(module, self.factors, dphi), self.signs)  # per-sample chain
+
+    def through(self, blocks_fn: TensorMap, factors_fn: TensorMap) -> SampleFactors:
+        """A step net's pull-back: U_i J_i by the step's factor verb (b, r, *out_shape) → (b, r, *in_shape)."""
+        return SampleFactors(factors_fn(self.factors), self.signs)
+
+    def scale_diag(self, d: Tensor) -> SampleFactors:
+        """U_i diag(d_i) of an element-wise step, d (b, *shape)."""
+        return SampleFactors(self.factors * d[:, None], self.signs)
+
+    def add_residual(self, r: Tensor, residual: Residual) -> SampleFactors:
+        """Add diag(policy(r_i)) per sample (BackPACK's PCHMP residual) as rows √|ρ_j| e_j, signed by ρ_j."""
+        if residual is Residual.DROP:
+            return self
+        b, n = r.shape[0], r[0].numel()
+        if b * n * n > RESIDUAL_ROW_BUDGET:
+            raise ValueError(
+                f"the activation's residual term on {n} units would add {n} factor rows per sample "
+                f"({b * n * n:,} elements > {RESIDUAL_ROW_BUDGET:,}); use ReLU (no residual) or kind=fisher/gn, "
+                "or a smaller batch or net"
+            )
+        rho = residual.apply(r).flatten(1)  # (b, n)
+        rows = torch.diag_embed(rho.abs().sqrt()).view(b, n, *self.factors.shape[2:])  # (b, n, *shape)
+        signs = self.signs
+        if residual is Residual.KEEP or signs is not None:
+            old = signs if signs is not None else self.factors.new_ones(self.factors.shape[:2])
+            signs = torch.cat([old, torch.sign(rho) if residual is Residual.KEEP else torch.ones_like(rho)], 1)
+        return SampleFactors(torch.cat([self.factors, rows], 1), signs)
+
+    def total(self, scale: float) -> Tensor:
+        u = self.factors.flatten(2)  # (b, r, n)
+        flat = u.reshape(-1, u.shape[2])  # (b r, n)
+        if self.signs is None:
+            return symmetric_product(flat, flat, scale=scale)
+        return symmetrized((flat * self.signs.reshape(-1, 1)).T @ flat, scale)
+
+    def conv_grams(self, rule: Conv2dRule, module: nn.Module, scale: float) -> tuple[Tensor, Tensor]:
+        """A conv layer's (bias block = reduce G, expand G) of the factors (``Conv2dRule.out_grams``)."""
+        return rule.out_grams(self.factors, self.signs, scale)
+
+    def out_matvec(self) -> TensorMap:
+        """v_i ↦ U_iᵀ diag(s_i) U_i v_i on (b, *shape), never forming H_i (``factors_matvec``)."""
+        from curvlab.modules.conv import factors_matvec  # the rule file owns the product
+
+        return factors_matvec(self.factors, self.signs)

@@ -6,7 +6,10 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, TypeVar
 
-__all__ = ["Kind", "JacobianAverage", "FisherType", "WeightFactor", "CurvatureOptions", "parse_enum", "reject_unknown"]
+__all__ = [
+    "Kind", "JacobianAverage", "FisherType", "WeightFactor", "KFACType", "CurvatureOptions", "parse_enum",
+    "reject_unknown",
+]
 
 
 class Kind(str, Enum):
@@ -43,6 +46,23 @@ class WeightFactor(str, Enum):
 
     RANK_ONE = "rank_one"  # E[h] E[h]ᵀ, Eq. (11b), the EA-CG default
     FULL = "full"  # E[h hᵀ], Eq. (11a)
+    # Nets with convolutions, EA-CG: no Kronecker factor, the layer's own weight block E_i[J_θ,iᵀ H_i J_θ,i]
+    # multiplied matrix-free (HBP Sec. 3, BackPACK's curvmatprod; ``LayerCurvature.block_product``).
+    BLOCK = "block"
+
+
+class KFACType(str, Enum):
+    """How the Kronecker factors of a weight shared over positions (``nn.Conv2d``) treat the positions.
+
+    ``expand``: KFC (Grosse & Martens 2016, Eq. 32 and the SUD assumption); every position is a
+    sample: A = E_i[(1/L) Σ_l ũ_l ũ_lᵀ], G = E_i[Σ_l g_l g_lᵀ].
+    ``reduce``: Eschenhagen et al. (NeurIPS 2023, "KFAC for modern architectures", Sec. 3):
+    A = E_i[ū ūᵀ] with ū = (1/L) Σ_l ũ_l, G = E_i[(Σ_l g_l)(Σ_l g_l)ᵀ] (the exact bias block).
+    The normalisations are those of curvlinops' ``KFACType.EXPAND``/``REDUCE`` (the 1/L on A).
+    """
+
+    EXPAND = "expand"
+    REDUCE = "reduce"
 
 
 E = TypeVar("E", bound=Enum)
@@ -73,6 +93,10 @@ class CurvatureOptions:
     weight_factor: WeightFactor = WeightFactor.RANK_ONE
     fisher: FisherType = FisherType.MC
     mc_samples: int = 1
+    kfac_type: KFACType = KFACType.EXPAND  # conv layers only: the convention of their Kronecker factors
+    # gn/pch1/pch2 on step nets: mc_samples Rademacher sketch rows per sample instead of the exact output
+    # factor (an unbiased approximation, ``kinds.sketched``); off: the exact rows.
+    sketch: bool = False
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -88,5 +112,9 @@ class CurvatureOptions:
             self, "weight_factor", parse_enum(WeightFactor, self.weight_factor, "curvature.weight_factor")
         )
         object.__setattr__(self, "fisher", parse_enum(FisherType, self.fisher, "curvature.fisher"))
+        object.__setattr__(self, "kfac_type", parse_enum(KFACType, self.kfac_type, "curvature.kfac_type"))
         if int(self.mc_samples) < 1:
             raise ValueError(f"curvature.mc_samples must be >= 1, got {self.mc_samples}")
+        if self.sketch and self.kind not in (Kind.GN, Kind.PCH, Kind.PCH1, Kind.PCH2):
+            raise ValueError(f"curvature.sketch=true applies to kind gn, pch1 or pch2 (got {self.kind.value}); "
+                             "set curvature.sketch=false")

@@ -7,13 +7,15 @@ every module type has a small local rule, and the recursion of EA-CG, Eq. (4b) o
 
 is the composition of them: each module pulls the quantities the recursion carries back
 through its Jacobian ``J`` and adds its second-order residual where it has one. The rules
-come in three families, one file each:
+come in four families, one file each:
 
 * :class:`LayerRule` (``linear.py``): a module with parameters and a full Jacobian; it also
   gives the parameters' contributions (gradient, block, Kronecker factors, per-sample pieces);
 * :class:`~curvlab.modules.elementwise.ElementwiseRule` (``elementwise.py``): h = σ(z), Jacobian
   diag σ', residual diag(σ'' ⊙ ∂ξ/∂h);
-* :class:`~curvlab.modules.identity.IdentityRule` (``identity.py``): Flatten, Identity, eval Dropout.
+* :class:`~curvlab.modules.identity.IdentityRule` (``identity.py``): Flatten, Identity, eval Dropout;
+* :class:`~curvlab.modules.pooling.ParameterFreeRule` (``pooling.py``): pooling, zero padding and
+  Flatten of feature maps, z_i = P_i h_i (the steps of a conv net between its layers).
 
 Adding a module type is one new file with its rule and a call to :func:`register`.
 """
@@ -37,6 +39,7 @@ class Role(str, Enum):
     LINEAR = "linear"  # z = W h + b: Jacobian W, no residual term
     ELEMENTWISE = "elementwise"  # h = σ(z): Jacobian diag σ', residual diag(σ'' ⊙ ∂ξ/∂h)
     IDENTITY = "identity"  # passes a (B, n) tensor through unchanged
+    PARAMETER_FREE = "parameter_free"  # z_i = P_i h_i on maps (pooling, padding): Jacobian P_i, no residual
 
 
 class ModuleRule(ABC):

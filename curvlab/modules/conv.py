@@ -17,14 +17,13 @@ F_i (b, n, n_in), which for a convolution are mostly zeros (C_out H W × C_in H 
 Jacobian is hᵀ ⊗ I, while a convolution's runs through the patches (stride, padding, dilation);
 and the Riccati sweep's ``param_*`` verbs need that Kronecker form, which a convolution has only
 per position (one row u_{i,l}ᵀ ⊗ I for each of the L positions). :class:`Conv2dRule` is a sibling with verbs
-on (b, C, H, W) tensors; ``docs/module_rules.md`` ("Wiring convolutions") says how the recursion
-will call it. It is not registered yet: ``chain()`` refuses ``nn.Conv2d`` until then.
+on (b, C, H, W) tensors; the step recursion (``curvature/steps.py``) calls them on "step nets"
+(``docs/module_rules.md``, "Wiring convolutions").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Callable
 
 import torch
@@ -32,25 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
 
-from curvlab.modules.base import ModuleRule, Role
+from curvlab.curvature.options import KFACType  # defined with the other curvature options
+from curvlab.modules.base import ModuleRule, Role, register
 
 __all__ = ["KFACType", "ConvCache", "Conv2dRule", "CONV2D", "block_matvec", "factors_matvec"]
 
 OutMatvec = Callable[[Tensor], Tensor]  # (b, C_out, H_out, W_out) → (b, C_out, H_out, W_out)
-
-
-class KFACType(str, Enum):
-    """How the Kronecker factors of a weight shared over positions treat the positions.
-
-    ``expand``: KFC (Grosse & Martens 2016, Eq. 32 and the SUD assumption); every position is a
-    sample: A = E_i[(1/L) Σ_l ũ_l ũ_lᵀ], G = E_i[Σ_l g_l g_lᵀ].
-    ``reduce``: Eschenhagen et al. (NeurIPS 2023, "KFAC for modern architectures", Sec. 3):
-    A = E_i[ū ūᵀ] with ū = (1/L) Σ_l ũ_l, G = E_i[(Σ_l g_l)(Σ_l g_l)ᵀ].
-    The normalisations are those of curvlinops' ``KFACType.EXPAND``/``REDUCE`` (the 1/L on A).
-    """
-
-    EXPAND = "expand"
-    REDUCE = "reduce"
 
 
 @dataclass(frozen=True)
@@ -138,9 +124,13 @@ class Conv2dRule(ModuleRule):
         lead = g.shape[:-3]
         g2 = g.reshape(-1, *g.shape[-3:])
         left, right, top, bottom = self.pads(m)
-        size = (g2.shape[0], m.in_channels, in_hw[0] + top + bottom, in_hw[1] + left + right)
-        back = conv2d_input(size, m.weight, g2, m.stride, 0, m.dilation)  # into the padded input
-        back = back[:, :, top : top + in_hw[0], left : left + in_hw[1]]  # the pads are constants
+        if left == right and top == bottom:  # symmetric pads: the library drops them (no copy of a crop)
+            size = (g2.shape[0], m.in_channels, *in_hw)
+            back = conv2d_input(size, m.weight, g2, m.stride, (top, left), m.dilation)
+        else:  # "same" with an odd total: into the padded input, then crop (the pads are constants)
+            size = (g2.shape[0], m.in_channels, in_hw[0] + top + bottom, in_hw[1] + left + right)
+            back = conv2d_input(size, m.weight, g2, m.stride, 0, m.dilation)
+            back = back[:, :, top : top + in_hw[0], left : left + in_hw[1]]
         return back.reshape(*lead, *back.shape[1:])
 
     def jac_t_factors(self, m: nn.Conv2d, factors: Tensor, in_hw: tuple[int, int]) -> Tensor:
@@ -213,19 +203,48 @@ class Conv2dRule(ModuleRule):
         block; so is the expand G when the positions' gradients are uncorrelated (KFC's SUD).
         """
         approx = KFACType(approx)
-        b, r = factors.shape[:2]
-        s = 1.0 / b if scale is None else scale
-        u = self._augmented(cache.patches, bias)  # (b, J, L)
-        g = factors.flatten(3)  # (b, r, C_out, L)
+        s = 1.0 / factors.shape[0] if scale is None else scale
+        reduce_g, expand_g = self.out_grams(factors, None, s)
+        a = self._input_gram(self._augmented(cache.patches, bias), approx, s)
+        return a, (expand_g if approx is KFACType.EXPAND else reduce_g)
+
+    def input_factors(
+        self, cache: ConvCache, approx: KFACType | str, cov: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The input side of the weight block W.flatten(1) (no ones row: the bias system is separate):
+        the patch mean E_{i,l}[u] (J,), the conv analogue of E[h] in Eq. (11b) (the same in both
+        conventions), and with ``cov`` the factor A (J, J) of ``approx`` (the analogue of Eq. 11a)."""
+        u = cache.patches  # (b, J, L)
+        a = self._input_gram(u, KFACType(approx), 1.0 / u.shape[0]) if cov else None
+        return u.mean((0, 2)), a
+
+    def out_grams(self, factors: Tensor, signs: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+        """(reduce G, expand G) of per-sample factors U_i (b, r, C_out, H, W) with row signs s (b, r)
+        or None (all +1): ``scale`` · Σ_i Σ_r s_ir (Σ_l g_{r,l})(Σ_l g_{r,l})ᵀ, the exact bias block of
+        the factors' kind, and ``scale`` · Σ_i Σ_r s_ir Σ_l g_{r,l} g_{r,l}ᵀ (KFC's G), (C_out, C_out)."""
+        g = factors.flatten(3).flatten(0, 1)  # (b r, C_out, L): no copy
+        w = g if signs is None else g * signs.reshape(-1, 1, 1)
+        gs, ws = g.sum(2), w.sum(2)  # (b r, C_out) summed over positions
+        reduce_g = ws.T @ gs * scale
+        expand_g = torch.bmm(w, g.transpose(1, 2)).sum(0) * scale  # (b r) small products, no permuted copy
+        return self._sym(reduce_g), self._sym(expand_g)
+
+    def position_block(self, m: nn.Conv2d, blocks: Tensor, scale: float = 1.0) -> Tensor:
+        """KFC's (expand) G of per-sample output blocks (b, n_out, n_out): ``scale`` · Σ_i Σ_l
+        H_i[(c, l), (c', l)], the same position on both sides, (C_out, C_out)."""
+        hv = self._split(m, blocks).diagonal(dim1=2, dim2=4)  # (b, C_out, C_out, L)
+        return self._sym(hv.sum((0, 3)) * scale)
+
+    @staticmethod
+    def _input_gram(u: Tensor, approx: KFACType, s: float) -> Tensor:
+        """A of patches u (b, J, L): expand E_i[(1/L) Σ_l u_l u_lᵀ], reduce E_i[ū ūᵀ] (times ``s`` b)."""
         if approx is KFACType.EXPAND:
             ut = u.transpose(0, 1).reshape(u.shape[1], -1)  # (J, b L): one GEMM over all positions
             a = ut @ ut.T * (s / u.shape[2])
-            gg = torch.einsum("brol,brpl->op", g, g) * s
         else:
             um = u.mean(2)  # (b, J) patches averaged over positions
-            gs = g.sum(3).reshape(b * r, -1)  # (b r, C_out) gradients summed over positions
-            a, gg = um.T @ um * s, gs.T @ gs * s
-        return self._sym(a), self._sym(gg)
+            a = um.T @ um * s
+        return 0.5 * (a + a.T)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -249,15 +268,19 @@ class Conv2dRule(ModuleRule):
 
 
 CONV2D = Conv2dRule()
+register(nn.Conv2d, CONV2D)
 
 
-def factors_matvec(factors: Tensor) -> OutMatvec:
-    """The per-sample output blocks H_i = U_iᵀ U_i of factors U (b, r, C, H, W) as a product
-    v_i ↦ U_iᵀ (U_i v_i) on (b, C, H, W), without forming them."""
+def factors_matvec(factors: Tensor, signs: Tensor | None = None) -> OutMatvec:
+    """The per-sample output blocks H_i = U_iᵀ diag(s_i) U_i of factors U (b, r, *shape) with row signs
+    s (b, r) (None: all +1) as a product v_i ↦ U_iᵀ (s_i ⊙ U_i v_i) on (b, *shape), without forming them."""
+    u = factors.flatten(2)  # (b, r, n)
 
     def mv(v: Tensor) -> Tensor:
-        proj = torch.einsum("brchw,bchw->br", factors, v)
-        return torch.einsum("brchw,br->bchw", factors, proj)
+        proj = torch.einsum("brn,bn->br", u, v.flatten(1))
+        if signs is not None:
+            proj = proj * signs
+        return torch.einsum("brn,br->bn", u, proj).view_as(v)
 
     return mv
 

@@ -10,7 +10,7 @@ hyper-parameters, and consecutive element-wise modules compose by the chain rule
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
 import torch
@@ -27,16 +27,28 @@ class ActivationFns:
 
     ``both`` optionally gives (σ', σ'') in one go, sharing their work (σ(z) for sigmoid and
     tanh: 3 passes over z instead of 9, which the recursion repeats on every layer).
+    ``df_out(h)`` and ``d2f_out(h, σ')`` optionally give them from the output h = σ(z), which
+    the forward pass has already made: no σ to recompute (sigmoid: one pass for σ', no exp).
+    They are the same formulas on the same σ(z), so both routes agree bit for bit.
     """
 
     f: Callable[[Tensor], Tensor]
     df: Callable[[Tensor], Tensor]
     d2f: Callable[[Tensor], Tensor]
     both: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
+    df_out: Callable[[Tensor], Tensor] | None = None
+    d2f_out: Callable[[Tensor, Tensor], Tensor] | None = None
 
-    def derivatives(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(σ'(z), σ''(z))."""
+    def derivatives(self, z: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(σ'(z), σ''(z)); from the output ``h`` = σ(z) when given and σ allows it."""
+        if h is not None and self.df_out is not None and self.d2f_out is not None:
+            d1 = self.df_out(h)
+            return d1, self.d2f_out(h, d1)
         return self.both(z) if self.both is not None else (self.df(z), self.d2f(z))
+
+    def first(self, z: Tensor, h: Tensor | None = None) -> Tensor:
+        """σ'(z) alone (Gauss-Newton and Fisher passes); from ``h`` = σ(z) when given and σ allows it."""
+        return self.df_out(h) if h is not None and self.df_out is not None else self.df(z)
 
     @staticmethod
     def jac_t_vec(d1: Tensor, g: Tensor) -> Tensor:
@@ -49,9 +61,16 @@ class ActivationFns:
         return g * d2
 
 
+def _sigmoid_d1_out(s: Tensor) -> Tensor:
+    return torch.addcmul(s, s, s, value=-1)  # s (1 − s) from s = σ(z), one pass
+
+
+def _sigmoid_d2_out(s: Tensor, d1: Tensor) -> Tensor:
+    return torch.addcmul(d1, d1, s, value=-2)  # s (1 − s)(1 − 2s)
+
+
 def _sigmoid_d1(z: Tensor) -> Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 - s)
+    return _sigmoid_d1_out(torch.sigmoid(z))
 
 
 def _sigmoid_d2(z: Tensor) -> Tensor:
@@ -61,18 +80,26 @@ def _sigmoid_d2(z: Tensor) -> Tensor:
 
 def _sigmoid_both(z: Tensor) -> tuple[Tensor, Tensor]:
     s = torch.sigmoid(z)
-    d1 = torch.addcmul(s, s, s, value=-1)  # s (1 − s)
-    return d1, torch.addcmul(d1, d1, s, value=-2)  # s (1 − s)(1 − 2s)
+    d1 = _sigmoid_d1_out(s)
+    return d1, _sigmoid_d2_out(s, d1)
+
+
+def _tanh_d1_out(t: Tensor) -> Tensor:
+    return torch.addcmul(t.new_ones(()), t, t, value=-1)  # 1 − t² from t = tanh(z), one pass
+
+
+def _tanh_d2_out(t: Tensor, d1: Tensor) -> Tensor:
+    return torch.mul(t, d1).mul_(-2)  # −2 t (1 − t²)
 
 
 def _tanh_both(z: Tensor) -> tuple[Tensor, Tensor]:
     t = torch.tanh(z)
-    d1 = torch.addcmul(torch.ones_like(t), t, t, value=-1)  # 1 − t²
-    return d1, torch.mul(t, d1).mul_(-2)  # −2 t (1 − t²)
+    d1 = _tanh_d1_out(t)
+    return d1, _tanh_d2_out(t, d1)
 
 
 def _tanh_d1(z: Tensor) -> Tensor:
-    return 1 - torch.tanh(z) ** 2
+    return _tanh_d1_out(torch.tanh(z))
 
 
 def _tanh_d2(z: Tensor) -> Tensor:
@@ -80,11 +107,19 @@ def _tanh_d2(z: Tensor) -> Tensor:
     return -2 * t * (1 - t**2)
 
 
-SIGMOID = ActivationFns(torch.sigmoid, _sigmoid_d1, _sigmoid_d2, _sigmoid_both)
-TANH = ActivationFns(torch.tanh, _tanh_d1, _tanh_d2, _tanh_both)
+def _step(v: Tensor) -> Tensor:
+    return (v > 0).to(v.dtype)  # ReLU' (0 at 0); relu(z) > 0 exactly where z > 0
+
+
+def _zeros(h: Tensor, d1: Tensor) -> Tensor:
+    return torch.zeros_like(h)
+
+
+SIGMOID = ActivationFns(torch.sigmoid, _sigmoid_d1, _sigmoid_d2, _sigmoid_both, _sigmoid_d1_out, _sigmoid_d2_out)
+TANH = ActivationFns(torch.tanh, _tanh_d1, _tanh_d2, _tanh_both, _tanh_d1_out, _tanh_d2_out)
 # ReLU's second derivative is zero almost everywhere; its first is the step (0 at 0).
-RELU = ActivationFns(torch.relu, lambda z: (z > 0).to(z.dtype), torch.zeros_like)
-IDENTITY_FNS = ActivationFns(lambda z: z, torch.ones_like, torch.zeros_like)  # Linear → Linear
+RELU = ActivationFns(torch.relu, _step, torch.zeros_like, None, _step, _zeros)
+IDENTITY_FNS = ActivationFns(lambda z: z, torch.ones_like, torch.zeros_like, None, torch.ones_like, _zeros)  # Linear → Linear
 
 
 def _leaky_relu(m: nn.LeakyReLU) -> ActivationFns:
@@ -145,7 +180,7 @@ def _gelu(m: nn.GELU) -> ActivationFns:
 
 
 def _fixed(fns: ActivationFns) -> Callable[[nn.Module], ActivationFns]:
-    return lambda m: ActivationFns(m, fns.df, fns.d2f, fns.both)  # σ is the module: the user's forward
+    return lambda m: replace(fns, f=m)  # σ is the module: the user's forward
 
 
 # σ' and σ'' of each element-wise activation from the module's own hyper-parameters.

@@ -222,11 +222,10 @@ def load_runs(roots: Iterable[str | Path], completed_only: bool = False,
                 sink.append(df.assign(**ident))
     runs = pd.DataFrame(rows, columns=None if rows else ["run_dir", "run", "label", *IDENTITY])
     cat = lambda parts, cols: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)  # noqa: E731
-    return Runs(
-        runs,
-        cat(metrics, ["run_dir", "label", *IDENTITY, "step", "epoch", "wall_time"]),
-        cat(errors, ["run_dir", "label", *IDENTITY, "step", "layer", "kind", "error"]),
-    )
+    errs = cat(errors, ["run_dir", "label", *IDENTITY, "step", "layer", "kind", "error"])
+    if "block" in errs:  # conv weight-block rows (``hessian_log``): the tables and figures are of bias blocks
+        errs = errs[errs["block"].isna()].drop(columns="block")
+    return Runs(runs, cat(metrics, ["run_dir", "label", *IDENTITY, "step", "epoch", "wall_time"]), errs)
 
 
 def load_study(path: str | Path) -> Study:

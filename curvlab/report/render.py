@@ -14,9 +14,11 @@ group, labelled by what differs; :mod:`curvlab.report.groups`), and each setting
   table (Tables 2–5 of Chen et al.), its relative version (when ``reference`` was logged),
   the paper's numbers beside ours with their ratio (experiments named ``…table2…`` –
   ``…table5…``, or the paper's dataset and loss), and the figure of each kind's Total
-  and relative error along training;
+  and relative error along training; and Chen et al.'s own protocol, the errors averaged over
+  θ⁰ … θ^{s−1} for several s (:mod:`curvlab.report.protocol`);
 - runs of CR (``solver: cr``) → the Bakker et al. figure (loss with and without CR, the CR
-  learning rate and its moving average) and the table of α/lr;
+  learning rate and its moving average), the table of α/lr and that of α's rebound after the
+  plateau (:mod:`curvlab.report.bakker`);
 - studies (``study.json``) → the renderer registered under the study's name.
 """
 
@@ -29,12 +31,14 @@ from typing import Callable
 import pandas as pd
 
 from curvlab.report import figures as F
+from curvlab.report.bakker import cr_rebound_table, render_cr_depth
 from curvlab.report.escape import csv_safe
 from curvlab.report.files import BadFile, UnsafeOutput, new_file, safe_name
 from curvlab.report.grid import Search, best_labels, best_table, grid_tables, heatmap_figure, searches
 from curvlab.report.groups import group_runs
 from curvlab.report.load import Runs, Study
 from curvlab.report.paper import EACG_TABLES
+from curvlab.report.protocol import render_protocol
 from curvlab.report.study_lowrank import render_cr_sigma, render_lowrank_structure
 from curvlab.report.styles import curve_traits
 from curvlab.report.tables import (
@@ -140,6 +144,11 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
         if not tab.empty:
             written += write_table(tab, out, f"{name}_cr_rate", f"{title}: CR step alpha over the scheduled "
                                    "learning rate lr (median over seeds)", floatfmt=".3g")
+        rebound = cr_rebound_table(r.metrics, r.runs)
+        if not rebound.empty and rebound["exit"].notna().any():
+            written += write_table(rebound, out, f"{name}_cr_rebound", f"{title}: per CR run, the plateau exit (train "
+                                   "loss < 2.2), then the lowest and the next 1,000 updates' highest period-100 moving "
+                                   "average of alpha/lr (Bakker et al. Fig. 5's jump)", floatfmt=".3g")
     return written
 
 
@@ -185,6 +194,7 @@ def _render_errors(r: Runs, exp: str, setting: str, name: str, out: Path, steps:
             continue
         if paper:
             written += _paper_match(errs, paper, out, stem, head)
+        written += render_protocol(errs, paper, out, stem, head)  # the paper's θ⁰…θ^{s−1} averages
         has_batch = "batch" in errs and errs["batch"].notna().any()
         batches = sorted(errs["batch"].dropna().unique()) if has_batch else [None]
         for batch in batches:
@@ -289,6 +299,7 @@ STUDY_RENDERERS: dict[str, Callable[[Study, Path, set[str]], list[Path]]] = {
     "rahimi_scaling": _rahimi,
     "lowrank_structure": render_lowrank_structure,
     "cr_sigma": render_cr_sigma,
+    "cr_depth": render_cr_depth,
 }
 
 

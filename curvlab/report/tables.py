@@ -14,13 +14,14 @@ import pandas as pd
 
 from curvlab.report.escape import csv_cell, csv_safe, md_text, tex_text
 from curvlab.report.files import new_file, safe_name
+from curvlab.hessian_log import variant_label
 from curvlab.registry import KINDS as KIND_FAMILY
 from curvlab.report.paper import EACG_TABLES, KINDS
 from curvlab.report.styles import natural_key
 
 __all__ = [
     "hessian_error_table", "relative_error_table", "error_totals", "kind_column", "select_steps", "side_by_side",
-    "paper_match_table",
+    "paper_match_table", "match_score", "paper_frame",
     "per_run_stats", "final_metrics_table", "runs_table", "cr_rate_table", "time_unit",
     "to_markdown", "to_latex", "write_table", "KIND_NAMES",
 ]
@@ -41,7 +42,8 @@ def kind_column(errors: pd.DataFrame) -> pd.Series:
     """The column each error row goes to: its kind, or for the Fisher ``fisher (MC m)`` /
     ``fisher (empirical)`` / ``fisher (exact)`` when rows of several Monte-Carlo sample counts
     (``mc_samples``) or several definitions (``fisher``; older files lack it: a row with a sample
-    count is an MC Fisher) were logged."""
+    count is an MC Fisher) were logged. The names are :func:`curvlab.hessian_log.variant_label`'s, as in
+    the runner's summary line."""
     kind = errors["kind"].astype(str)
     fisher = kind == "fisher"
     mc = pd.to_numeric(errors["mc_samples"], errors="coerce") if "mc_samples" in errors else None
@@ -53,10 +55,10 @@ def kind_column(errors: pd.DataFrame) -> pd.Series:
     several_types = ftype[fisher].nunique() > 1
     if not (several_mc or several_types):
         return kind
-    detail = ftype.map(lambda t: "MC" if t == "mc" else t)
-    if several_mc:
-        detail = detail.where(ftype != "mc", "MC " + mc.map(lambda v: f"{v:g}"))  # type: ignore[union-attr]
-    return kind.where(~fisher | (detail == ""), kind + " (" + detail + ")")
+    keys = pd.DataFrame({"kind": kind, "fisher": ftype, "mc": -1.0 if mc is None else mc.fillna(-1.0)})  # -1: none
+    names = {k: variant_label(k[0], k[1] or None, None if k[2] < 0 else k[2], mc_count=several_mc)
+             for k in keys.drop_duplicates().itertuples(index=False, name=None)}
+    return pd.Series([names[k] for k in keys.itertuples(index=False, name=None)], index=errors.index)
 
 
 def _base_kind(column: str) -> str:
@@ -163,7 +165,7 @@ def relative_error_table(errors: pd.DataFrame, steps: int | None = None,
     return out
 
 
-def _paper_frame(table: str) -> pd.DataFrame:
+def paper_frame(table: str) -> pd.DataFrame:
     """Chen et al. Table ``table`` as a frame: index ``Layer-1 … Layer-8, Total``, one column per kind."""
     if table not in EACG_TABLES:
         raise ValueError(f"unknown paper table {table!r}; allowed: {', '.join(EACG_TABLES)}")
@@ -180,26 +182,32 @@ def paper_match_table(errors: pd.DataFrame, table: str) -> pd.DataFrame:
     pairs where both are positive (0: equal; 1: a factor of 10 apart), ``pairs`` their number;
     then ours ÷ paper of each kind's Total. Fisher columns per MC count compare with the paper's Fisher.
     """
-    paper = _paper_frame(table)
+    paper = paper_frame(table)
     df = errors.assign(column=kind_column(errors))
     keys = [*(["batch"] if _logged(df, "batch") else []), "step"]
     rows = []
     for key, g in df.groupby(keys, sort=True):
         ours = g.groupby(["column", "layer"])["error"].mean().unstack("column")  # (layers, kinds), mean over runs
         ours.index = [f"Layer-{int(i)}" for i in ours.index]
-        total = np.sqrt((ours**2).sum(axis=0, min_count=1))
         row: dict[str, object] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        logs: list[float] = []
-        ratios: dict[str, float] = {}
-        for c in _kind_order(list(ours.columns)):
-            base = _base_kind(c)
-            if base not in paper or paper[base].isna().all():
-                continue
-            r = (ours[c] / paper[base].reindex(ours.index)).to_numpy(float)
-            logs += list(np.abs(np.log10(r[np.isfinite(r) & (r > 0)])))
-            ratios[f"{KIND_NAMES[base]}{c[len(base):]} Total ours/paper"] = float(total[c] / paper.loc["Total", base])
-        rows.append({**row, "score": float(np.mean(logs)) if logs else np.nan, "pairs": len(logs), **ratios})
+        rows.append({**row, **match_score(ours, paper)})
     return pd.DataFrame(rows).set_index(keys)
+
+
+def match_score(ours: pd.DataFrame, paper: pd.DataFrame) -> dict[str, float]:
+    """``score``, ``pairs`` and each kind's Total ours ÷ paper of :func:`paper_match_table` for one
+    layer-wise table ``ours`` (index ``Layer-1 …``, one column per kind column) against ``paper``."""
+    total = np.sqrt((ours**2).sum(axis=0, min_count=1))
+    logs: list[float] = []
+    ratios: dict[str, float] = {}
+    for c in _kind_order(list(ours.columns)):
+        base = _base_kind(c)
+        if base not in paper or paper[base].isna().all():
+            continue
+        r = (ours[c] / paper[base].reindex(ours.index)).to_numpy(float)
+        logs += list(np.abs(np.log10(r[np.isfinite(r) & (r > 0)])))
+        ratios[f"{KIND_NAMES[base]}{c[len(base):]} Total ours/paper"] = float(total[c] / paper.loc["Total", base])
+    return {"score": float(np.mean(logs)) if logs else np.nan, "pairs": len(logs), **ratios}
 
 
 def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -210,7 +218,7 @@ def side_by_side(ours: pd.DataFrame, table: str) -> pd.DataFrame:
     and one ratio column per count. Layers present in only one side (a net of another depth)
     show NaN on the other side.
     """
-    paper = _paper_frame(table)
+    paper = paper_frame(table)
     index = list(dict.fromkeys([*[i for i in ours.index if i != "Total"], *paper.index[:-1], "Total"]))
     cols: dict[str, pd.Series] = {}
     for kind in KINDS:

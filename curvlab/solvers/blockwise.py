@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvlab.curvature.blocks import LayerCurvature, drop_absent_biases
+from curvlab.curvature.blocks import LayerCurvature, drop_absent_biases, shape_weights
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.curvature.recursion import curvature
 from curvlab.losses import Loss
 from curvlab.modules import Net, chain
 from curvlab.solvers.base import Direction, Solver
-from curvlab.solvers.options import UNIT_INTERVAL
+from curvlab.solvers.options import UNIT_INTERVAL, check_step_options
 
 __all__ = ["as_curvature_options", "check_kind", "BlockSolver", "LayerSamples", "compute_blocks"]
 
@@ -100,7 +100,14 @@ def compute_blocks(
         cache = view.forward_cache(x)
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
     opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
-    blocks = curvature(net, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers)
+    # A conv layer's A factor comes from its patches (kfac_type), which only the recursion holds.
+    conv_cov = view.has_steps and bool(input_cov_layers)
+    products = options.weight_factor is WeightFactor.BLOCK
+    check_step_options(options, view.has_steps)
+    blocks = curvature(
+        net, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers, input_cov=conv_cov,
+        block_products=products,
+    )
     samples = {t: LayerSamples(cache.inputs[t], blocks[t].grad_samples) for t in sorted(sample_layers)}
     with torch.no_grad():
         loss_value = float(loss(cache.output.detach(), y))
@@ -163,5 +170,5 @@ class BlockSolver(Solver):
         )
         with torch.no_grad():
             d, stats = self.solve(blocks, samples)
-            d = drop_absent_biases(d, blocks)  # layers without a bias (nn.Sequential nets)
+            d = drop_absent_biases(shape_weights(d, blocks), blocks)  # conv weights; layers without a bias
         return Direction(loss_value, [di.detach() for di in d], stats)

@@ -13,18 +13,18 @@ reduce over the last two dimensions. Several groups of different shapes are solv
 one loop (:func:`batched_cg`).
 
 **Per-iteration cost.** An iteration is a fixed handful of tensor operations whatever the
-number of systems, without host synchronisation: every per-system quantity (step sizes, the
-stopping tests, the iteration counts) lives in small (S,) tensors, stopped systems are frozen
-by zero step sizes rather than removed, and whether any system is still running is asked only
-at growing intervals (:data:`_CHECK_SHORT`), when groups whose systems have all stopped also
-stop being multiplied. With short systems (EA-CG's reduced rank-one systems, see
-:mod:`curvlab.solvers.eacg`) the iterates of all groups live in one dense, zero-padded (S, L)
-layout, so that the inner products are one batched product and the updates of x and r one
-fused ``addcmul``, because such an iteration is bound by per-operation overhead (on a GPU: by
-kernel launches); with long ones (weight matrices) the inner products and updates run per
-group in the groups' own shapes, so that no padded or buffer-sized temporary is made, because
-such an iteration is bound by memory traffic. ``scripts/bench_cg_kernels.py`` counts the
-operations.
+number of systems, without host synchronisation or gathers: every per-system
+quantity lives in small (S,) rows, and whether any system still runs is asked only at growing
+intervals (:data:`_CHECK_SHORT`), when groups whose systems have all stopped also stop being
+multiplied. With short systems (EA-CG's reduced rank-one systems, see
+:mod:`curvlab.solvers.eacg`) such an iteration is bound by per-operation overhead (on a GPU:
+by kernel launches), so the iterates of all groups live in one dense, zero-padded (S, L)
+layout and no system is tested inside the loop (:class:`_Unrolled`): all run on, every
+iterate is kept, and each system's result is read from the iteration it stopped at, the same
+bits as stopping it there. An iteration is then 7 operations besides the matvecs' extra ones
+(``scripts/bench_cg_kernels.py`` counts them). With long systems (weight matrices) an
+iteration is bound by memory traffic: the iterates stay in the groups' own shapes, updated
+in place, and stopped systems are frozen by zero step sizes (:class:`_MaskedCG`).
 
 Stopping, per system: ``‖r‖ ≤ eps · ‖b‖`` (EA-CG's ε_CG rule), ``max_iter`` iterations,
 or non-positive curvature ``pᵀAp ≤ 0``. In the last case CG cannot continue (the
@@ -48,11 +48,17 @@ __all__ = ["CGResult", "batched_cg"]
 
 MatVec = Callable[[Tensor], Tensor]
 _SHORT = 4096  # systems with at most this many unknowns count as short (dense padded layout)
-# Short layout: after ``it`` iterations the next host check of which systems still run comes
-# max(1, it // _CHECK_SHORT) iterations later, so at most ~1/_CHECK_SHORT of the iterations run
-# after the last system stopped, with O(_CHECK_SHORT · log max_iter) checks.
+# Short layout: the host checks of which systems still run come after 2 iterations, then each
+# max(2, it // _CHECK_SHORT) iterations after the last, none in the last 2, so at most
+# ~1/_CHECK_SHORT of the iterations run after the last system stopped, with
+# O(_CHECK_SHORT · log max_iter) checks.
 _CHECK_SHORT = 4
-_DOT_BY_BMM: bool | None = None  # dense inner products by bmm; None: on CUDA (one kernel), not on CPU
+_HISTORY_BYTES = 32 * 2**20  # the short layout keeps every iterate: at most this much, else per group
+# Inner products by bmm; None: on CUDA (one kernel). On CPU bmm is faster for short rows (≈ 1.6 µs of
+# 4 at L = 129), but vecdot keeps the iterates bit for bit those of the masked iteration before it.
+_DOT_BY_BMM: bool | None = None
+_KEEP = 2  # short-layout states kept for the next solve of the same shapes
+_STATES: dict[tuple[object, ...], _Unrolled] = {}
 
 
 @dataclass
@@ -88,40 +94,153 @@ class _Group:
 Op = Callable[[], object]  # one bound step of the iteration: its tensors and views made once
 
 
-class _Dense:
-    """Short systems: x, r (and p, Ap) of all systems in one zero-padded (2, S, L) buffer each.
+class _Unrolled:
+    """Short systems: every system runs unmasked; the iterates are kept and the stops found afterwards.
 
-    Padded entries stay exactly 0 (the right-hand side is 0 there and a matvec writes only its
-    group's part), so inner products over whole rows are the systems' own.
+    x and r of all systems live in one zero-padded (S, L) layout (padded entries stay exactly 0:
+    the right-hand side is 0 there and a matvec writes only its group's part), and iteration i
+    writes (x_{i+1}, r_{i+1}) into frame i + 1 of a (n + 1, 2, S, L) history instead of over
+    (x_i, r_i). No system is tested or frozen inside the loop: a stopped system goes on with
+    CG (rows are independent, so its round-off or NaN reaches no other system), and its result
+    is the kept iterate of the iteration it stopped at, bit for bit what freezing it would give.
+    The per-system scalars of iteration i are kept too, as rows of ``h[i]`` (each (S, 1)):
+
+        h[i] = (β_{i−1}, ‖r_i‖², −‖r_i‖², a_i, −a_i),   a_i = ‖r_i‖² / pᵀAp_i,
+
+    written by the two divisions of an iteration. A system is running at iteration i while
+    every row of h[0..i] exceeds the thresholds ``(−∞, ε²‖b‖², −∞, 0, −∞)``: ‖r‖ > ε‖b‖, and
+    0 < a < ∞, which is pᵀAp > 0 while ‖r‖ > 0 (pᵀAp = +0 gives a = ∞). Rows not yet written
+    hold values that pass, so the host check and the read-out compare the whole history in
+    one operation, and the first failing row in iteration order gives the stop and its kind.
+    An iteration is 7 operations (``baddbmm`` matvec, 2 inner products, 2 divisions, 2
+    ``addcmul``) on views of the frames made in advance, by ``unbind``; the buffers and views
+    are kept for the next solve of the same shapes (:meth:`cached`).
     """
 
-    def __init__(self, groups: list[_Group], rhs: Sequence[Tensor]) -> None:
-        n_sys, width = groups[-1].systems.stop, max(g.size for g in groups)
-        self.xr = rhs[0].new_zeros(2, n_sys, width)  # (x, r)
-        self.pa = rhs[0].new_zeros(2, n_sys, width)  # (p, A p)
-        self.x, self.r = self.xr.unbind()
-        self.p, self.ap = self.pa.unbind()
-        for g, b in zip(groups, rhs):
-            self.r[g.systems, : g.size] = b.reshape(g.n_sys, g.size)
-        self.p.copy_(self.r)
-        # Strided views where a group is narrower than L.
+    ROWS = 5  # rows of h[i]
+
+    def __init__(self, groups: list[_Group], like: Tensor, max_iter: int, bmm: bool) -> None:
+        """Buffers and views for ``groups`` (shapes only; :meth:`start` fills them)."""
+        n_sys, width, n = groups[-1].systems.stop, max(g.size for g in groups), max_iter
+        self.groups, self.n_run = groups, 0
+        self.xr = like.new_zeros(n + 1, 2, n_sys, width)  # (x_i, r_i)
+        self.pa = like.new_zeros(2, n_sys, width)  # (p, A p)
+        self.p, ap = self.pa.unbind()
+        r0 = self.xr[0, 1]
         self.views = {name: [buf[g.systems, : g.size].view(g.shape) for g in groups]
-                      for name, buf in (("x", self.x), ("r", self.r), ("p", self.p), ("ap", self.ap))}
+                      for name, buf in (("p", self.p), ("ap", ap), ("r0", r0))}
+        new = like.new_tensor
+        # Unwritten rows pass the stopping test: β 0, ‖r‖² ∞, −‖r‖² −1, (a, −a) = (1, −1).
+        self.h_fresh = new([0.0, math.inf, -1.0, 1.0, -1.0]).view(1, 5, 1, 1)
+        self.h = like.new_empty(n + 1, 5, n_sys, 1)
+        self.d = new([0.0, 1.0, -1.0]).view(1, 3, 1, 1).repeat(2, 1, n_sys, 1)  # (‖r‖², 1, −1) of i, i+1
+        self.pap = like.new_zeros(n_sys, 1)
+        self.thresh = new([-math.inf, 0.0, -math.inf, 0.0, -math.inf]).view(5, 1, 1).repeat(1, n_sys, 1)
+        # Views of every frame, made once: frame i's x and r, and the rows of h[i] each op reads or writes.
+        self.frames, self.r, self.hq, self.hn, self.ha, self.hb = (t.unbind() for t in (
+            self.xr, self.xr[:, 1], self.h[:, 0:3], self.h[:, 1:3], self.h[:, 3:5], self.h[:, 0]))
+        self.rs = [self.d[j, 0] for j in range(2)]  # (S, 1) where ‖r_i‖² goes, by the parity of i
+        self.den = list(self.d.unbind())  # (‖r_i‖², 1, −1), by the parity of i
+        self.b0 = self.den[0][1:]  # (1, −1)
+        self.dots = _Dots(self.xr[:, 1], self.r, self.p, ap, self.pap, self.rs, bmm)
+        self.systems = torch.arange(n_sys, device=like.device)
 
-    def dot(self, u: str, v: str, out: Tensor) -> Op:
-        """``out = uᵀv`` per system, (S,), as one op over whole rows."""
-        uu, vv = getattr(self, u), getattr(self, v)
-        if uu.is_cuda if _DOT_BY_BMM is None else _DOT_BY_BMM:  # one batched (1, L) @ (L, 1) product
-            return partial(torch.bmm, uu.unsqueeze(1), vv.unsqueeze(2), out=out.view(-1, 1, 1))
-        return partial(torch.linalg.vecdot, uu, vv, out=out)  # CPU's bmm loops over the systems (L > 400)
+    @classmethod
+    def cached(cls, groups: list[_Group], rhs: Sequence[Tensor], eps: float, max_iter: int) -> _Unrolled:
+        """A state for these shapes, filled for ``rhs``: EA-CG solves systems of the same shapes
+        every step, so the buffers and the views of every frame are made once and kept
+        (:data:`_KEEP` states; not thread-safe)."""
+        like = rhs[0]
+        bmm = like.is_cuda if _DOT_BY_BMM is None else _DOT_BY_BMM
+        key = (tuple(g.shape for g in groups), like.dtype, like.device, max_iter, bmm,
+               torch.is_inference_mode_enabled())
+        state = _STATES.pop(key, None) or cls(groups, like, max_iter, bmm)
+        _STATES[key] = state  # the most recently used last
+        while len(_STATES) > _KEEP:
+            _STATES.pop(next(iter(_STATES)))
+        state.start(rhs, eps)
+        return state
 
-    def update(self, coef: Tensor) -> Op:
-        """x += a p, r −= a A p in one fused op; ``coef`` (2, S) = (a, −a)."""
-        return partial(self.xr.addcmul_, coef.unsqueeze(-1), self.pa)
+    def start(self, rhs: Sequence[Tensor], eps: float) -> None:
+        """x = 0, r = p = b, and the scalars of iteration 0. Frame 0 is no iteration's output:
+        x_0 and the padded entries of r_0 stay 0 from the allocation; p is overwritten whole."""
+        self.n_run = 0
+        for r0, b in zip(self.views["r0"], rhs):
+            r0.copy_(b)
+        self.p.copy_(self.r[0])
+        self.h.copy_(self.h_fresh)
+        self.dots.rr(0, 0)
+        torch.div(self.rs[0], self.b0, out=self.hn[0])  # (‖b‖², −‖b‖²)
+        torch.mul(self.rs[0], eps**2, out=self.thresh[1])  # stop when ‖r‖² ≤ ε² ‖b‖²; b = 0: x = 0
 
-    def new_direction(self, beta: Tensor) -> Op:
-        """p = r + β p with (S,) β."""
-        return partial(torch.addcmul, self.r, beta.unsqueeze(-1), self.p, out=self.p)
+    def running(self) -> list[bool]:
+        """Host sync: whether each system has passed every stopping test so far."""
+        return torch.gt(self.h, self.thresh).all((0, 1, 3)).tolist()
+
+    def step(self, matvecs: list[Op]) -> None:
+        """Iteration i: the matvecs, then 6 operations on views made in advance."""
+        i, j, k = self.n_run, self.n_run % 2, 1 - self.n_run % 2
+        for mv in matvecs:
+            mv()
+        self.dots.pap()  # pᵀAp
+        torch.div(self.hn[i], self.pap, out=self.ha[i])  # (a, −a) = (‖r‖², −‖r‖²) / pᵀAp
+        torch.addcmul(self.frames[i], self.ha[i], self.pa, out=self.frames[i + 1])  # x + a p, r − a A p
+        self.dots.rr(i + 1, k)  # ‖r_{i+1}‖²
+        torch.div(self.rs[k], self.den[j], out=self.hq[i + 1])  # (β, ‖r_{i+1}‖², −‖r_{i+1}‖²)
+        torch.addcmul(self.r[i + 1], self.hb[i + 1], self.p, out=self.p)  # p = r + β p
+        self.n_run += 1
+
+    first_check = 2  # a check earlier than this costs more than the iterations it can save
+
+    def next_check(self, it: int) -> int:
+        """The iteration of the host check after the one at ``it``; none in the last 2 iterations."""
+        nxt = it + max(2, it // _CHECK_SHORT)
+        return nxt if nxt < len(self.frames) - 2 else len(self.frames)
+
+    def read_out(self) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """(x per group, iterations, converged, stopped by pᵀAp ≤ 0) at each system's stop."""
+        n, rows = self.n_run, self.ROWS
+        passed = torch.gt(self.h[: n + 1], self.thresh).flatten(0, 1)[..., 0]  # ((n+1) 5, S), in order
+        first_fail = passed.cumprod(0).sum(0)  # (S,) the row of the first failed test, or (n+1) 5
+        iters = first_fail.div(rows, rounding_mode="floor").clamp_(max=n)
+        systems = self.systems
+        converged = self.h[iters, 1, systems, 0] <= self.thresh[1, :, 0]
+        neg = (first_fail < (n + 1) * rows) & ~converged
+        x = self.xr[iters, 0, systems]  # (S, L)
+        return [x[g.systems, : g.size].view(g.shape) for g in self.groups], iters, converged, neg
+
+
+class _Dots:
+    """The two inner products of an iteration over rows: pᵀAp into ``pap``, ‖r_i‖² into ``rs[j]``.
+
+    Args:
+        r_hist: (n + 1, S, L) the residuals of every frame; ``r``: its frames.
+        p, ap: (S, L) search direction and its product.
+        pap, rs: (S, 1) outputs.
+    """
+
+    def __init__(self, r_hist: Tensor, r: Sequence[Tensor], p: Tensor, ap: Tensor, pap: Tensor,
+                 rs: Sequence[Tensor], bmm: bool) -> None:
+        self.bmm = bmm
+        if bmm:  # one batched (1, L) @ (L, 1) product: one kernel on CUDA
+            self.r_row, self.r_col = r_hist.unsqueeze(2).unbind(), r_hist.unsqueeze(3).unbind()
+            self.args = (p.unsqueeze(1), ap.unsqueeze(2))
+            self.pap_out, self.rs_out = pap.unsqueeze(2), [t.unsqueeze(2) for t in rs]  # (S, 1, 1)
+        else:  # CPU's bmm loops over the systems: slow for long rows
+            self.r, self.args = r, (p, ap)
+            self.pap_out, self.rs_out = pap[:, 0], [t[:, 0] for t in rs]  # (S,)
+
+    def pap(self) -> None:
+        if self.bmm:
+            torch.bmm(*self.args, out=self.pap_out)
+        else:
+            torch.linalg.vecdot(*self.args, out=self.pap_out)
+
+    def rr(self, i: int, j: int) -> None:
+        if self.bmm:
+            torch.bmm(self.r_row[i], self.r_col[i], out=self.rs_out[j])
+        else:
+            torch.linalg.vecdot(self.r[i], self.r[i], out=self.rs_out[j])
 
 
 class _PerGroup:
@@ -170,7 +289,7 @@ def _matvec_op(mv: MatVec, p: Tensor, ap: Tensor) -> Op:
 
 
 class _MaskedCG:
-    """CG state of all systems: fixed-shape masked updates, stopped systems frozen.
+    """CG state of long systems: fixed-shape masked updates in place, stopped systems frozen.
 
     The per-system scalars live in rows of small (rows, S) buffers, laid out so that each half
     of an iteration is one division and one ``where`` over stacked rows, written in place:
@@ -185,19 +304,10 @@ class _MaskedCG:
     ``w`` alternates between two buffers: the new ‖r‖² is written into the other one's row 2.
     """
 
-    def __init__(self, matvecs: Sequence[MatVec], rhs: Sequence[Tensor], eps: float) -> None:
-        self.rhs = list(rhs)
-        self.groups: list[_Group] = []
-        s = 0
-        for b in rhs:
-            n_sys = math.prod(b.shape[:-2])
-            self.groups.append(_Group(b.shape, slice(s, s + n_sys), b.shape[-2] * b.shape[-1]))
-            s += n_sys
-        short = max(g.size for g in self.groups) <= _SHORT
-        lay: _Dense | _PerGroup = (_Dense if short else _PerGroup)(self.groups, rhs)
-        self.lay = lay
-        self.check_div = _CHECK_SHORT if short else 0  # long: a matvec costs far more than a sync
-        self.matvecs = [_matvec_op(mv, p, ap) for mv, p, ap in zip(matvecs, lay.views["p"], lay.views["ap"])]
+    def __init__(self, groups: list[_Group], rhs: Sequence[Tensor], eps: float) -> None:
+        self.lay = lay = _PerGroup(groups, rhs)
+        self.views = lay.views
+        s = groups[-1].systems.stop
         new = rhs[0].new_tensor
         self.w = new([[1.0], [-1.0], [0.0], [math.inf], [0.0], [0.0], [0.0]]).expand(2, 7, s).clone().unbind()
         self.m = rhs[0].new_zeros(5, s)
@@ -215,9 +325,7 @@ class _MaskedCG:
         torch.mul(rs, self.w[0][:2, :1], out=self.m[1:3])  # (‖b‖², −‖b‖²)
         self.m[4].masked_fill_(rs <= self.tol2, math.inf)  # z: b = 0 has stopped
         self.ops = [self._iteration(i) for i in range(2)]
-        self.z = self.m[4]
         self.cur = 0
-        self.live = list(range(len(self.groups)))
 
     def _iteration(self, i: int) -> list[Op]:
         """The ops of one iteration after the matvecs, reading ``w[i]``; views made once."""
@@ -236,37 +344,48 @@ class _MaskedCG:
             partial(self.iters.add_, self.ok),
         ]
 
-    def next_check(self, it: int) -> int:
-        """The iteration of the host check after the one at ``it``."""
-        return it + max(1, it // self.check_div) if self.check_div else it + 1
+    first_check = 0
 
-    def check(self) -> bool:
-        """Host sync: the groups with a running system; False when there is none."""
-        running = self.z.eq(0).tolist()
-        self.live = [i for i, g in enumerate(self.groups) if any(running[g.systems])]
-        return bool(self.live)
+    @staticmethod
+    def next_check(it: int) -> int:
+        """Every iteration: a long system's matvec costs far more than a host sync."""
+        return it + 1
 
-    def step(self) -> None:
+    def running(self) -> list[bool]:
+        """Host sync: whether each system still runs."""
+        return self.m[4].eq(0).tolist()
+
+    def step(self, matvecs: list[Op]) -> None:
         """One iteration of every running system; stopped ones keep x, r and their counts."""
-        for g in self.live:
-            self.matvecs[g]()
+        for mv in matvecs:
+            mv()
         for op in self.ops[self.cur]:
             op()
         self.cur = 1 - self.cur
 
-    def results(self) -> list[CGResult]:
+    def read_out(self) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """(x per group, iterations, converged, stopped by pᵀAp ≤ 0), per system."""
         self.lay.dot("r", "r", self.rs_end)()
         converged = self.rs_end <= self.tol2  # r is frozen once a system stops
         neg = (self.m[4] != 0) & ~converged  # stopped, not converged: by pᵀAp ≤ 0
-        # Non-positive curvature at x = 0 (no update before it): fall back to steepest descent b = −g.
-        at_start = neg & (self.iters == 0)
-        out = []
-        for g, x, b in zip(self.groups, self.lay.views["x"], self.rhs):
-            sys_shape = g.shape[:-2]
-            fallback = at_start[g.systems].view(*sys_shape, 1, 1)
-            out.append(CGResult(torch.where(fallback, b, x), self.iters[g.systems].view(sys_shape),
-                                converged[g.systems].view(sys_shape), neg[g.systems].view(sys_shape)))
-        return out
+        return self.views["x"], self.iters, converged, neg
+
+
+def _groups(rhs: Sequence[Tensor]) -> list[_Group]:
+    """Where each group's systems live in the (S,) per-system rows."""
+    groups, start = [], 0
+    for b in rhs:
+        n_sys = math.prod(b.shape[:-2])
+        groups.append(_Group(b.shape, slice(start, start + n_sys), b.shape[-2] * b.shape[-1]))
+        start += n_sys
+    return groups
+
+
+def _history_fits(groups: list[_Group], rhs: Sequence[Tensor], max_iter: int) -> bool:
+    """Whether the short layout's history of every iterate takes at most :data:`_HISTORY_BYTES`."""
+    width = max(g.size for g in groups)
+    history = (max_iter + 1) * 2 * groups[-1].systems.stop * width * rhs[0].element_size()
+    return width <= _SHORT and history <= _HISTORY_BYTES
 
 
 def batched_cg(
@@ -295,12 +414,29 @@ def batched_cg(
         raise ValueError(f"batched_cg: {len(matvecs)} matvecs for {len(rhs)} right-hand sides")
     if not rhs:
         return []
-    state = _MaskedCG(matvecs, rhs, eps)
-    check = 0
+    groups = _groups(rhs)
+    state: _Unrolled | _MaskedCG
+    if _history_fits(groups, rhs, max_iter):
+        state = _Unrolled.cached(groups, rhs, eps, max_iter)
+    else:
+        state = _MaskedCG(groups, rhs, eps)
+    ops = [_matvec_op(mv, p, ap) for mv, p, ap in zip(matvecs, state.views["p"], state.views["ap"])]
+    live, check = ops, state.first_check
     for it in range(max_iter):
-        if it == check:
-            if not state.check():
+        if it == check:  # host sync: multiply only the groups with a running system
+            running = state.running()
+            live = [op for op, g in zip(ops, groups) if any(running[g.systems])]
+            if not live:
                 break
             check = state.next_check(it)
-        state.step()
-    return state.results()
+        state.step(live)
+    xs, iters, converged, neg = state.read_out()
+    # Non-positive curvature at x = 0 (no update before it): fall back to steepest descent b = −g.
+    at_start = neg & (iters == 0)
+    out = []
+    for g, x, b in zip(groups, xs, rhs):
+        sys_shape = g.shape[:-2]
+        fallback = at_start[g.systems].view(*sys_shape, 1, 1)
+        out.append(CGResult(torch.where(fallback, b, x), iters[g.systems].view(sys_shape),
+                            converged[g.systems].view(sys_shape), neg[g.systems].view(sys_shape)))
+    return out

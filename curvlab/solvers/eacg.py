@@ -40,6 +40,13 @@ share a batch (:func:`_buckets`). B_j must be symmetric (the recursion makes it 
 product runs on row vectors, z B_j. The full factor (Eq. 11a) has no such structure and
 runs CG on the (m, c) iterates.
 
+**Conv layers** are linear layers over their input patches (``LayerCurvature``): M is the patch
+factor A (``input_cov``, Eq. 11a) or the patch mean's outer product (Eq. 11b), the bias system uses
+the exact bias block; with ``kfac_type=expand`` the weight's G (KFC's, ``kron_out``) differs from that
+block, so such a layer's rank-one weight system runs on the (m, c) iterates with M = μμᵀ. With
+``weight_factor=block`` a weight system multiplies with the layer's own weight block of the kind
+(its per-sample chain, HBP Sec. 3) matrix-free, no Kronecker factor at all.
+
 Non-positive curvature pᵀAp ≤ 0 can only occur for an indefinite kind (``exact``): that
 system stops with its current iterate, or with −g if it happens at the first iteration
 (see :mod:`curvlab.solvers.cg`). Statistics per step: ``cg_iters`` (most iterations of any
@@ -129,22 +136,31 @@ def _cat(ts: list[Tensor]) -> Tensor:
     return ts[0] if len(ts) == 1 else torch.cat(ts)
 
 
-def _full_factor_groups(blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool) -> list[_Group]:
-    """Eq. (11a) systems; equal shapes (kind, k, m, c) form one group, across layers too."""
+def _full_factor_groups(
+    blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool,
+    layers: Sequence[int] | None = None, rank_one: bool = False,
+) -> list[_Group]:
+    """Eq. (11a) systems of ``layers`` (default: all); equal shapes (kind, k, m, c) form one group,
+    across layers too. ``rank_one``: M = E[h] E[h]ᵀ (Eq. 11b) on the (m, c) iterates, for layers whose
+    weight G (``out_factor``, a conv's expand G) is not their bias block."""
     by_shape: dict[tuple[str, int, int, int], list[_System]] = defaultdict(list)
-    slot = 0
-    for t, blk in enumerate(blocks):
+    per_layer = 2 if bias else 1
+    for t in range(len(blocks)) if layers is None else layers:
+        blk, slot = blocks[t], per_layer * t
         rs = RowSplit(blk.n_out, split, device=blk.bias.device)
         b_split = rs.blocks(blk.bias)  # (k, m, m)
-        if blk.input_cov is None:
+        w_split = b_split if blk.kron_out is None else rs.blocks(blk.kron_out)  # G ⊗ M of the weight
+        if rank_one:
+            factor = torch.outer(blk.input_mean, blk.input_mean)
+        elif blk.input_cov is None:
             raise ValueError(f"weight_factor=full needs input_cov for layer {t + 1}; request input_cov=True")
-        by_shape[("w", rs.k, rs.m, blk.n_in)].append(
-            _System(slot, rs, b_split, rs.rows(-blk.grad_weight), blk.input_cov)
-        )
-        slot += 1
+        else:
+            factor = blk.input_cov
+        by_shape[("w", rs.k, rs.m, blk.n_in)].append(_System(slot, rs, w_split, rs.rows(-blk.grad_weight), factor))
         if bias:
-            by_shape[("b", rs.k, rs.m, 1)].append(_System(slot, rs, b_split, rs.rows(-blk.grad_bias[:, None]), None))
-            slot += 1
+            by_shape[("b", rs.k, rs.m, 1)].append(
+                _System(slot + 1, rs, b_split, rs.rows(-blk.grad_bias[:, None]), None)
+            )
 
     groups = []
     for (tag, *_), members in by_shape.items():
@@ -161,87 +177,120 @@ def _full_factor_groups(blocks: Sequence[LayerCurvature], alpha: float, split: i
     return groups
 
 
+def _product_groups(blocks: Sequence[LayerCurvature], alpha: float, bias: bool) -> list[_Group]:
+    """``weight_factor=block`` (conv nets): each weight system D ↦ (1 − α) 𝓑 D + α D with the layer's
+    own weight block 𝓑 = E_i[J_θ,iᵀ H_i J_θ,i] multiplied matrix-free (``block_product``); bias systems
+    as Eq. (10a). One group per system (the products differ in shape and kind)."""
+    per_layer = 2 if bias else 1
+    groups = []
+    for t, blk in enumerate(blocks):
+        product = blk.block_product
+        if product is None:
+            raise ValueError(f"weight_factor=block needs each layer's block_product (layer {t + 1} has none)")
+
+        def mv(x: Tensor, product: Callable = product) -> Tensor:  # x (1, 1, n_out, n_in)
+            return product(x[0, 0], None)[0].mul(1 - alpha).add_(x[0, 0], alpha=alpha).view_as(x)
+
+        weight = _Group(mv, -blk.grad_weight[None, None])
+        weight.unpack.append(lambda x, slot=per_layer * t: [(slot, x[0, 0])])
+        groups.append(weight)
+        if bias:
+            b_sys = _Group(_group_matvec(blk.bias[None, None], None, alpha), -blk.grad_bias[None, None, :, None])
+            b_sys.unpack.append(lambda x, slot=per_layer * t + 1: [(slot, x[0, 0, :, 0])])
+            groups.append(b_sys)
+    return groups
+
+
 # ---------------------------------------------------------------------------------------
 # Rank-one factor (Eq. 11b): CG in the (m + 1)-dimensional reduced coordinates (docstring).
 
 
-class _ReducedLayer(NamedTuple):
-    """One layer's reduced systems: per row group j a weight and (nb = 2) a bias system, each
-    with ``size`` ≥ m + 1 unknowns (zero-padded to share a batch with other layers)."""
+def _reduced_group(
+    blocks: Sequence[LayerCurvature], which: Sequence[int], splits: Sequence[RowSplit], alpha: float,
+    bias: bool, size: int, overwrite: bool,
+) -> _Group:
+    """Ã = α I + scale · diag(0, B_j) and b̃ of the layers ``which`` (row splits ``splits``), written
+    straight into one batch, and the map back to their d_W, d_b.
 
-    blocks: Tensor  # (k, size − 1, size − 1) B_j zero-padded, shared by the weight and bias systems
-    scale: Tensor  # (k, nb, 1) (1 − α) s for the weight system, (1 − α) for the bias system
-    rhs: Tensor  # (k, nb, 1, size) b̃ per system, as a row vector
-    unpack: Unpack  # this layer's systems of the solution → its (slot, tensor) pairs
-
-
-def _reduced_layer(
-    blk: LayerCurvature, alpha: float, rs: RowSplit, slot: int, bias: bool, size: int, overwrite: bool
-) -> _ReducedLayer:
-    """Ã = α I + scale · diag(0, B_j) and b̃ of one layer's systems, and the map back to d_W, d_b.
-
-    The systems are zero-padded from m + 1 to ``size`` unknowns so that layers of different
-    widths can share a batch; as for :class:`RowSplit`, padded unknowns stay exactly 0. With
-    ``overwrite`` the layer's weight gradient becomes −G_⊥ and then d_W in place.
+    Every layer's systems are zero-padded from m + 1 to ``size`` unknowns so that layers of
+    different widths share the batch; as for :class:`RowSplit`, padded unknowns stay exactly 0.
+    Per row group j there is a weight and (nb = 2) a bias system. With ``overwrite`` a layer's
+    weight gradient becomes −G_⊥ and then d_W in place.
     """
-    k, m = rs.k, rs.m
-    mu = blk.input_mean  # (c,)
-    s = float(mu @ mu)
-    mu_hat = mu / math.sqrt(s) if s > 0 else torch.zeros_like(mu)
-    gw = blk.grad_weight  # (n_out, c)
-    g_mu = gw @ mu_hat  # (n_out,) = −G μ̂
-    # (n_out, c) = −G_⊥. Formed explicitly: gradient rows lie mostly along μ̂ (their h_i share
-    # a large mean), so ‖g‖² − (gᵀμ̂)² would cancel to round-off.
-    perp = gw.addr_(g_mu, mu_hat, alpha=-1) if overwrite else torch.addr(gw, g_mu, mu_hat, alpha=-1)
-    row_sq = torch.linalg.vector_norm(perp, dim=1).square()[:, None]  # (n_out, 1)
-    norms = rs.rows(row_sq).sum((1, 2)).sqrt()  # (k,) ‖G_⊥‖_F over each row group
-
-    b_j = rs.blocks(blk.bias)  # (k, m, m), a view without splitting
-    pad = size - 1 - m
-    b_pad = torch.nn.functional.pad(b_j, (0, pad, 0, pad)) if pad else b_j  # (k, size−1, size−1)
-    tail = norms.new_zeros(k, size - m - 1)
-    rhs = [torch.cat([norms[:, None], rs.rows(-g_mu[:, None])[..., 0], tail], dim=1)]  # (k, size) (‖G_⊥‖, G μ̂)
-    scale = [(1 - alpha) * s]
-    if bias:  # a leading zero unknown, then the bias system (1 − α) B_j + α I
-        rhs.append(torch.cat([norms.new_zeros(k, 1), rs.rows(-blk.grad_bias[:, None])[..., 0], tail], dim=1))
-        scale.append(1 - alpha)
-    nb = len(rhs)
+    nb, per_layer = (2, 2) if bias else (1, 1)
+    ref = blocks[which[0]].grad_weight
+    n_sys = sum(rs.k for rs in splits)
+    off = 1 if (size - 1) ** 2 <= _FOLD else 0  # diag(0, B_j) formed here when _ReducedMatVec folds it
+    width = size - 1 + off
+    mats = ref.new_zeros(n_sys, width, width)  # B_j zero-padded, shared by j's systems
+    rhs = ref.new_zeros(n_sys, nb, 1, size)  # b̃ per system, as a row vector: (‖G_⊥‖, G μ̂) or (0, −∇_b)
+    # Windows by offset (one view op each, not one per index): a layer's k systems start at system lo.
+    rhs_part = partial(_window, rhs, (nb * size, 1))
+    norms = ref.new_empty(n_sys)  # ‖G_⊥‖_F per row group
+    scale: list[float] = []  # (1 − α) s for a weight system, (1 − α) for a bias system
+    layers: list[tuple[int, RowSplit, slice, Tensor, Tensor]] = []  # (slot, split, systems, −G_⊥, μ̂)
+    lo = 0
+    for t, rs in zip(which, splits):
+        blk, k, m, sl = blocks[t], rs.k, rs.m, slice(lo, lo + rs.k)
+        mu = blk.input_mean  # (c,)
+        s = float(mu @ mu)
+        mu_hat = mu / math.sqrt(s) if s > 0 else torch.zeros_like(mu)
+        gw = blk.grad_weight  # (n_out, c)
+        g_mu = gw @ mu_hat  # (n_out,) = −G μ̂
+        # (n_out, c) = −G_⊥. Formed explicitly: gradient rows lie mostly along μ̂ (their h_i share
+        # a large mean), so ‖g‖² − (gᵀμ̂)² would cancel to round-off.
+        perp = gw.addr_(g_mu, mu_hat, alpha=-1) if overwrite else torch.addr(gw, g_mu, mu_hat, alpha=-1)
+        row_sq = torch.linalg.vector_norm(perp, dim=1).square()  # (n_out,)
+        torch.sqrt(rs.vector(row_sq).sum(1), out=norms[sl])
+        _window(mats, (width**2, width, 1), (k, m, m), (lo * width + off) * width + off).copy_(rs.blocks(blk.bias))
+        torch.neg(rs.vector(g_mu), out=rhs_part((k, m), lo * nb * size + 1))
+        if bias:  # a leading zero unknown, then the bias system (1 − α) B_j + α I
+            torch.neg(rs.vector(blk.grad_bias), out=rhs_part((k, m), (lo * nb + 1) * size + 1))
+        scale += [(1 - alpha) * s, 1 - alpha][:nb] * k
+        layers.append((per_layer * t, rs, sl, perp, mu_hat))
+        lo += k
+    _window(rhs, (nb * size,), (n_sys,), 0).copy_(norms)  # the ⊥ unknown of every weight system
+    scale_t = torch.tensor(scale, dtype=ref.dtype, device=ref.device).view(n_sys, nb, 1)
 
     def unpack(z: Tensor) -> list[tuple[int, Tensor]]:
-        """z (k, nb, 1, size) → d_W = (z₀ / ‖G_⊥‖) G_⊥ + z_{1:} μ̂ᵀ (and d_b = z_{1:})."""
-        zw = z[:, 0, 0, : m + 1, None]  # (k, m+1, 1)
-        coef = torch.where(norms > 0, zw[:, 0, 0] / norms, 0.0)  # (k,)
-        coef_rows = rs.merge(coef[:, None, None].expand(k, m, 1))[:, 0]  # (n_out,)
-        y = rs.merge(zw[:, 1:])[:, 0]  # (n_out,)
-        if rs.trivial:  # one pass, in perp's memory: −coef · perp + y μ̂ᵀ
-            d_w = perp.addr_(y, mu_hat, beta=-float(coef[0]))
-        else:
-            d_w = perp.mul_(-coef_rows[:, None]).addr_(y, mu_hat)
-        out = [(slot, d_w)]
-        if bias:
-            out.append((slot + 1, rs.merge(z[:, 1, 0, 1 : m + 1, None])[:, 0]))
+        """z (S, nb, 1, size) → per layer d_W = (z₀ / ‖G_⊥‖) G_⊥ + z_{1:} μ̂ᵀ (and d_b = z_{1:})."""
+        rows = z.reshape(n_sys * nb, size)  # system i's weight row i nb, bias row i nb + 1
+        coef = torch.where(norms > 0, rows[::nb, 0] / norms, 0.0)  # (S,)
+        coefs = coef.tolist() if all(rs.trivial for _, rs, *_ in layers) else None  # one sync for all
+        out = []
+        for slot, rs, sl, perp, mu_hat in layers:
+            m = rs.m
+            if coefs is not None:  # one pass, in perp's memory: −coef · perp + y μ̂ᵀ
+                out.append((slot, perp.addr_(rows[sl.start * nb, 1 : m + 1], mu_hat, beta=-coefs[sl.start])))
+                if bias:
+                    out.append((slot + 1, rows[sl.start * nb + 1, 1 : m + 1]))
+                continue
+            coef_rows = rs.merge(coef[sl, None, None].expand(rs.k, m, 1))[:, 0]  # (n_out,)
+            y = rs.merge(z[sl, 0, 0, 1 : m + 1, None])[:, 0]  # (n_out,)
+            out.append((slot, perp.mul_(-coef_rows[:, None]).addr_(y, mu_hat)))
+            if bias:
+                out.append((slot + 1, rs.merge(z[sl, 1, 0, 1 : m + 1, None])[:, 0]))
         return out
 
-    scale_t = torch.tensor(scale, dtype=gw.dtype, device=gw.device).expand(k, nb)[..., None]
-    return _ReducedLayer(b_pad, scale_t, torch.stack(rhs, dim=1)[:, :, None, :], unpack)
+    return _Group(_ReducedMatVec(mats, scale_t, alpha, fold=bool(off)), rhs, [unpack])
 
 
 class _ReducedMatVec:
-    """``x ↦ α x + scale · x diag(0, B_j)`` on row vectors: ``x`` (S, nb, 1, size), ``blocks``
-    (S, size − 1, size − 1), ``scale`` (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ,
-    and the weight and bias systems of a row group share one pass over ``B_j``.
+    """``x ↦ α x + scale · x diag(0, B_j)`` on row vectors: ``x`` (S, nb, 1, size), ``scale``
+    (S, nb, 1). ``B_j`` is symmetric, so x B_j = (B_j x)ᵀ, and the weight and bias systems of a
+    row group share one pass over ``B_j``.
 
-    Small blocks (at most :data:`_FOLD` entries) are copied once into diag(0, B_j), so that the
-    ⊥ unknown needs no operation of its own; on CUDA (:data:`_FOLD_SCALE`) into scale ·
+    Small blocks (at most :data:`_FOLD` entries) come as diag(0, B_j) (``fold``, formed by
+    :func:`_reduced_group`), so that the ⊥ unknown needs no operation of its own; on CUDA (:data:`_FOLD_SCALE`) into scale ·
     diag(0, B_j), one copy per system, so that the product is one kernel (an iteration there is
-    bound by launches; on CPU writing the copies costs more than the multiplication they save).
+    bound by launches; on CPU the per-system copies cost more than the multiplication they save:
+    EA-CG on the CIFAR-10 net 13 % more per CG iteration, issue 24).
     Larger blocks are used as they are, with the scaling and the ⊥ unknown apart."""
 
-    def __init__(self, blocks: Tensor, scale: Tensor, alpha: float) -> None:
-        self.fold = blocks.shape[-1] ** 2 <= _FOLD
-        self.fold_scale = self.fold and (blocks.is_cuda if _FOLD_SCALE is None else _FOLD_SCALE)
-        if self.fold:
-            blocks = torch.nn.functional.pad(blocks, (1, 0, 1, 0))  # (S, size, size)
+    def __init__(self, blocks: Tensor, scale: Tensor, alpha: float, fold: bool) -> None:
+        """``blocks``: diag(0, B_j) (S, size, size) with ``fold``, else B_j (S, size − 1, size − 1)."""
+        self.fold = fold
+        self.fold_scale = fold and (blocks.is_cuda if _FOLD_SCALE is None else _FOLD_SCALE)
         if self.fold_scale:  # (S nb, size, size)
             blocks = (scale[..., None] * blocks[:, None]).flatten(0, 1)
         self.blocks, self.scale, self.alpha = blocks, scale, alpha
@@ -308,33 +357,33 @@ def _buckets(splits: list[RowSplit]) -> list[tuple[int, list[int]]]:
 
 
 def _rank_one_groups(
-    blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool, overwrite: bool
+    blocks: Sequence[LayerCurvature], alpha: float, split: int, bias: bool, overwrite: bool,
+    which: Sequence[int] | None = None,
 ) -> list[_Group]:
-    """Eq. (11b) systems in reduced form, batched over layers by :func:`_buckets`."""
-    splits = [RowSplit(blk.n_out, split, device=blk.bias.device) for blk in blocks]
-    per_layer = 2 if bias else 1
-    groups = []
-    for size, members in _buckets(splits):
-        layers = [_reduced_layer(blocks[t], alpha, splits[t], per_layer * t, bias, size, overwrite) for t in members]
-        mv = _ReducedMatVec(_cat([lay.blocks for lay in layers]), _cat([lay.scale for lay in layers]), alpha)
-        group = _Group(mv, _cat([lay.rhs for lay in layers]))  # (Σ k, nb, 1, size)
-        start = 0
-        for lay in layers:
-            n_sys = lay.rhs.shape[0]
-            group.unpack.append(lambda x, lay=lay, lo=start, hi=start + n_sys: lay.unpack(x[lo:hi]))
-            start += n_sys
-        groups.append(group)
-    return groups
+    """Eq. (11b) systems of the layers ``which`` (default: all) in reduced form, batched over layers
+    by :func:`_buckets`."""
+    which = range(len(blocks)) if which is None else which
+    splits = [RowSplit(blocks[t].n_out, split, device=blocks[t].bias.device) for t in which]
+    return [
+        _reduced_group(blocks, [which[i] for i in members], [splits[i] for i in members], alpha, bias, size, overwrite)
+        for size, members in _buckets(splits)
+    ]
+
+
+def _window(t: Tensor, strides: tuple[int, ...], shape: tuple[int, ...], offset: int) -> Tensor:
+    """The view of the contiguous ``t`` with ``shape`` and ``strides`` that starts ``offset`` elements in."""
+    return t.as_strided(shape, strides, t.storage_offset() + offset)
 
 
 def _stats(results: list[CGResult]) -> dict[str, float]:
-    iters = torch.cat([r.iters.flatten() for r in results]).double()
+    """CG statistics of a step, read back in one host sync."""
+    iters = _cat([r.iters.flatten() for r in results]).double()
+    neg = _cat([r.neg_curvature.flatten() for r in results])
+    unconverged = _cat([(~r.converged & ~r.neg_curvature).flatten() for r in results])
+    most, mean, n_neg, n_unconv = torch.stack([iters.max(), iters.mean(), neg.sum(), unconverged.sum()]).tolist()
     return {
-        "cg_iters": float(iters.max()),
-        "cg_iters_mean": float(iters.mean()),
-        "cg_systems": float(iters.numel()),
-        "neg_curvature": float(sum(int(r.neg_curvature.sum()) for r in results)),
-        "cg_unconverged": float(sum(int((~r.converged & ~r.neg_curvature).sum()) for r in results)),
+        "cg_iters": most, "cg_iters_mean": mean, "cg_systems": float(iters.numel()),
+        "neg_curvature": n_neg, "cg_unconverged": n_unconv,
     }
 
 
@@ -356,7 +405,8 @@ def eacg_solve(
         max_cg: CG iteration limit per system (max|CG|).
         eps_cg: stop a system when ‖r‖ ≤ eps_cg ‖g‖, ``g`` that system's gradient part.
         split: number of row-wise sub-blocks per bias and weight (HBP Figure 5).
-        weight_factor: ``rank_one`` (Eq. 11b) or ``full`` (Eq. 11a; needs ``input_cov``).
+        weight_factor: ``rank_one`` (Eq. 11b), ``full`` (Eq. 11a; needs ``input_cov``) or ``block``
+            (nets with convolutions: each layer's own weight block, matrix-free; needs ``block_product``).
         bias: whether the net has biases (otherwise no bias systems are solved).
         overwrite: the rank-one path may use the blocks' ``grad_weight`` as its workspace: they
             are overwritten and become the returned d_W (a solver's own per-step blocks; saves
@@ -366,10 +416,18 @@ def eacg_solve(
         The direction ``[d_W1, d_b1, d_W2, …]`` in ``net.parameters()`` order (no bias
         entries without biases), and CG statistics.
     """
-    if WeightFactor(weight_factor) is WeightFactor.FULL:
+    if WeightFactor(weight_factor) is WeightFactor.BLOCK:
+        if split != 1:
+            raise ValueError("EA-CG: split applies to Kronecker-factored blocks; use split=1 with weight_factor=block")
+        groups = _product_groups(blocks, alpha, bias)
+    elif WeightFactor(weight_factor) is WeightFactor.FULL:
         groups = _full_factor_groups(blocks, alpha, split, bias)
-    else:
-        groups = _rank_one_groups(blocks, alpha, split, bias, overwrite)
+    else:  # the reduced form shares B_j between a layer's systems: layers with their own weight G apart
+        shared = [t for t, blk in enumerate(blocks) if blk.kron_out is None]
+        own = [t for t, blk in enumerate(blocks) if blk.kron_out is not None]
+        groups = _rank_one_groups(blocks, alpha, split, bias, overwrite, shared) if shared else []
+        if own:
+            groups += _full_factor_groups(blocks, alpha, split, bias, own, rank_one=True)
     results = batched_cg([g.matvec for g in groups], [g.rhs for g in groups], max_cg, eps_cg)
     d: list[Tensor] = [torch.empty(0)] * (len(blocks) * (2 if bias else 1))
     for group, res in zip(groups, results):

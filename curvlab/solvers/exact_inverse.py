@@ -62,6 +62,16 @@ def _parse_pivot(pivot: str | PivotForm) -> PivotForm | None:
         raise ValueError(f"unknown pivot {pivot!r} for the exact inverse; allowed: {allowed}") from None
 
 
+def _refuse_steps(net: Net) -> None:
+    """One line for a net with convolutions, which the Riccati sweep cannot take."""
+    if chain(net).has_steps:
+        raise ValueError(
+            "the exact inverse (hessian_inverse_product) does not support nets with convolutions: a conv's "
+            "parameter Jacobian is a sum over its output positions, so the Riccati sweep would need one input "
+            "row per sample and position instead of one per sample; use solver=eacg or solver=kfi"
+        )
+
+
 def _layer_sizes(net: Net) -> list[int]:
     """``p_t`` per layer: how ``vec.split`` cuts (P, m) in ``parameters_to_vector`` order into the
     per-layer (p_t, m) blocks with rows (vec(W) row-major, b)."""
@@ -105,6 +115,7 @@ def hessian_inverse_product(
     Returns:
         The solution, shaped like ``vec``.
     """
+    _refuse_steps(net)
     kind = _parse_kind(curvature)
     form = _parse_pivot(pivot)
     damping = _check_damping(damping)
@@ -167,6 +178,7 @@ class ExactInverseNewton(Solver):
         refine: int = 0,
     ) -> None:
         super().__init__(net, loss, lr)
+        _refuse_steps(net)
         self.check_ranges(damping=damping, refine=refine)
         self.damping = float(damping)
         self.curvature = _parse_kind(curvature)

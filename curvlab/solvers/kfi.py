@@ -33,6 +33,10 @@ last product. :func:`gram_is_cheaper` picks, per layer and batch size, whichever
 two forms needs fewer flops. Every other factor is solved with a Cholesky factorisation
 (no explicit inverse).
 
+**Conv layers** (``nn.Conv2d``) are linear layers over their input patches: A is the patch factor
+of ``kfac_type`` (expand: KFC, reduce: Eschenhagen et al. 2023) and G the layer's ``out_factor``
+(the expand G, or the bias block for reduce); their bias uses their own exact bias block, damped as G.
+
 **Amortised factors (optional).** ``update_every=T`` refreshes the damped factors (and π)
 every T steps, as KFAC implementations do, and applies the stored ones to the current
 gradient in between; the default T = 1 is the paper's KFI (fresh inverses every step).
@@ -118,6 +122,8 @@ class LayerInverse:
             (``a`` = E[h], Eq. 13; ``h`` = H when this step's samples came along).
         a: see ``mode``.
         h: (B, n_in) the inputs behind A (``gram``) or this step's inputs (``rank_one``).
+        chol_b: Cholesky factor of the damped bias block where it differs from G (a conv layer
+            with ``kfac_type=expand``); None: the bias reuses ``chol_g``.
     """
 
     pi: float
@@ -126,6 +132,7 @@ class LayerInverse:
     mode: str
     a: Tensor
     h: Tensor | None = None
+    chol_b: Tensor | None = None
 
     def weight(self, grad_weight: Tensor | None, e: Tensor | None = None) -> Tensor:
         """d_W = −G⁻¹ ∇_W A⁻¹; ``e`` (B, n_out) with ∇_W = eᵀ h for this ``h`` takes the short form."""
@@ -152,8 +159,9 @@ class LayerInverse:
         return torch.addr(x, x @ mu, mu, alpha=-1 / (self.c + float(mu @ mu))).div_(self.c)
 
     def bias(self, grad_bias: Tensor) -> Tensor:
-        """d_b = −G⁻¹ ∇_b."""
-        return -torch.cholesky_solve(grad_bias[:, None], self.chol_g)[:, 0]
+        """d_b = −G⁻¹ ∇_b (a conv layer with its own bias block: that block, damped alike)."""
+        chol = self.chol_g if self.chol_b is None else self.chol_b
+        return -torch.cholesky_solve(grad_bias[:, None], chol)[:, 0]
 
 
 def layer_inverses(
@@ -167,7 +175,7 @@ def layer_inverses(
     sqrt_alpha = math.sqrt(alpha)
     out = []
     for t, blk in enumerate(blocks):
-        g0 = blk.bias  # (n_out, n_out)
+        g0 = blk.out_factor  # (n_out, n_out): the bias block, or a conv's expand G
         h = None
         if rank_one_first_layer and t == 0:
             mode, a0 = "rank_one", blk.input_mean  # (n_in,)
@@ -191,7 +199,8 @@ def layer_inverses(
             k = h @ h.T  # (B, B)
             k.diagonal().add_(c * h.shape[0])
             a0 = _cholesky(k, f"A of layer {t + 1} (its Gram form)")
-        out.append(LayerInverse(pi, c, chol_g, mode, a0, h))
+        chol_b = None if blk.kron_out is None else _cholesky(_damped(blk.bias, sqrt_alpha / pi), f"B of layer {t + 1}")
+        out.append(LayerInverse(pi, c, chol_g, mode, a0, h, chol_b))
     return out
 
 
@@ -284,7 +293,8 @@ class KFI(BlockSolver):
         self.update_every = int(update_every)
         self._inverses: list[LayerInverse] | None = None
         self._age = 0  # steps since the stored factors were computed
-        for t, n_in in enumerate(chain(net).widths[:-1]):
+        view = chain(net)  # a net with convolutions: A is (J, J) per conv, its widths come with the input
+        for t, n_in in enumerate([] if view.has_steps else view.widths[:-1]):
             if n_in <= self.max_input_width or not self.needs_input_cov(t):
                 continue
             hint = (
@@ -308,8 +318,10 @@ class KFI(BlockSolver):
         if not self._refresh:
             return set(), set()
         view = chain(self.net)
-        widths = view.widths
         factored = [t for t in range(view.depth) if self.needs_input_cov(t)]
+        if view.has_steps:  # the Gram form needs one input row per sample; a conv has one per position
+            return set(factored), set()
+        widths = view.widths
         gram = {t for t in factored if gram_is_cheaper(widths[t], widths[t + 1], batch)}
         # Eq. (13): the samples make G⁻¹ ∇_W cost n_out² B instead of n_out² n_in.
         rank_one = {0} if self.rank_one_first_layer and batch < widths[0] else set()

@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from curvlab.curvature.options import CurvatureOptions, WeightFactor
 from curvlab.typecheck import type_hints
 
 __all__ = ["OptionRule", "UNIT_INTERVAL", "POSITIVE", "NON_NEGATIVE", "COUNT", "NON_NEGATIVE_COUNT", "number_rule",
-           "one_of", "keyword_options"]
+           "one_of", "keyword_options", "check_step_options"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,17 @@ def keyword_options(init: Callable[..., Any], given: Iterable[str]) -> dict[str,
     hints, given = type_hints(init), set(given)
     return {k: hints.get(k, Any) for k, p in inspect.signature(init).parameters.items()
             if k not in given and p.kind in keyword}
+
+
+def check_step_options(curvature: CurvatureOptions, steps: bool) -> None:
+    """Refuse the ``curvature`` options that only nets with convolutions or pooling (step nets) have:
+    ``weight_factor=block`` multiplies with each layer's matrix-free block (``LayerCurvature.block_product``)
+    and ``sketch`` replaces the per-sample output factors, which an MLP's batch-mean recursion never forms."""
+    if steps:
+        return
+    if curvature.weight_factor is WeightFactor.BLOCK:
+        raise ValueError("curvature.weight_factor=block needs a net with convolutions (net.layers with conv(...)); "
+                         "on an MLP use rank_one or full")
+    if curvature.sketch:
+        raise ValueError("curvature.sketch=true needs a net with convolutions (net.layers with conv(...)); an MLP's "
+                         "gn/pch blocks are exact batch means: set curvature.sketch=false")

@@ -14,6 +14,7 @@ their CG iterate stays exactly zero, so padding does not change the solution.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -38,14 +39,26 @@ class RowSplit:
         self.n = n
         self.k = min(k, n)
         self.m = math.ceil(n / self.k)
-        groups = torch.arange(n, device=device).tensor_split(self.k)
-        index = torch.zeros(self.k, self.m, dtype=torch.long, device=device)
-        valid = torch.zeros(self.k, self.m, dtype=torch.bool, device=device)
-        for j, g in enumerate(groups):
+        self.device = device
+
+    @cached_property
+    def _tables(self) -> tuple[Tensor, Tensor]:
+        """(index, valid), each (k, m): the row of each padded slot (padding points at row 0) and
+        whether the slot holds a row. Made on first use: the trivial split never needs them."""
+        index = torch.zeros(self.k, self.m, dtype=torch.long, device=self.device)
+        valid = torch.zeros(self.k, self.m, dtype=torch.bool, device=self.device)
+        for j, g in enumerate(torch.arange(self.n, device=self.device).tensor_split(self.k)):
             index[j, : len(g)] = g
             valid[j, : len(g)] = True
-        self.index = index  # (k, m), padding points at row 0 and is masked out
-        self.valid = valid  # (k, m)
+        return index, valid
+
+    @property
+    def index(self) -> Tensor:
+        return self._tables[0]
+
+    @property
+    def valid(self) -> Tensor:
+        return self._tables[1]
 
     @property
     def trivial(self) -> bool:
@@ -65,6 +78,12 @@ class RowSplit:
         if self.trivial:
             return g.unsqueeze(0)
         return g[self.index] * self.valid[:, :, None].to(g.dtype)
+
+    def vector(self, v: Tensor) -> Tensor:
+        """Row groups of an (n,) vector, zero-padded: (k, m); :meth:`rows` without its column axis."""
+        if self.trivial:
+            return v.unsqueeze(0)
+        return v[self.index] * self.valid.to(v.dtype)
 
     def merge(self, x: Tensor) -> Tensor:
         """Inverse of :meth:`rows`: (k, m, c) → (n, c), dropping the padding."""
