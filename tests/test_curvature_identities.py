@@ -197,3 +197,32 @@ def test_mismatched_cache_raises() -> None:
     p = make_problem()
     with pytest.raises(ValueError, match="cache holds 6 samples but x has 5"):
         curvlab.curvature(p.net, p.x[:5], p.y[:5], cache=p.net.forward_cache(p.x))
+
+
+_ACTS = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid}
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid"])
+def test_empirical_fisher_reusing_the_gradient_is_bitwise_the_pull_back(monkeypatch, act):
+    """The empirical Fisher's factor follows the back-propagated gradient (``GradientFactor``)
+    instead of its own pull-back: every returned tensor must be bitwise what the pull-back gives."""
+    from dataclasses import replace as dc_replace
+
+    from curvlab.curvature import kinds as kinds_module
+    from curvlab.curvature.messages import PerSampleFactors
+    from curvlab.curvature.options import Kind
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 9), _ACTS[act](), torch.nn.Linear(9, 7), _ACTS[act](),
+                              torch.nn.Linear(7, 5))
+    x, y = torch.randn(16, 12), torch.randint(0, 5, (16,))
+    fast = curvlab.curvature(net, x, y, kind="fisher", fisher="empirical", input_cov=True)
+
+    def plain(loss, out, yy, opts, gen):
+        return PerSampleFactors(kinds_module.fisher_factors(loss, out, yy, opts.fisher, opts.mc_samples, gen))
+
+    monkeypatch.setitem(kinds_module.KINDS, Kind.FISHER, dc_replace(kinds_module.KINDS[Kind.FISHER], output=plain))
+    slow = curvlab.curvature(net, x, y, kind="fisher", fisher="empirical", input_cov=True)
+    for a, b in zip(fast, slow):
+        for field in ("bias", "grad_bias", "grad_weight", "input_mean", "input_cov"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field

@@ -34,7 +34,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual, SampleFactors
+from curvlab.curvature.messages import (
+    GradientFactor, MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual, SampleFactors,
+)
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss, LossKind
 from curvlab.symmetric import symmetrized
@@ -93,7 +95,8 @@ def _pos_eig_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, 
 
 
 def _fisher_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
-    return PerSampleFactors(fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen))
+    u = fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen)
+    return GradientFactor(u) if opts.fisher is FisherType.EMPIRICAL else PerSampleFactors(u)
 
 
 def ce_hessian_rows(loss: Loss, out: Tensor, y: Tensor) -> Tensor:

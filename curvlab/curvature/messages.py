@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from curvlab.modules.base import LayerRule
     from curvlab.modules.conv import Conv2dRule
 
-__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "MeanBlock", "SampleFactors"]
+__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "GradientFactor", "MeanBlock", "SampleFactors"]
 
 TensorMap = Callable[[Tensor], Tensor]
 # Residual rows of a smooth activation in factor form: one row per unit and sample, b·n² elements.
@@ -205,6 +205,19 @@ class PerSampleFactors(Message):
     def total(self, scale: float) -> Tensor:
         u = self.factors.reshape(-1, self.factors.shape[2])  # (b m, n)
         return symmetric_product(u, u, scale=scale)
+
+
+@dataclass
+class GradientFactor(PerSampleFactors):
+    """The empirical Fisher's factor U_i = ∇_z ξ_iᵀ (b, 1, n): each sample's own gradient.
+
+    Its pull-back U_i F_i is the gradient's back-propagation, which the recursion computes
+    anyway: :meth:`follow` takes the new gradient instead of a second (b, n) @ W product
+    (bitwise the same: one GEMM of the same shape, then σ').
+    """
+
+    def follow(self, g: Tensor) -> GradientFactor:
+        return GradientFactor(g[:, None, :])  # a view: the recursion never writes into g
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.curvature.kinds import Batching, KindPolicy, policy
-from curvlab.curvature.messages import PerSampleBlocks, Residual
+from curvlab.curvature.messages import GradientFactor, PerSampleBlocks, Residual
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.losses import Loss, make_loss
 from curvlab.curvature.steps import step_backward, step_chunk_size, summed
@@ -97,7 +97,10 @@ def backward(
         dphi, d2phi = fns.derivatives(z) if residual else (fns.df(z), None)  # (b, n_t) h^{t'}, h^{t''}
         g = fns.jac_t_vec(dphi, back)  # ∇_{b^t} ξ_i
         # The last pull-back (into the first layer) only needs the sum over samples.
-        msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
+        if isinstance(msg, GradientFactor):  # empirical Fisher: the pulled-back factor is the new gradient
+            msg = msg.follow(g)
+        else:
+            msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
         if d2phi is not None:
             msg = msg.add_residual(fns.residual(d2phi, back), pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
     return sums
