@@ -108,7 +108,7 @@ def factor_passes(batch: int, rounds: int, clock: Callable[[], float]) -> None:
             fwd + ff.fisher_pass(WIDTHS, batch, cov=True), "curvlinops KFAC mc"),
         "curvlab Fisher empirical + E[hhT]": (
             lambda: curvlab.curvature(net, x, y, "fisher", loss, fisher="empirical", input_cov=True),
-            fwd + ff.fisher_pass(WIDTHS, batch, cov=True), "curvlinops KFAC empirical"),
+            fwd + ff.fisher_pass(WIDTHS, batch, cov=True, empirical=True), "curvlinops KFAC empirical"),
         "curvlab GN + E[hhT]": (
             lambda: curvlab.curvature(net, x, y, "gn", loss, input_cov=True),
             fwd + ff.mean_pass(WIDTHS, batch, cov=True), "BackPACK KFRA"),

@@ -47,11 +47,12 @@ def input_covs(widths: list[int], batch: int) -> float:
     return sum(sym(i, batch) for i, _ in layers(widths))
 
 
-def fisher_pass(widths: list[int], batch: int, rows: int = 1, *, cov: bool = False) -> float:
+def fisher_pass(widths: list[int], batch: int, rows: int = 1, *, cov: bool = False, empirical: bool = False) -> float:
     """curvlab's Fisher pass: the gradient, ``rows`` factor rows per sample pulled back through
     every layer but the first, and their Gram matrices E[U Uᵀ] (the bias blocks); with ``cov``
-    also E[h hᵀ]. ``rows``: MC samples (mc), 1 (empirical) or the classes (exact)."""
-    pull = sum(2.0 * batch * rows * i * o for i, o in layers(widths)[1:])
+    also E[h hᵀ]. ``rows``: MC samples (mc), 1 (empirical) or the classes (exact). ``empirical``:
+    the factor is the back-propagated gradient itself, so it has no pull-back of its own."""
+    pull = 0.0 if empirical else sum(2.0 * batch * rows * i * o for i, o in layers(widths)[1:])
     grams = sum(sym(o, batch * rows) for _, o in layers(widths))
     return grad_backward(widths, batch) + pull + grams + (input_covs(widths, batch) if cov else 0.0)
 

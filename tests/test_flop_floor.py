@@ -53,7 +53,7 @@ def test_gradient_step_and_forward_are_counted_exactly(problem) -> None:  # type
         ("gn", {"input_cov": True}, lambda: ff.mean_pass(WIDTHS, BATCH, cov=True)),
         ("fisher", {"fisher": "mc"}, lambda: ff.fisher_pass(WIDTHS, BATCH)),
         ("fisher", {"fisher": "exact"}, lambda: ff.fisher_pass(WIDTHS, BATCH, WIDTHS[-1])),
-        ("fisher", {"fisher": "empirical", "input_cov": True}, lambda: ff.fisher_pass(WIDTHS, BATCH, cov=True)),
+        ("fisher", {"fisher": "empirical", "input_cov": True}, lambda: ff.fisher_pass(WIDTHS, BATCH, cov=True, empirical=True)),
     ],
 )
 def test_curvature_passes_run_within_their_panel_overhead_of_the_floor(problem, kind, opts, floor) -> None:  # type: ignore[no-untyped-def]
