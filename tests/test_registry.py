@@ -240,6 +240,13 @@ def test_curvature_fields_each_solver_reads(name: str, options: dict, fields: fr
     ({"cfg.solver.name": "sgd", "cfg.solver.momentum": 0.9}, "SGD (momentum 0.9)"),
     ({"cfg.solver.name": "cr", "cfg.solver.base": "adagrad"}, "Adagrad + CR"),
     ({"solver": "lbfgs"}, "lbfgs"),  # a solver this install lacks: its name
+    # conv-net options, where they differ from the defaults (expand, no sketch)
+    ({"cfg.solver.name": "eacg", "cfg.curvature.kind": "pch1", "cfg.curvature.sketch": True,
+      "cfg.curvature.mc_samples": 3, "cfg.curvature.kfac_type": "expand"}, "EA-CG · PCH-1 · sketch 3"),
+    ({"cfg.solver.name": "kfi", "cfg.curvature.kind": "fisher", "cfg.curvature.kfac_type": "reduce",
+      "cfg.curvature.sketch": False}, "KFI · Fisher (KFAC) · reduce"),
+    ({"cfg.solver.name": "eacg", "cfg.curvature.kind": "gn", "cfg.curvature.weight_factor": "block"},
+     "EA-CG · GN · block"),
 ])
 def test_method_labels_come_from_the_registry(row: dict, label: str) -> None:
     assert method_label(row) == label

@@ -85,7 +85,20 @@ def method_label(row: pd.Series | dict[str, Any]) -> str:
     split = _get(row, "cfg.solver.split")
     if split is not None and int(float(split)) > 1:
         label += f" · split {int(float(split))}"  # HBP Figure 5's sub-blocks
-    return label
+    return label + _conv_options(row)
+
+
+def _conv_options(row: pd.Series | dict[str, Any]) -> str:
+    """The curvature options that only conv nets use, where they differ from the default: the
+    matrix-free weight block, KFAC's "reduce" convention and the sketched output factor."""
+    extra = ""
+    if str(_get(row, "cfg.curvature.weight_factor")) == "block":
+        extra += " · block"
+    if str(_get(row, "cfg.curvature.kfac_type")) == "reduce":
+        extra += " · reduce"
+    if str(_get(row, "cfg.curvature.sketch")) == "True":
+        extra += f" · sketch {int(float(_get(row, 'cfg.curvature.mc_samples') or 1))}"
+    return extra
 
 
 def _as_dict(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
