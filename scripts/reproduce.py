@@ -43,8 +43,11 @@ runs them on a Ray cluster (configs/hydra/launcher/).
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -299,6 +302,25 @@ def outcome(run_dir: Path) -> str:
     return f"failed: {s.get('failure') or s.get('status')}"
 
 
+def pin_configs() -> Path | None:
+    """Compose every job of this campaign from a copy of the configs as they are now; the copy's path (None: the
+    configs were pinned already by ``CURVLAB_CONFIGS``).
+
+    A campaign worker keeps its code in memory for hours while the checkout changes: a config field added on disk
+    meanwhile would fail all its later jobs with "unknown field" (old code, new YAML). Jobs on the local launchers
+    compose in this process; a cluster launcher composes here too and ships the composed config.
+    """
+    import curvlab.cli as cli
+
+    if os.environ.get(cli.CONFIG_ENV):
+        return None
+    copy = Path(tempfile.mkdtemp(prefix="curvlab-configs-")) / "configs"
+    shutil.copytree(cli.CONFIG_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    atexit.register(shutil.rmtree, copy.parent, True)
+    os.environ[cli.CONFIG_ENV] = cli.CONFIG_DIR = str(copy)
+    return copy
+
+
 def launch(jobs: list[Job], runs_dir: Path, train_args: list[str]) -> int:
     """Run ``jobs`` as one Hydra multirun, each into ``runs_dir/<experiment>/<job>``; ``curvlab train``'s exit code.
 
@@ -466,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from curvlab.report.views import VIEWS
 
+    pin_configs()
     t0, failed, todo = time.perf_counter(), 0, []
     for exp, jobs in [] if a.render_only else plan(experiments, a, data_root, sweep, where):
         if exp in VIEWS:  # Figures 9–12 draw their companion figure's runs (its sweep has PCH-2)

@@ -204,3 +204,22 @@ def test_reproduce_everything_ci(tiny_root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "tables" / "table1_measured.md").is_file()
     for name in ["appendix_chain_rule", "rahimi_scaling", *[e for e in reproduce.FIGURES if e != "eacg_grid_search"]]:
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0, name
+
+
+def test_pin_configs_keeps_a_campaign_on_the_configs_it_started_with(monkeypatch, tmp_path):
+    """A long worker composes its later jobs from a copy taken at its start, not from the changing checkout."""
+    import os
+
+    import curvlab.cli as cli
+
+    original = tmp_path / "configs"
+    original.mkdir()
+    (original / "config.yaml").write_text("seed: 0\n")
+    monkeypatch.delenv(cli.CONFIG_ENV, raising=False)
+    monkeypatch.setattr(cli, "CONFIG_DIR", str(original))
+    copy = reproduce.pin_configs()
+    assert copy is not None and cli.CONFIG_DIR == str(copy) and copy != original
+    (original / "config.yaml").write_text("seed: 0\nnew_field: 1\n")  # a later edit of the checkout
+    assert (copy / "config.yaml").read_text() == "seed: 0\n"
+    assert reproduce.pin_configs() is None  # pinned once: the env var now names the copy
+    assert os.environ[cli.CONFIG_ENV] == str(copy)
