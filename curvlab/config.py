@@ -261,6 +261,7 @@ class LogConfig:
     hessian_batches: list[int] = field(default_factory=list)  # logging batch sizes; []: the training batch
     hessian_fisher_mc: list[int] = field(default_factory=list)  # MC Fisher sample counts; []: curvature's
     hessian_fisher_types: list[FisherType] = field(default_factory=list)  # Fisher definitions; []: curvature's
+    hessian_hvp_budget: int = 512  # conv nets: Hessian-vector products per logging batch for autograd bias blocks
     compact: bool = False  # tables as float32-precision CSV, gzip-compressed (metrics.csv.gz): ≈ 5× smaller
 
     def __post_init__(self) -> None:
@@ -271,6 +272,8 @@ class LogConfig:
                                      for f in self.hessian_fisher_types]
         _check(Kind.EXACT not in self.hessian_kinds, "log.hessian_kinds: 'exact' is the reference; drop it")
         _check(isinstance(self.compact, bool), f"log.compact must be true or false, got {self.compact!r}")
+        _check(int(self.hessian_hvp_budget) >= 0,
+               f"log.hessian_hvp_budget must be >= 0 (Hessian-vector products), got {self.hessian_hvp_budget}")
         for name in ("hessian_batches", "hessian_fisher_mc"):
             values = getattr(self, name)
             _check(all(int(v) >= 1 for v in values), f"log.{name} must list sizes >= 1, got {values}")

@@ -13,13 +13,13 @@ Fisher E_{ŷ~p}[∇ξ(ŷ) ∇ξ(ŷ)ᵀ] of Chen et al.'s Tables, the empirical F
 EA-CG's text writes it, or the exact expectation over the predictive distribution; blank for the
 other kinds).
 
-On a net with convolutions or pooling (a step net) the exact reference is per-sample blocks of whole
-feature maps: the bias blocks are logged from it whenever that pass fits (``steps.step_chunk_size``),
-else by autograd Hessian-vector products (``autograd_bias_blocks``, at most ``AUTOGRAD_ROWS``; beyond, a
-note and no rows), and a conv layer's weight block (rows with ``block`` = ``weight``; the bias rows
-leave ``block`` empty) where C_out·C_in·k² ≤ ``WEIGHT_LIMIT``, formed column by column from the
-kinds' matrix-free block products (``LayerCurvature.block_product``, HBP Sec. 3): the exact weight
-block against the kind's own per-sample-chain weight block E_i[J_θ,iᵀ H̃_i J_θ,i], not its G ⊗ A.
+On a net with convolutions or pooling (a step net) the exact reference comes from
+:func:`curvlab.hessian_reference.step_reference` by the cheapest route that gives it: the Gauss-Newton
+recursion where no step has a second-order residual (ReLU nets: GN ≡ exact), else the ``exact`` recursion's
+per-sample blocks where they fit, else autograd Hessian-vector products for the layers that fit
+``log.hessian_hvp_budget`` (rows only for those layers). A conv layer's weight block (rows with ``block`` =
+``weight``; the bias rows leave ``block`` empty) is logged where C_out·C_in·k² ≤ ``WEIGHT_LIMIT``: the exact
+weight block against the kind's own per-sample-chain weight block E_i[J_θ,iᵀ H̃_i J_θ,i], not its G ⊗ A.
 """
 
 from __future__ import annotations
@@ -33,52 +33,19 @@ from torch import Tensor
 
 from curvlab.curvature import LayerCurvature, curvature
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
+from curvlab.hessian_reference import (
+    HVP_BUDGET, WEIGHT_LIMIT, Reference, autograd_bias_blocks, formed_weight_block, step_reference,
+)
 from curvlab.losses import Loss
 from curvlab.metrics import layerwise_errors
 from curvlab.modules import chain
-from curvlab.symmetric import symmetrized
 
 __all__ = [
     "HessianLogger", "summary_line", "variant_label", "WEIGHT_LIMIT", "AUTOGRAD_ROWS", "formed_weight_block",
     "autograd_bias_blocks",
 ]
 
-WEIGHT_LIMIT = 512  # C_out·C_in·k² of a conv weight block the logger forms (one block product per column)
-AUTOGRAD_ROWS = 512  # Σ_t n_t Hessian-vector products for the exact bias blocks when per-sample blocks do not fit
-
-
-def autograd_bias_blocks(net: torch.nn.Module, layers: Sequence[torch.nn.Module], x: Tensor, y: Tensor, loss: Loss,
-                         chunk: int = 64) -> list[Tensor]:
-    """The exact bias blocks ∂²L/∂δ_t² of the batch-mean loss by autograd, δ_t (n_t,) an offset added to
-    layer t's output (its bias, or where it has none the same block; broadcast over a conv's positions):
-    one Hessian-vector product per row (``chunk`` rows per batched double backward). No per-sample block
-    of a feature map is formed, so this fits where the ``exact`` recursion's blocks do not."""
-    deltas = [torch.zeros(m.weight.shape[0], dtype=x.dtype, device=x.device, requires_grad=True) for m in layers]
-    hooks = [m.register_forward_hook(lambda _m, _i, out, d=d: out + d.view(1, -1, *[1] * (out.dim() - 2)))
-             for m, d in zip(layers, deltas)]
-    try:
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss(net(x), y), deltas, create_graph=True)
-            out = []
-            for d, g in zip(deltas, grads):
-                eye = torch.eye(d.numel(), dtype=x.dtype, device=x.device)
-                rows = [torch.autograd.grad(g, d, eye[i:i + chunk], retain_graph=True, is_grads_batched=True)[0]
-                        for i in range(0, d.numel(), chunk)]
-                out.append(symmetrized(torch.cat(rows).detach()))  # (n_t, n_t)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
-
-
-def formed_weight_block(layer: LayerCurvature) -> Tensor:
-    """A conv layer's weight block (n, n), n = C_out·C_in·k² in ``W.flatten()`` order, from its
-    matrix-free ``block_product``: column j is the block times the j-th unit weight direction."""
-    assert layer.block_product is not None and layer.weight_shape is not None
-    n = math.prod(layer.weight_shape)
-    eye = torch.eye(n, dtype=layer.bias.dtype, device=layer.bias.device)
-    cols = [layer.block_product(eye[j].reshape(layer.weight_shape), None)[0].reshape(n) for j in range(n)]
-    return torch.stack(cols, 1)  # (n, n)
+AUTOGRAD_ROWS = HVP_BUDGET  # the default log.hessian_hvp_budget (the name older code and tests use)
 
 
 class HessianLogger:
@@ -93,15 +60,19 @@ class HessianLogger:
         fisher_mc: Monte-Carlo sample counts to log the MC Fisher with (empty: the run's
             ``curvature.mc_samples``).
         fisher_types: Fisher definitions to log (empty: the run's ``curvature.fisher``).
+        hvp_budget: on a step net whose exact blocks need autograd, at most this many Hessian-vector
+            products per logging batch (``log.hessian_hvp_budget``; layers beyond it are skipped).
 
-    ``notes`` says what was skipped and why.
+    ``notes`` says what was skipped and why (each kind of note once).
     """
 
     def __init__(
         self, kinds: list[Kind], options: CurvatureOptions, loss: Loss, every: int, first: int,
-        fisher_mc: Sequence[int] = (), fisher_types: Sequence[FisherType | str] = (),
+        fisher_mc: Sequence[int] = (), fisher_types: Sequence[FisherType | str] = (), hvp_budget: int = HVP_BUDGET,
     ) -> None:
         self.options = options
+        self.hvp_budget = int(hvp_budget)
+        self._noted: set[str] = set()  # keys of the reference's notes already in ``notes``
         self.loss = loss
         self.every = int(every)
         self.first = int(first)
@@ -132,85 +103,67 @@ class HessianLogger:
             if kind is not Kind.FISHER:
                 out.append((kind, replace(self.options, kind=kind), None, None))
                 continue
+            fisher = replace(self.options, kind=kind, sketch=False)  # the sketch is of gn/pch output factors only
             for ftype in self.fisher_types:
                 if ftype is FisherType.MC:
-                    out += [(kind, replace(self.options, kind=kind, fisher=ftype, mc_samples=k), k, ftype)
-                            for k in self.fisher_mc]
+                    out += [(kind, replace(fisher, fisher=ftype, mc_samples=k), k, ftype) for k in self.fisher_mc]
                 else:
-                    out.append((kind, replace(self.options, kind=kind, fisher=ftype), None, ftype))
+                    out.append((kind, replace(fisher, fisher=ftype), None, ftype))
         return out
 
     def rows(self, net: torch.nn.Module, x: Tensor, y: Tensor, step: int) -> list[dict[str, Any]]:
         """Errors of each kind on the batch ``(x, y)`` at the current parameters (module docstring)."""
         view = chain(net)
         steps = view.has_steps  # a net with convolutions or pooling
-        formed = self._weight_layers(view.layers) if steps else []
-        try:
-            exact = self._curvature(net, x, y, replace(self.options, kind=Kind.EXACT), bool(formed))
-            exact_bias = [layer.bias for layer in exact]
-            if steps:
-                self._note_skipped(view.layers, formed)
-        except ValueError as err:  # the per-sample exact blocks of this net do not fit (step nets only)
-            if not steps:
-                raise
-            fallback = self._autograd_fallback(net, view.layers, x, y, str(err).splitlines()[0])
-            if fallback is None:
+        if steps:
+            ref = step_reference(net, view, x, y, self.loss, self.options, self.hvp_budget)
+            for key, text in ref.notes.items():
+                if key not in self._noted:
+                    self._noted.add(key)
+                    self.notes.append(text)
+            if not ref.bias:  # nothing fits: stop logging
+                self.kinds = []
                 return []
-            exact_bias, formed = fallback, []
-        refs = [float(torch.linalg.matrix_norm(b)) for b in exact_bias]
-        exact_w = {t: formed_weight_block(exact[t]) for t in formed}
+        else:
+            exact = self._curvature(net, x, y, replace(self.options, kind=Kind.EXACT, sketch=False), False)
+            ref = Reference({t: layer.bias for t, layer in enumerate(exact)})
+        layers = sorted(ref.bias)
+        refs = [float(torch.linalg.matrix_norm(ref.bias[t])) for t in layers]
         out: list[dict[str, Any]] = []
         for kind, options, mc, ftype in self._variants():
-            try:
-                approx = self._curvature(net, x, y, options, bool(formed))
-            except ValueError as err:  # e.g. PCH's residual rows of a smooth activation on large maps
-                if not steps:
-                    raise
-                self.notes.append(f"log.hessian_*: skipped {kind.value} on this net ({str(err).splitlines()[0]})")
-                self.kinds = [k for k in self.kinds if k is not kind]
+            approx = self._approx(net, x, y, options, ref, steps)
+            if approx is None:
                 continue
             base = {"step": step, "kind": kind.value, "batch": len(y), "mc_samples": mc,
                     "fisher": None if ftype is None else ftype.value}
-            for layer, (err, ref) in enumerate(zip(layerwise_errors(approx, exact_bias), refs), start=1):
-                out.append({**base, "layer": layer, "error": float(err), "reference": ref})
-            for t, w in exact_w.items():
+            errs = layerwise_errors([approx[t] for t in layers], [ref.bias[t] for t in layers])
+            for t, err, norm in zip(layers, errs, refs):
+                out.append({**base, "layer": t + 1, "error": float(err), "reference": norm})
+            for t, w in ref.weight.items():
                 (err,) = layerwise_errors([formed_weight_block(approx[t])], [w])
                 out.append({**base, "layer": t + 1, "error": err, "reference": float(torch.linalg.matrix_norm(w)),
                             "block": "weight"})
         return out
 
+    def _approx(self, net: torch.nn.Module, x: Tensor, y: Tensor, options: CurvatureOptions,
+                ref: Reference, steps: bool) -> list[LayerCurvature] | None:
+        """The blocks of one logged kind: the reference's own where they are the same pass (``ref.equal``),
+        else a curvature pass; None (and the kind dropped, with a note) where a step net refuses it."""
+        if ref.blocks is not None and options.kind in ref.equal and not options.sketch:
+            return ref.blocks
+        try:
+            return self._curvature(net, x, y, options, bool(ref.weight))
+        except ValueError as err:  # e.g. PCH's residual rows of a smooth activation on large maps
+            if not steps:
+                raise
+            self.notes.append(f"log.hessian_*: skipped {options.kind.value} on this net ({str(err).splitlines()[0]})")
+            self.kinds = [k for k in self.kinds if k is not options.kind]
+            return None
+
     def _curvature(self, net: torch.nn.Module, x: Tensor, y: Tensor, options: CurvatureOptions,
                    products: bool) -> list[LayerCurvature]:
         extra = {"block_products": True} if products else {}
         return curvature(net, x, y, options.kind, self.loss, options=options, **extra)
-
-    def _autograd_fallback(self, net: torch.nn.Module, layers: Sequence[torch.nn.Module], x: Tensor, y: Tensor,
-                           why: str) -> list[Tensor] | None:
-        """The exact bias blocks by autograd when they take at most ``AUTOGRAD_ROWS`` products, else None
-        (and the logging stops); either way a note (once) says why."""
-        rows = sum(m.weight.shape[0] for m in layers)  # Σ_t n_t: one product per row of every bias block
-        if rows > AUTOGRAD_ROWS:
-            self.notes.append(f"log.hessian_*: no layer-wise Hessian errors on this net ({why}; the autograd bias "
-                              f"blocks would take {rows:,} Hessian-vector products > {AUTOGRAD_ROWS})")
-            self.kinds = []
-            return None
-        if not any(n.startswith("log.hessian_*: exact bias blocks by autograd") for n in self.notes):
-            self.notes.append(f"log.hessian_*: exact bias blocks by autograd ({rows} Hessian-vector products), "
-                              f"no weight blocks: {why}")
-        return autograd_bias_blocks(net, layers, x, y, self.loss)
-
-    @staticmethod
-    def _weight_layers(layers: Sequence[torch.nn.Module]) -> list[int]:
-        """The conv layers whose weight blocks are formed: C_out·C_in·k² ≤ ``WEIGHT_LIMIT``."""
-        return [t for t, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d) and m.weight.numel() <= WEIGHT_LIMIT]
-
-    def _note_skipped(self, layers: Sequence[torch.nn.Module], formed: list[int]) -> None:
-        """Name the conv layers whose weight blocks are not formed (once per run)."""
-        big = [t for t, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d) and t not in formed]
-        if big and not any(n.startswith("log.hessian_*: conv weight blocks") for n in self.notes):
-            sizes = ", ".join(f"layer {t + 1}: {layers[t].weight.numel():,}" for t in big)
-            self.notes.append(f"log.hessian_*: conv weight blocks skipped where C_out·C_in·k² > {WEIGHT_LIMIT} "
-                              f"({sizes}); their bias blocks are logged")
 
 
 def variant_label(kind: str, fisher: str | None = None, mc_samples: float | None = None, mc_count: bool = True) -> str:

@@ -131,7 +131,7 @@ class _Run:
         # a conv net's logging is sized by the logger itself (its notes say what it skipped)
         self.hessian = HessianLogger(
             [] if gap else cfg.log.hessian_kinds, cfg.curvature, self.loss, cfg.log.hessian_every,
-            cfg.log.hessian_first, cfg.log.hessian_fisher_mc, cfg.log.hessian_fisher_types,
+            cfg.log.hessian_first, cfg.log.hessian_fisher_mc, cfg.log.hessian_fisher_types, cfg.log.hessian_hvp_budget,
         )
         if gap and cfg.log.hessian_kinds and (cfg.log.hessian_every or cfg.log.hessian_first):
             self.hessian.notes.append(f"log.hessian_*: no layer-wise Hessian errors on this net ({gap})")
@@ -249,13 +249,15 @@ class _Run:
 
     def log_hessian(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
         """:meth:`_log_hessian`, timed; a NaN/Inf or breakdown in it fails the run like a NaN loss."""
-        t0 = time.perf_counter()
+        t0, noted = time.perf_counter(), len(self.hessian.notes)
         try:
             self._log_hessian(x, y)
         except (RuntimeError, ValueError, ArithmeticError) as err:
             raise self.fail(self._hessian_error(err)) from err
         finally:
             self.log_time += time.perf_counter() - t0
+        for note in self.hessian.notes[noted:]:  # what the logger skipped and why, in the run's log too
+            log.info("%s", note)
 
     def _hessian_error(self, err: Exception) -> str:
         """Why Hessian-error logging before update ``step + 1`` raised, and what to change."""

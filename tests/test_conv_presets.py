@@ -217,14 +217,16 @@ def test_curvature_gap_names_an_unsupported_module():
 @pytest.mark.parametrize(("experiment", "data"), [  # the same sweep: one in the default run (≈ 15 s of Hydra composing)
     pytest.param("conv_mnist_2c2d", "mnist", marks=pytest.mark.slow), ("conv_cifar10_3c3d", "cifar10")])
 def test_conv_experiments_list_every_method(tmp_path, tiny_root, capsys, experiment, data):
-    """`reproduce.py figures --list` shows 9 distinct methods × 3 seeds at batch 128 (second-order ones included)."""
+    """`reproduce.py figures --list` shows 7 distinct methods × 3 seeds at batch 128 (second-order ones included; gn
+    is left out: on these ReLU + cross-entropy nets it trains pch1's iterates, tests/test_conv_relu_equivalence.py)."""
     assert experiment in reproduce.FIGURES
     assert reproduce.main(["figures", "--scale", "cpu", "--list", "--only", experiment, "--data-root", str(tiny_root),
                            "--runs-dir", str(tmp_path / "runs")]) == 0
     lines = [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith("   ")]
-    assert len(lines) == 27 and all(ln.endswith(": to do") for ln in lines)
+    assert len(lines) == 21 and all(ln.endswith(": to do") for ln in lines)
     methods = {ln.rsplit(",seed=", 1)[0] for ln in lines}
     assert {"solver=sgd_lr001,curvature=pch1", "solver=adam,curvature=pch1", "solver=cr,curvature=pch1"} <= methods
-    assert {f"solver={s},curvature={k}" for s in ("eacg", "kfi") for k in ("pch1", "gn", "fisher")} <= methods
+    assert {f"solver={s},curvature={k}" for s in ("eacg", "kfi") for k in ("pch1", "fisher")} <= methods
+    assert not any("curvature=gn" in m for m in methods)
     cfg = parsed(f"experiment={experiment}")
     assert cfg.train.batch_size == 128 and cfg.dataset.name.value == data and needs_images(cfg.net.layers)

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from curvlab.registry import KINDS, LOSSES, curvature_fields, find_solver
+from curvlab.report.presets import net_preset_name, preset_fields
 
 __all__ = ["Grouping", "computing_columns", "group_runs", "method_label", "SETTING"]
 
@@ -135,12 +136,18 @@ def _setting_label(key: tuple[tuple[str, str], ...], varying: set[str]) -> str:
     widths = d.get("cfg.net.widths", "").strip("[]").replace(", ", "-")
     net = f"net {widths} {d.get('cfg.net.activation', '')}".strip() if widths else ""
     layers = d.get("cfg.net.layers", "").strip("[]").replace("'", "").replace(",", "")
+    implied: set[str] = set()  # a conv preset's own field values: its name says them
     if layers and layers != "None":  # a net listed layer by layer: net.activation is not used
-        net = f"net {widths.split('-')[0]}-[{layers}]"
+        preset = net_preset_name(d.get("cfg.net.layers"), d.get("cfg.net.input_shape"))
+        net = f"net {preset}" if preset else f"net {widths.split('-')[0]}-[{layers}]"
+        fields = preset_fields(preset) if preset else {}
+        implied = {f"cfg.net.{k}" for k, v in fields.items() if _num(str(v) if isinstance(v, list) else v)
+                   == d.get(f"cfg.net.{k}")}
     loss = d.get("cfg.loss.name", "")
     loss = LOSSES.label(loss) if loss in LOSSES else loss.replace("_", "-")  # cross-entropy; an unknown name as is
     parts = [p for p in (d.get("cfg.dataset.name", ""), net, loss) if p]
     shown = {"cfg.dataset.name", "cfg.net.widths", "cfg.net.activation", "cfg.net.layers", "cfg.loss.name"}
+    shown |= implied
     parts += [f"{c.split('.', 1)[1]}={d.get(c, '-')}" for c in sorted(varying - shown)]
     return " · ".join(parts)
 
