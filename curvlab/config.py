@@ -436,6 +436,32 @@ def compose_error_message(err: Exception, overrides: list[str] | None = None) ->
     return "; ".join(lines)
 
 
+NO_DEFAULT = object()  # field_default's answer for a key without a schema default
+
+
+def field_default(key: str) -> Any:
+    """The plain default of the dotted config field ``key`` (e.g. ``log.hessian_hvp_budget``), or NO_DEFAULT.
+
+    A run directory written before a field existed lacks it; resuming it with the field at this default
+    changes nothing it ran (curvlab.train's resume check).
+    """
+    section, _, name = key.partition(".")
+    top = {f.name: f for f in dataclasses.fields(RunConfig)}.get(section)
+    if top is None or not name or "." in name or top.default_factory is dataclasses.MISSING:
+        return NO_DEFAULT
+    sub = {f.name: f for f in dataclasses.fields(top.default_factory())}.get(name)
+    if sub is None:
+        return NO_DEFAULT
+    if sub.default is not dataclasses.MISSING:
+        value = sub.default
+    elif sub.default_factory is not dataclasses.MISSING:
+        value = sub.default_factory()
+    else:
+        return NO_DEFAULT
+    value = value.value if isinstance(value, Enum) else value
+    return list(value) if isinstance(value, tuple) else value
+
+
 def to_dict(run: RunConfig) -> dict[str, Any]:
     """The plain (YAML-friendly) form of a run config: enums as their values, options flat."""
 

@@ -94,6 +94,20 @@ def test_resume_checks_config_and_flags(tmp_path):
     assert fresh["status"] == "completed" and fresh["steps"] == 2
 
 
+def test_resume_accepts_a_field_added_later_at_its_default(tmp_path):
+    """A run written before a config field existed resumes with newer code while the field keeps its default
+    (its checkpoint lacks the key); set to anything else, the field is a change like any other."""
+    args = [*TINY, *NO_HESSIAN, "solver=sgd", "train.max_steps=3", "train.checkpoint_every=1"]
+    assert train(config(*args, "train.stop_after=1"), tmp_path)["status"] == "running"
+    path = tmp_path / rf.CHECKPOINT
+    state = rf.load_checkpoint(path)
+    del state["config"]["log"]["hessian_hvp_budget"]  # as written before the field existed
+    rf.save_checkpoint(path, state)
+    with pytest.raises(ValueError, match="differs in log.hessian_hvp_budget"):
+        train(config(*args, "log.hessian_hvp_budget=7"), tmp_path)
+    assert train(config(*args), tmp_path)["status"] == "completed"
+
+
 def _nan_after(n: int) -> type:
     """SGD whose update ``n + 1`` reports a NaN loss (a subclass: configs check the solver's options)."""
     cls = SOLVERS["sgd"]
