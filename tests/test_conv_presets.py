@@ -226,7 +226,7 @@ def test_conv_experiments_list_every_method(tmp_path, tiny_root, capsys, experim
     assert len(lines) == 21 and all(ln.endswith(": to do") for ln in lines)
     methods = {ln.rsplit(",seed=", 1)[0] for ln in lines}
     assert {"solver=sgd_lr001,curvature=pch1", "solver=adam,curvature=pch1", "solver=cr,curvature=pch1"} <= methods
-    assert {f"solver={s},curvature={k}" for s in ("eacg", "kfi") for k in ("pch1", "fisher")} <= methods
+    assert {f"solver={s},curvature={k}" for s in ("eacg_conv", "kfi_conv") for k in ("pch1", "fisher")} <= methods
     assert not any("curvature=gn" in m for m in methods)
     cfg = parsed(f"experiment={experiment}")
     assert cfg.train.batch_size == 128 and cfg.dataset.name.value == data and needs_images(cfg.net.layers)

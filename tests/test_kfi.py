@@ -93,6 +93,16 @@ def test_not_positive_definite_factor_is_reported() -> None:
         kfi_solve(blocks, ALPHA)
 
 
+def test_non_finite_factor_names_the_learning_rate() -> None:
+    """A factor of diverged weights (inf/NaN) is not a curvature-kind problem: the message says lower solver.lr."""
+    from curvlab.solvers.kfi import _cholesky
+
+    bad = torch.eye(3)
+    bad[0, 1] = bad[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite entries.*lower solver.lr"):
+        _cholesky(bad, "A of layer 2")
+
+
 def test_max_input_width_names_the_option() -> None:
     loss = make_loss("cross_entropy")
     with pytest.raises(ValueError, match="rank_one_first_layer=true"):

@@ -90,6 +90,9 @@ def _cholesky(mat: Tensor, what: str) -> Tensor:
         return chol
     chol, info = torch.linalg.cholesky_ex(mat.double())
     if int(info) != 0:
+        if not bool(torch.isfinite(mat).all()):  # a factor of inf/NaN entries: the weights blew up before
+            raise ValueError(f"KFI: the damped factor {what} has non-finite entries (the weights diverged); "
+                             "lower solver.lr")
         raise ValueError(
             f"KFI: the damped factor {what} is not positive definite (Cholesky failed); "
             "use a PSD curvature kind or a larger solver.alpha"
