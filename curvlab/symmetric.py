@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from curvlab.hugepages import new_empty
+
 __all__ = ["symmetrized", "symmetric_product"]
 
 
@@ -23,6 +25,11 @@ def symmetrized(a: Tensor, scale: float = 1.0) -> Tensor:
     of the time of one add that reads aᵀ by columns (≈ 5 ms against 14 ms for 1024², 1 thread).
     """
     return (a + a.T.contiguous()).mul_(0.5 * scale)
+
+
+def _scaled(x: Tensor, scale: float) -> Tensor:
+    """``x · scale`` in a new tensor (huge pages when large: ``curvlab.hugepages``)."""
+    return torch.mul(x, scale, out=new_empty(x, *x.shape))
 
 
 def symmetric_product(
@@ -40,10 +47,11 @@ def symmetric_product(
     is computed in row panels of width ≥ ``min_width``: panel i holds columns i… only, so the
     GEMMs skip the blocks below the diagonal ((p − 1)/2p of the flops for p panels, 11/24 for
     the 12 panels of a 3072-wide E[h hᵀ]) and only ``base``'s panels on and above the diagonal
-    are read. A panel's diagonal tile is computed apart and symmetrised, so the result is
-    **exactly** symmetric; the rest of the panel is written by its GEMM straight into the
-    result and copied transposed below the diagonal (narrow panels keep that strided copy in
-    cache: per element, the transposed copy of a 1024-wide panel took ≈ 5× that of 384-wide ones).
+    are read. Each panel, its diagonal tile included, is one GEMM written straight into the
+    result (row stride n: a valid GEMM output); the tile is then symmetrised in place, so the
+    result is **exactly** symmetric, and the rest of the panel is copied transposed below the
+    diagonal (narrow panels keep that strided copy in cache: per element, the transposed copy of
+    a 1024-wide panel took ≈ 5× that of 384-wide ones). ``times``' panels share one buffer.
     With few rows (2K < n) the scale goes on ``c`` (or ``c₂``) rather than on the product.
     """
     if base is not None and times is not None:
@@ -52,9 +60,14 @@ def symmetric_product(
     parts = max(1, n // min_width) if a.shape[0] >= 64 else 1
     if parts > 1 and base is None and scale != 1 and 2 * (a if times is None else times[1]).shape[0] < n:
         if times is None:  # scaling K n inputs instead of n²/2 outputs
-            c, scale = c * scale, 1.0
+            c, scale = _scaled(c, scale), 1.0
         else:
-            times, scale = (times[0], times[1] * scale), 1.0
+            times, scale = (times[0], _scaled(times[1], scale)), 1.0
+    edges = [n * i // parts for i in range(parts + 1)]
+    panels = list(zip(edges, edges[1:]))
+    spare = None  # one buffer for the a₂ᵀc₂ panels
+    if times is not None and parts > 1:
+        spare = a.new_empty(max((hi - lo) * (n - lo) for lo, hi in panels))
 
     def block(rows: slice, cols: slice, dst: Tensor | None = None) -> Tensor:
         """The result's block (rows, cols) before symmetrisation, written into ``dst`` if given."""
@@ -62,17 +75,18 @@ def symmetric_product(
             return torch.addmm(base[rows, cols], a[:, rows].T, c[:, cols], alpha=scale, out=dst)
         dst = torch.mm(a[:, rows].T, c[:, cols], out=dst)
         if times is not None:
-            dst.mul_(times[0][:, rows].T @ times[1][:, cols])
+            shape = (rows.stop - rows.start, cols.stop - cols.start)
+            tmp = None if spare is None else spare[: shape[0] * shape[1]].view(shape)
+            dst.mul_(torch.mm(times[0][:, rows].T, times[1][:, cols], out=tmp))
         return dst.mul_(scale) if scale != 1 else dst
 
     if parts == 1:
         return symmetrized(block(slice(0, n), slice(0, n)))
-    out = a.new_empty(n, n)
-    edges = [n * i // parts for i in range(parts + 1)]
-    for lo, hi in zip(edges, edges[1:]):
-        rows = slice(lo, hi)
-        out[rows, rows] = symmetrized(block(rows, rows))  # a contiguous tile: the fast transpose
+    out = new_empty(a, n, n)  # 3072²: 2 MiB pages, not 9,216 page faults
+    for lo, hi in panels:
+        panel = block(slice(lo, hi), slice(lo, n), out[lo:hi, lo:])  # (w, n − lo): its tile, then the rest
+        tile = panel[:, : hi - lo]
+        tile.copy_(symmetrized(tile))
         if hi < n:
-            upper = block(rows, slice(hi, n), out[rows, hi:])  # row stride n: a valid GEMM output
-            out[hi:, rows] = upper.T
+            out[hi:, lo:hi] = panel[:, hi - lo :].T
     return out

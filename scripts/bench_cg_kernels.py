@@ -19,15 +19,18 @@ solves' times, 1 thread, process CPU time (``--clock wall`` for wall-clock), the
 the masked iteration of issue 24) the solver of that git revision (``curvlab/solvers/cg.py``
 and ``eacg.py``) runs interleaved with the working tree's in one process, so that both see the
 same machine load. The time per iteration includes what grows with ``max_cg`` outside the loop.
-``--cuda-config`` counts what a CUDA run does (the scale folded into the blocks, inner products
-by ``bmm``), whose top-level calls in an iteration are one kernel launch each on a GPU.
+On the CPU the host checks of which systems still run read the history through numpy (no
+ATen call); ``--cuda-config`` counts what a CUDA run does (the scale folded into the blocks, inner
+products by ``bmm``, the checks by torch ops), whose top-level calls in an iteration are one
+kernel launch each on a GPU.
 
 **Step ratios** (``--steps N``, on ``mnist-relu``): one process, process CPU time, 1 thread;
 every round times one step of each method on its own copy of the net (the same batch), and
 the ratio to the SGD step of the same round is kept; the median over ``N`` rounds is printed
 (the issue's targets: EA-CG 50 iterations ≤ 2.5×, 5 iterations ≤ 1.6×, KFI ≤ 2.5×; 40 rounds
 unless told). EA-CG runs with ε_CG = 0, so every system takes all of its iterations. ``--parts`` also splits the
-EA-CG 5-iteration step into curvature pass, EA-CG set-up, CG and read-out (medians, ÷ SGD).
+EA-CG steps of 5 and of 50 iterations into curvature pass, EA-CG set-up, CG, read-out and apply (medians,
+÷ SGD), and prints the CG iteration's time within the step, (CG of 50 − CG of 5) / 45.
 
     python scripts/bench_cg_kernels.py                   # both nets, against a09d8ea
     python scripts/bench_cg_kernels.py --baseline none --reps 5
@@ -180,8 +183,8 @@ def step_ratios(rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in got.items()}
 
 
-def step_parts(rounds: int) -> dict[str, float]:
-    """EA-CG (5 iterations) step split into its parts, medians ÷ the median SGD step."""
+def step_parts(rounds: int, iters: int) -> dict[str, float]:
+    """EA-CG step (``iters`` iterations) split into its parts, medians ÷ the median SGD step."""
     from curvlab.solvers import make_solver
 
     widths, activation, batch = NETS["mnist-relu"]
@@ -191,7 +194,8 @@ def step_parts(rounds: int) -> dict[str, float]:
     net = curvlab.MLP(widths, activation=activation, init="xavier")
     sgd = make_solver("sgd", curvlab.MLP(widths, activation=activation, init="xavier"), loss, lr=1e-4)
     opts = as_curvature_options({"kind": "pch1"})
-    parts: dict[str, list[float]] = {k: [] for k in ("sgd", "curvature", "setup", "cg", "read-out")}
+    parts: dict[str, list[float]] = {k: [] for k in ("sgd", "curvature", "setup", "cg", "read-out", "apply")}
+    cache: dict[tuple[object, ...], Any] = {}  # kept across steps, as the solver keeps it
     for _ in range(rounds + 1):
         t0 = time.process_time()
         sgd.step(x, y)
@@ -199,16 +203,16 @@ def step_parts(rounds: int) -> dict[str, float]:
         _, blocks, _ = compute_blocks(net, x, y, loss, opts, set())
         t2 = time.process_time()
         with torch.no_grad():
-            groups = eacg._rank_one_groups(blocks, ALPHA, 1, True, True)
+            groups = eacg._rank_one_groups(blocks, ALPHA, 1, True, True, cache=cache)
             t3 = time.process_time()
-            res = cg.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], 5, 0.0)
+            res = cg.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], iters, 0.0)
             t4 = time.process_time()
-            for group, r in zip(groups, res):
-                for unpack in group.unpack:
-                    unpack(r.x)
+            d = [pair for group, r in zip(groups, res) for unpack in group.unpack for pair in unpack(r.x)]
             eacg._stats(res)
         t5 = time.process_time()
-        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        sgd.apply([t for _, t in sorted(d, key=lambda pair: pair[0])], 0.0)  # θ + 0 · d: the apply's cost
+        t6 = time.process_time()
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             parts[k].append(v)
     med = {k: statistics.median(v[1:]) for k, v in parts.items()}
     return {k: v / med["sgd"] for k, v in med.items()} | {"sgd ms": med["sgd"] * 1e3}
@@ -233,9 +237,14 @@ def main() -> None:
         for k, v in ratios.items():
             print(f"  {k:>10}: {v:5.2f}×  ({'meets' if v <= STEP_TARGETS[k] else 'misses'} ≤ {STEP_TARGETS[k]})")
     if args.parts:
-        parts = step_parts(max(args.steps, 50))
-        print("  EA-CG 5 iterations by part, ÷ SGD step (" f"{parts.pop('sgd ms'):.3f} ms): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "sgd"))
+        cg_ms = {}
+        for iters in (5, LONG):
+            parts = step_parts(max(args.steps, 50), iters)
+            sgd_ms = parts.pop("sgd ms")
+            cg_ms[iters] = parts["cg"] * sgd_ms
+            print(f"  EA-CG {iters} iterations by part, ÷ SGD step ({sgd_ms:.3f} ms): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "sgd"))
+        print(f"  CG iteration within the step: {(cg_ms[LONG] - cg_ms[5]) / (LONG - 5) * 1e3:.1f} µs")
     if args.no_kernels:
         return
     solvers: dict[str, Solver] = {"new": (eacg, cg)}
@@ -246,7 +255,7 @@ def main() -> None:
             print(f"no baseline {args.baseline!r} ({type(err).__name__}); the working tree only")
     if args.cuda_config:  # what a CUDA run does by default (one kernel per matvec and per inner product)
         for eacg_mod, cg_mod in solvers.values():
-            eacg_mod._FOLD_SCALE, cg_mod._DOT_BY_BMM = True, True
+            eacg_mod._FOLD_SCALE, cg_mod._DOT_BY_BMM, cg_mod._HOST_READ = True, True, False
     for net in args.nets:
         blocks = blocks_for(*NETS[net])
         print(f"{net}: {'-'.join(map(str, NETS[net][0]))}, batch {NETS[net][2]}, PCH-1 rank-one, float32")

@@ -16,12 +16,14 @@ BackPACK extension that computes the same kind of quantity (forward + backward w
 curvlab ``curvature(...)`` (forward + pass)         BackPACK (forward + backward)
 =================================================  ===============================================
 ``fisher mc``, ``input_cov`` (G and A)             ``KFAC(mc_samples=1)``
-``fisher exact``, ``input_cov``                    ``KFLR``
+``fisher exact``, ``input_cov`` (C−1 rows)         ``KFLR`` (C rows)
 ``gn``, ``input_cov``                              ``KFRA``: refused here, it backpropagates a dense
                                                    batch-average block of every conv output
                                                    (conv1: 50,176² floats = 10 GB)
 ``gn``, ``block_products`` (EA-CG's set-up)        ``GGNMP``
 ``pch1`` / ``pch2``, ``block_products``            ``PCHMP(modify="abs" / "clip")``
+``pch1`` sketch m = 1, 3 (an approximation)       ``PCHMP(modify="abs")``
+``fisher mc``, ``kfac_type=reduce``                (BackPACK has no reduce A)
 one block product, all layers                      ``param.ggnmp(v)`` for every parameter
 =================================================  ===============================================
 
@@ -29,6 +31,12 @@ BackPACK's ``curvmatprod`` set-up only stores closures; each product then runs a
 the net, while curvlab's pass carries the per-sample factors to every layer once and a product is a
 layer-local ``block_matvec``. So the derived row "set-up + 5 products" (what EA-CG's 5 CG iterations
 need) compares the two designs at equal work.
+
+Beside each curvlab ratio, ``floor``: the pass's flop floor ÷ the gradient step's, from the layer shapes
+(``flop_floor_conv``: the rows each kind carries back, its G's and A); a measured ratio can approach it,
+never beat it. ``exact`` per-sample blocks of whole feature maps do not fit ``cifar10_3c3d`` (one
+sample's conv1 block is 50,176²): it runs on a small conv net (3×8×8 → 8 → 16 → 16 channels → Linear(64, 10),
+batch 32) with its own gradient step, beside ``gn`` there.
 
 Then the solvers: an EA-CG step (PCH-1, 5 CG iterations, ε_CG = 1e-12 so that it runs all 5; the rank-one
 factor of Eq. 11b, and ``weight_factor="block"``: the conv layers' own weight blocks through
@@ -40,6 +48,9 @@ instead of a figure.
     python scripts/bench_conv.py --quick               # 1 repeat, 1 solver step
     python scripts/bench_conv.py --threads 1 --clock cpu
     python scripts/bench_conv.py --no-passes           # the solver steps only
+
+``make bench`` runs it once, with the defaults. It replaces ``bench_conv_curvature.py`` (a small-net bench of
+the same passes; its ``exact`` row is the small-net table here).
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_curvature as bc  # noqa: E402  (best_times, and its CLOCK that --clock sets)
+import flop_floor_conv as ff  # noqa: E402
 
 import curvlab  # noqa: E402
 from curvlab.losses import CrossEntropy  # noqa: E402
@@ -77,7 +89,22 @@ PASSES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "pch2 products": ("pch2", {"block_products": True}, "PCHMP clip"),
     # curvature.sketch: 1 Rademacher row per sample instead of the C−1 exact ones (an unbiased approximation)
     "pch1 sketch m=1 products": ("pch1", {"block_products": True, "sketch": True}, "PCHMP abs"),
+    "pch1 sketch m=3 products": ("pch1", {"block_products": True, "sketch": True, "mc_samples": 3}, "PCHMP abs"),
+    "fisher mc reduce + A": ("fisher", {"fisher": "mc", "input_cov": True, "kfac_type": "reduce"}, None),
 }
+CLASSES = 10
+
+
+def floor_ratio(layers: list[ff.Layer], kind: str, opts: dict[str, Any]) -> float:
+    """The pass's flop floor ÷ a gradient step's (``flop_floor_conv``), from the rows the kind carries."""
+    if opts.get("sketch") or (kind == "fisher" and opts.get("fisher", "mc") == "mc"):
+        rows = opts.get("mc_samples", 1)
+    elif kind == "fisher" and opts["fisher"] == "empirical":
+        rows = 0  # the gradient itself
+    else:  # exact Fisher, gn, pch: the cross-entropy Hessian's rank (``kinds.ce_hessian_rows``)
+        rows = CLASSES - 1
+    cov, expand = opts.get("input_cov", False), opts.get("kfac_type", "expand") == "expand"
+    return ff.curvature_pass(layers, BATCH, rows, cov=cov, expand=expand) / ff.grad_step(layers, BATCH)
 
 
 def cifar10_3c3d() -> nn.Sequential:
@@ -221,6 +248,7 @@ def main() -> None:
 
     if not args.no_passes:
         passes_table(net, x, y, args.repeats, not args.no_backpack)
+        exact_table(args.repeats)
     if not args.no_solvers:
         solvers_table(x, y, args.steps)
 
@@ -255,12 +283,16 @@ def passes_table(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, repeats: 
     fns.update({f"BackPACK {k}": v for k, v in peers.items() if callable(v)})
     best = bc.best_times(fns, repeats)
     t_grad = best["gradient step"]
+    layers = ff.layers(net, tuple(x.shape[1:]))
+    floors = {label: floor_ratio(layers, kind, opts) for label, (kind, opts, _) in PASSES.items()}
+    floors["gn product"] = ff.block_product(layers, BATCH, CLASSES - 1) / ff.grad_step(layers, BATCH)
     print(f"{'gradient step':24s} {t_grad * 1e3:9.1f} ms   1.00x")
     head = f"{'ms':>9s} {'x grad':>7s}"
-    print(f"{'curvlab (fwd + pass)':24s} {head}   {'BackPACK (fwd + bwd)':16s} {head}")
+    print(f"{'curvlab (fwd + pass)':24s} {head} {'floor':>6s}   {'BackPACK (fwd + bwd)':16s} {head}")
     rows = [(label, peer) for label, (_, _, peer) in PASSES.items()] + [("gn product", "GGNMP product")]
     for label, peer in rows:
         ours = f"{best[label] * 1e3:9.1f} {best[label] / t_grad:6.2f}x" if label in best else f"{'—':>9s} {'—':>7s}"
+        ours += f" {floors[label]:5.2f}x"
         if peer and f"BackPACK {peer}" in best:
             t = best[f"BackPACK {peer}"]
             theirs = f"{peer:16s} {t * 1e3:9.1f} {t / t_grad:6.2f}x"
@@ -275,7 +307,32 @@ def passes_table(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, repeats: 
     pairs = [("gn products", "gn product"), ("BackPACK GGNMP", "BackPACK GGNMP product")]
     derived = [(best[a] + cg * best[b]) / t_grad if a in best and b in best else None for a, b in pairs]
     shown = [f"{'—':>7s}" if d is None else f"{d:6.2f}x" for d in derived]
-    print(f"{f'gn set-up + {cg} products':24s} {'':9s} {shown[0]}   {'GGNMP':16s} {'':9s} {shown[1]}   (derived)")
+    setup_floor = floors["gn products"] + cg * floors["gn product"]
+    label = f"gn set-up + {cg} products"
+    print(f"{label:24s} {'':9s} {shown[0]} {setup_floor:5.2f}x   {'GGNMP':16s} {'':9s} {shown[1]}   (derived)")
+    reach = floors["pch1 products"]
+    print(f"# out of reach by its flops: EA-CG or KFI on exact PCH-1 (C-1 = {CLASSES - 1} rows) <= 2.5x an SGD step "
+          f"(the pass alone: floor {reach:.2f}x); KFLR carries C rows, curvlab's exact Fisher C-1")
+
+
+def exact_table(repeats: int) -> None:
+    """``exact`` (per-sample blocks of whole maps) on a small conv net, beside ``gn``, ÷ its gradient step."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, CLASSES),
+    )
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, CLASSES, (32,))
+    loss, params = CrossEntropy(), list(net.parameters())
+    fns: dict[str, Callable[[], object]] = {
+        "gradient step": lambda: torch.autograd.grad(loss(net(x), y), params),
+        "exact": lambda: curvlab.curvature(net, x, y, "exact", loss),
+        "gn": lambda: curvlab.curvature(net, x, y, "gn", loss),
+    }
+    best = bc.best_times(fns, repeats)
+    print("# small conv net 3x8x8 -> 8 -> 16 -> 16 channels -> Linear(64, 10), batch 32: exact per-sample blocks")
+    for label, t in best.items():
+        print(f"{label:24s} {t * 1e3:9.1f} {t / best['gradient step']:6.2f}x")
 
 
 def solvers_table(x: torch.Tensor, y: torch.Tensor, steps: int) -> None:

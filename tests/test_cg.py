@@ -1,8 +1,9 @@
 """Batched CG (curvlab.solvers.cg) against a plain per-system CG loop, float64: the same x,
 iteration counts, convergence and non-positive-curvature flags on groups of mixed sizes with
 systems that stop early (converged, zero right-hand side, pᵀAp ≤ 0), in every layout (short
-systems unrolled with their history, with bmm or vecdot inner products; long systems masked per
-group; short systems whose history does not fit); the short iteration's operation count; and
+systems unrolled with their history, with bmm or vecdot inner products, its stops read by numpy
+on the host or by torch ops; long systems masked per group; short systems whose history does not
+fit); the short iteration's operation count, with the host checks (≤ 8 ATen calls, issue 24); and
 the short layout's buffers kept from one solve to the next."""
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def matvec(a: torch.Tensor) -> cg.MatVec:
     return lambda x: (a @ x.reshape(a.shape[0], -1, 1)).reshape(x.shape)
 
 
-@pytest.fixture(params=["dense", "dense_bmm", "per_group", "no_history"])
+@pytest.fixture(params=["dense", "dense_bmm", "dense_torch_read", "per_group", "no_history"])
 def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(cg, "_HOST_READ", request.param != "dense_torch_read")  # CUDA's read-out on the CPU
     if request.param == "per_group":
         monkeypatch.setattr(cg, "_SHORT", 0)  # every system counts as long
     if request.param == "no_history":
@@ -161,3 +163,58 @@ def test_kept_state_gives_the_same_bits_as_a_fresh_one(monkeypatch: pytest.Monke
     for k, f in zip(kept, fresh, strict=True):
         assert torch.equal(k.x, f.x) and torch.equal(k.iters, f.iters)
         assert torch.equal(k.converged, f.converged) and torch.equal(k.neg_curvature, f.neg_curvature)
+
+
+# SPD groups only, 3 iterations: every system stops at max_iter (x copied from one frame); all
+# groups, 30 iterations: systems stop at different iterations (x gathered).
+@pytest.mark.parametrize(("max_iter", "n_groups"), [(3, 3), (30, 4)])
+def test_host_read_out_gives_the_bits_of_the_torch_read_out(max_iter: int, n_groups: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's stops read by numpy views of the history equal CUDA's torch read-out bit for bit:
+    x, iterations and flags, also for systems stopped by b = 0 or pᵀAp ≤ 0 (NaN in later frames)."""
+    groups = mixed_groups(2)[:n_groups]
+    got = {}
+    for host in (True, False):
+        monkeypatch.setattr(cg, "_HOST_READ", host)
+        got[host] = cg.batched_cg([matvec(a) for a, _ in groups], [b for _, b in groups], max_iter, 0.0)
+    for h, t in zip(got[True], got[False], strict=True):
+        assert torch.equal(h.x, t.x) and torch.equal(h.iters, t.iters)
+        assert torch.equal(h.converged, t.converged) and torch.equal(h.neg_curvature, t.neg_curvature)
+        assert h.host is not None and t.host is None
+    stops = {int(i) for r in got[True] for i in r.iters.flatten()}
+    assert stops == {3} if max_iter == 3 else len(stops) > 2
+
+
+def test_eacg_stats_from_the_host_equal_the_torch_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EA-CG's statistics read from the host arrays equal those of the torch path; same direction."""
+    blocks = random_blocks([7, 6, 5, 3], seed=4, indefinite=True)
+    got = {}
+    for host in (True, False):
+        monkeypatch.setattr(cg, "_HOST_READ", host)
+        got[host] = eacg_solve(blocks, 0.05, max_cg=20, eps_cg=1e-3, split=2)
+    assert got[True][1] == got[False][1]
+    assert got[True][1]["neg_curvature"] >= 1 and got[True][1]["cg_iters_mean"] < 20  # stops of each kind
+    for h, t in zip(got[True][0], got[False][0], strict=True):
+        assert torch.equal(h, t)
+
+
+def test_cpu_iteration_with_its_host_checks_is_at_most_eight_aten_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24's count as ``scripts/bench_cg_kernels.py`` takes it: (calls of a 50-iteration solve −
+    those of a 1-iteration one) / 49, EA-CG's reduced systems, CPU default: 8 operations, the host
+    checks none (numpy views)."""
+    monkeypatch.setattr(cg, "_DOT_BY_BMM", None)
+    monkeypatch.setattr(eacg, "_FOLD_SCALE", None)
+    blocks = random_blocks([7, 6, 5, 3], seed=3)
+
+    def solve(n: int) -> None:
+        groups = eacg._rank_one_groups(blocks, 0.05, 1, True, False)
+        cg.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], n, 0.0)
+
+    counts = []
+    for n in (50, 1):
+        solve(n)  # first-call work stays out of the count
+        counts.append(_top_level_aten_calls(lambda n=n: solve(n)))
+    assert (counts[0] - counts[1]) / 49 <= 8
+    monkeypatch.setattr(cg, "_HOST_READ", False)  # the torch checks: ≈ 1 call more an iteration
+    solve(50)
+    assert (_top_level_aten_calls(lambda: solve(50)) - counts[1]) / 49 > 8

@@ -32,6 +32,21 @@ def test_ce_hessian_rows_are_c_minus_1_exact_rows(spread):
     torch.testing.assert_close(u.transpose(1, 2) @ u, CE.hessian(out, y), rtol=0, atol=1e-15)
 
 
+def test_exact_fisher_on_a_step_net_carries_c_minus_1_rows():
+    """On cross-entropy the exact Fisher is the output Hessian: its step-net message takes the C−1 rows,
+    whose blocks are those of all C rows √p_c ∇ξ(h | c) (``fisher_factors``)."""
+    from curvlab.curvature.kinds import STEP_KINDS, SampleFactors, fisher_factors
+    from curvlab.curvature.options import FisherType, Kind
+
+    net, x, y = _net()
+    out = net(x).detach()
+    msg = STEP_KINDS[Kind.FISHER].output(CE, out, y, CurvatureOptions(kind="fisher", fisher="exact"), None)
+    assert msg.factors.shape == (3, 4, 5)
+    all_rows = fisher_factors(CE, out, y, FisherType.EXACT, 1, None)  # (b, C, C)
+    torch.testing.assert_close(msg.factors.transpose(1, 2) @ msg.factors, all_rows.transpose(1, 2) @ all_rows)
+    assert isinstance(msg, SampleFactors)
+
+
 def _z_scores(draws: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """(mean − exact) / standard error per entry over the first axis of ``draws`` (entries with spread)."""
     se = draws.std(0) / draws.shape[0] ** 0.5

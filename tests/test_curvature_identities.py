@@ -202,27 +202,50 @@ def test_mismatched_cache_raises() -> None:
 _ACTS = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid}
 
 
+@pytest.mark.parametrize("fisher", ["mc", "empirical", "exact"])
 @pytest.mark.parametrize("act", ["relu", "sigmoid"])
-def test_empirical_fisher_reusing_the_gradient_is_bitwise_the_pull_back(monkeypatch, act):
-    """The empirical Fisher's factor follows the back-propagated gradient (``GradientFactor``)
-    instead of its own pull-back: every returned tensor must be bitwise what the pull-back gives."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_fisher_factors_carrying_the_gradient_are_bitwise_the_plain_pull_back(monkeypatch, fisher, act, dtype, chunk):
+    """The Fisher's factor message carries g (``SampleFactors.carry``: U's rows and g's in one buffer,
+    one GEMM per layer; the empirical Fisher's factor *is* g): every returned tensor must be bitwise
+    what separate pull-backs of g and of U give, and no layer may pull U back on its own."""
     from dataclasses import replace as dc_replace
 
     from curvlab.curvature import kinds as kinds_module
-    from curvlab.curvature.messages import PerSampleFactors
+    from curvlab.curvature.messages import SampleFactors
     from curvlab.curvature.options import Kind
+    from curvlab.modules.linear import LinearRule
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(12, 9), _ACTS[act](), torch.nn.Linear(9, 7), _ACTS[act](),
-                              torch.nn.Linear(7, 5))
-    x, y = torch.randn(16, 12), torch.randint(0, 5, (16,))
-    fast = curvlab.curvature(net, x, y, kind="fisher", fisher="empirical", input_cov=True)
+                              torch.nn.Linear(7, 5)).to(dtype)
+    x, y = torch.randn(16, 12, dtype=dtype), torch.randint(0, 5, (16,))
+
+    def run() -> list:
+        gen = torch.Generator().manual_seed(3)
+        return curvlab.curvature(net, x, y, kind="fisher", fisher=fisher, mc_samples=2, input_cov=True,
+                                 generator=gen, chunk_size=chunk, grad_samples=(1,))
+
+    calls = {"jac_t_factors": 0}
+    own = LinearRule.jac_t_factors
+
+    def counted(self, m, factors, d):  # the separate pull-back of U
+        calls["jac_t_factors"] += 1
+        return own(self, m, factors, d)
+
+    monkeypatch.setattr(LinearRule, "jac_t_factors", counted)
+    fast = run()
+    assert calls["jac_t_factors"] == 0  # U went back with g
 
     def plain(loss, out, yy, opts, gen):
-        return PerSampleFactors(kinds_module.fisher_factors(loss, out, yy, opts.fisher, opts.mc_samples, gen))
+        return SampleFactors(kinds_module.fisher_factors(loss, out, yy, opts.fisher, opts.mc_samples, gen))
 
     monkeypatch.setitem(kinds_module.KINDS, Kind.FISHER, dc_replace(kinds_module.KINDS[Kind.FISHER], output=plain))
-    slow = curvlab.curvature(net, x, y, kind="fisher", fisher="empirical", input_cov=True)
+    monkeypatch.setattr(SampleFactors, "carry", lambda self, g: self)
+    slow = run()
+    assert calls["jac_t_factors"] == 2 * (1 if chunk is None else 4)  # two hidden layers, per chunk
     for a, b in zip(fast, slow):
-        for field in ("bias", "grad_bias", "grad_weight", "input_mean", "input_cov"):
-            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        for field in ("bias", "grad_bias", "grad_weight", "grad_samples", "input_mean", "input_cov"):
+            va, vb = getattr(a, field), getattr(b, field)
+            assert (va is None and vb is None) or torch.equal(va, vb), field

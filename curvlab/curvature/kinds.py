@@ -34,9 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from curvlab.curvature.messages import (
-    GradientFactor, MeanBlock, Message, PerSampleBlocks, PerSampleFactors, Residual, SampleFactors,
-)
+from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, Residual, SampleFactors
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss, LossKind
 from curvlab.symmetric import symmetrized
@@ -87,16 +85,19 @@ def _exact_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, ge
 
 
 def _mean_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
-    return MeanBlock(symmetrized(loss.hessian(out, y).mean(0)), out.shape[0])
+    return MeanBlock(loss.mean_hessian(out, y), out.shape[0])
 
 
 def _pos_eig_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
-    return MeanBlock(pos_eig(loss.hessian(out, y).mean(0)), out.shape[0])  # Eq. (8a)
+    """Eq. (8a). A loss convex in the logits has PSD per-sample Hessians, so their mean is PSD and
+    Pos-Eig is the identity (up to the round-off of an eigh): no eigh for cross-entropy, kept for Eq. (14)."""
+    mean = loss.mean_hessian(out, y)  # (C, C), exactly symmetric
+    return MeanBlock(mean if loss.convex else pos_eig(mean), out.shape[0])
 
 
 def _fisher_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
     u = fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen)
-    return GradientFactor(u) if opts.fisher is FisherType.EMPIRICAL else PerSampleFactors(u)
+    return SampleFactors.of_gradient(u[:, 0]) if opts.fisher is FisherType.EMPIRICAL else SampleFactors(u)
 
 
 def ce_hessian_rows(loss: Loss, out: Tensor, y: Tensor) -> Tensor:
@@ -148,6 +149,8 @@ def _sample_factors_output(treat: Residual) -> OutputBuilder:
 
 
 def _fisher_sample_output(loss: Loss, out: Tensor, y: Tensor, opts: CurvatureOptions, gen) -> Message:
+    if opts.fisher is FisherType.EXACT and loss.kind is LossKind.CROSS_ENTROPY:  # its C rows have rank C−1
+        return SampleFactors(ce_hessian_rows(loss, out, y))  # the same blocks, one row fewer to carry back
     return SampleFactors(fisher_factors(loss, out, y, opts.fisher, opts.mc_samples, gen))
 
 

@@ -16,13 +16,15 @@ A message stands for the curvature with respect to the pre-activation ``z^t`` of
 Three message types cover every kind:
 
 ``PerSampleBlocks``  one (n, n) block per sample: Eq. (4b) exactly (``exact``).
-``PerSampleFactors`` per-sample factors U_i (m rows) with block U_iᵀ U_i: KFAC's E[g gᵀ] (``fisher``).
 ``MeanBlock``        the batch-mean block with averaged Jacobians: Eq. (6)/(8b) of Chen et al.
                      (per-sample Jacobians) or Eq. (7) of Dangel & Hennig (mean Jacobians).
-``SampleFactors``    per-sample signed factors U_i (b, r, *shape), block U_iᵀ diag(s_i) U_i, on the
-                     step nets (convolutions): every kind keeps each sample's own Jacobians all the
-                     way (BackPACK's ``curvmatprod`` GGNMP/PCHMP quantity, HBP Sec. 3).
+``SampleFactors``    per-sample factors U_i (b, r, *shape) with row signs s_i (None: all +1), block
+                     U_iᵀ diag(s_i) U_i: KFAC's E[g gᵀ] (``fisher``, the rows are gradients) and, on the
+                     step nets (convolutions), every kind with each sample's own Jacobians all the way
+                     (BackPACK's ``curvmatprod`` GGNMP/PCHMP quantity, HBP Sec. 3).
 
+On an MLP a factor message also carries the back-propagated gradient (``carry``): its rows and
+g's share one buffer, so that one GEMM pulls both back; the recursion then reads g from it.
 On a step net the recursion also asks ``through(blocks_fn, factors_fn)`` (a step's pull-back:
 the message applies the verb for its representation), ``scale_diag(d)`` (an element-wise step,
 diag(d_i) on both sides) and, at a conv layer, ``conv_grams`` (its reduce and expand G).
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from curvlab.modules.base import LayerRule
     from curvlab.modules.conv import Conv2dRule
 
-__all__ = ["Residual", "Message", "PerSampleBlocks", "PerSampleFactors", "GradientFactor", "MeanBlock", "SampleFactors"]
+__all__ = ["Residual", "Message", "PerSampleBlocks", "MeanBlock", "SampleFactors"]
 
 TensorMap = Callable[[Tensor], Tensor]
 # Residual rows of a smooth activation in factor form: one row per unit and sample, b·n² elements.
@@ -74,6 +76,12 @@ class Message(ABC):
     message: ``add_residual`` may update it in place."""
 
     count: int  # number of samples this message stands for
+    grad: Tensor | None = None  # (b, n) ∇_z ξ_i when the message carries the gradient (``carry``)
+
+    def carry(self, g: Tensor) -> Message:
+        """This message, carrying the per-sample gradients g (b, n) through its pull-backs where
+        that saves a product (factor messages); the others leave g to the recursion."""
+        return self
 
     @abstractmethod
     def pull_back(
@@ -179,69 +187,60 @@ class PerSampleBlocks(Message):
 
 
 @dataclass
-class PerSampleFactors(Message):
-    """Per-sample factors U_i (b, m, n) of the blocks U_iᵀ U_i (Fisher: the rows are gradients).
-
-    Pulling back U through the Jacobian is the Gauss-Newton term for Uᵀ U, at the cost of m
-    gradient back-propagations instead of a sandwich of n × n matrices.
-    """
-
-    factors: Tensor  # (b, m, n)
-
-    @property
-    def count(self) -> int:  # type: ignore[override]
-        return self.factors.shape[0]
-
-    def pull_back(
-        self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
-    ) -> PerSampleFactors:
-        return PerSampleFactors(rule.jac_t_factors(module, self.factors, dphi))  # (b, m, n_{t-1})
-
-    def add_residual(self, r: Tensor, residual: Residual) -> PerSampleFactors:
-        if residual is not Residual.DROP:
-            raise ValueError(f"factor messages support residual drop only, not {residual.value!r}")
-        return self
-
-    def total(self, scale: float) -> Tensor:
-        u = self.factors.reshape(-1, self.factors.shape[2])  # (b m, n)
-        return symmetric_product(u, u, scale=scale)
-
-
-@dataclass
-class GradientFactor(PerSampleFactors):
-    """The empirical Fisher's factor U_i = ∇_z ξ_iᵀ (b, 1, n): each sample's own gradient.
-
-    Its pull-back U_i F_i is the gradient's back-propagation, which the recursion computes
-    anyway: :meth:`follow` takes the new gradient instead of a second (b, n) @ W product
-    (bitwise the same: one GEMM of the same shape, then σ').
-    """
-
-    def follow(self, g: Tensor) -> GradientFactor:
-        return GradientFactor(g[:, None, :])  # a view: the recursion never writes into g
-
-
-@dataclass
 class SampleFactors(Message):
     """Per-sample signed factors: U_i (b, r, *shape) with row signs s_i (b, r) (None: all +1), standing
     for the blocks H_i = U_iᵀ diag(s_i) U_i over the flattened shape.
 
-    The message of every factor kind on a step net (BackPACK's ``curvmatprod``, HBP Sec. 3): the
-    pull-back through a linear step is J's transposed product on each row, exact for the per-sample
-    chain E_i[J_iᵀ H_i J_i]; an indefinite output block (GN of the nonconvex loss, Eq. 14) keeps its
-    negative rows as signs; a residual adds one row per unit (``add_residual``).
+    The message of the Fisher (KFAC's rows, Uᵀ U = E[g gᵀ]) and, on a step net, of every factor kind
+    (BackPACK's ``curvmatprod``, HBP Sec. 3): the pull-back through a linear step is J's transposed
+    product on each row, exact for the per-sample chain E_i[J_iᵀ H_i J_i], at the cost of r gradient
+    back-propagations instead of a sandwich of n × n matrices; an indefinite output block (GN of the
+    nonconvex loss, Eq. 14) keeps its negative rows as signs; a residual adds one row per unit
+    (``add_residual``).
+
+    On an MLP the message may carry the gradient (``carry``): ``rows`` (b r + b, n) then holds U's rows
+    followed by g's, ``factors`` and ``grad`` are views of it, and one GEMM pulls all of them back.
+    The empirical Fisher's factor is g itself (``of_gradient``): ``rows`` = g, one row per sample.
     """
 
     factors: Tensor  # (b, r, *shape)
     signs: Tensor | None = None  # (b, r) ±1
+    rows: Tensor | None = None  # (b r [+ b], n): the factor rows, then g's (MLP path; see the class docstring)
+
+    @classmethod
+    def of_gradient(cls, g: Tensor) -> SampleFactors:
+        """The empirical Fisher's factor U_i = ∇_z ξ_iᵀ (b, 1, n): the carried gradient is its one row."""
+        return cls(g[:, None, :], rows=g)
 
     @property
     def count(self) -> int:  # type: ignore[override]
         return self.factors.shape[0]
 
+    @property
+    def grad(self) -> Tensor | None:  # type: ignore[override]
+        """The carried ∇_z ξ_i (b, n): the last b rows of ``rows``, or None."""
+        return None if self.rows is None else self.rows[self.rows.shape[0] - self.count :]
+
+    def carry(self, g: Tensor) -> SampleFactors:
+        """U's rows and g (b, n) stacked in one buffer (b r + b, n); kept if it carries g already."""
+        if self.rows is not None:
+            return self
+        b, r = self.factors.shape[:2]
+        rows = torch.cat([self.factors.reshape(b * r, -1), g])
+        return SampleFactors(rows[: b * r].view_as(self.factors), self.signs, rows)
+
     def pull_back(
         self, rule: LayerRule, module: nn.Module, dphi: Tensor, average: JacobianAverage, per_sample: bool
     ) -> SampleFactors:
-        return SampleFactors(rule.jac_t_factors(module, self.factors, dphi), self.signs)  # per-sample chain
+        """U_i F_i for every row (the per-sample chain), and with ``rows`` the gradient's step too."""
+        if self.rows is None:
+            return SampleFactors(rule.jac_t_factors(module, self.factors, dphi), self.signs)
+        b, r = self.factors.shape[:2]
+        rows = rule.jac_t_vec(module, self.rows)  # (b r [+ b], n_in): one GEMM for U's rows and g's
+        factors = rows[: b * r].view(b, r, -1).mul_(dphi[:, None, :])  # U_i W diag(d_i), in place
+        if rows.shape[0] > b * r:  # g's own rows (the empirical Fisher's are the factor rows)
+            rows[b * r :].mul_(dphi)  # ∇_{z^{t−1}} ξ_i = d_i ⊙ Wᵀ ∇_{z^t} ξ_i
+        return SampleFactors(factors, self.signs, rows)
 
     def through(self, blocks_fn: TensorMap, factors_fn: TensorMap) -> SampleFactors:
         """A step net's pull-back: U_i J_i by the step's factor verb (b, r, *out_shape) → (b, r, *in_shape)."""
@@ -255,6 +254,8 @@ class SampleFactors(Message):
         """Add diag(policy(r_i)) per sample (BackPACK's PCHMP residual) as rows √|ρ_j| e_j, signed by ρ_j."""
         if residual is Residual.DROP:
             return self
+        if self.rows is not None:
+            raise ValueError("a factor message that carries the gradient takes no residual rows")
         b, n = r.shape[0], r[0].numel()
         if b * n * n > RESIDUAL_ROW_BUDGET:
             raise ValueError(

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.curvature.kinds import Batching, KindPolicy, policy
-from curvlab.curvature.messages import GradientFactor, PerSampleBlocks, Residual
+from curvlab.curvature.messages import PerSampleBlocks, Residual
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.losses import Loss, make_loss
 from curvlab.curvature.steps import step_backward, step_chunk_size, summed
@@ -72,8 +72,9 @@ def backward(
     k = view.depth
     out = cache.output
     scale = 1.0 / out.shape[0] if scale is None else scale
+    loss = loss.at(out)  # the gradient and the output block share one softmax
     g = loss.grad(out, y)  # (b, n_k) per-sample ∇_{b^k} ξ_i
-    msg = pol.output(loss, out, y, options, generator)  # Eq. (4a) / (8a)
+    msg = pol.output(loss, out, y, options, generator).carry(g)  # Eq. (4a) / (8a); factors carry g
     sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
     for t in reversed(range(k)):  # view.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
         h = cache.inputs[t]  # (b, n_t) its input h^t
@@ -91,17 +92,24 @@ def backward(
             break
         z = cache.preacts[t - 1]  # (b, n_t) z^t, whose σ gave h^t
         fns = view.acts[t - 1]  # σ_t between layer t and t+1 (identity for Linear → Linear)
-        back = rule.jac_t_vec(layer, g)  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i
         # σ'' ≡ 0 (ReLU, leaky ReLU, Linear → Linear): the residual term vanishes; skip its ≈ 6 ops
         residual = pol.residual is not Residual.DROP and fns.d2f is not torch.zeros_like
-        dphi, d2phi = fns.derivatives(z) if residual else (fns.df(z), None)  # (b, n_t) h^{t'}, h^{t''}
-        g = fns.jac_t_vec(dphi, back)  # ∇_{b^t} ξ_i
+        fused = fns.residual_out if residual else None  # sigmoid, tanh: h'' ⊙ Wᵀ∇ξ_i from g and h, no h''
+        # From h^t = σ(z^t) where σ allows it (ReLU: one sign pass, sigmoid/tanh: no σ to recompute)
+        dphi, d2phi = fns.derivatives(z, h) if residual and fused is None else (fns.first(z, h), None)  # (b, n_t)
         # The last pull-back (into the first layer) only needs the sum over samples.
-        if isinstance(msg, GradientFactor):  # empirical Fisher: the pulled-back factor is the new gradient
-            msg = msg.follow(g)
-        else:
-            msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample=t > 1 or weight_blocks)
-        if d2phi is not None:
+        per_sample = t > 1 or weight_blocks
+        if msg.grad is not None and not residual:  # a factor message carries g: one GEMM pulls both back
+            msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample)
+            g = msg.grad  # ∇_{b^t} ξ_i
+            continue
+        back = rule.jac_t_vec(layer, g)  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i (a new tensor, free once g and r are made)
+        g = fns.jac_t_vec(dphi, back)  # ∇_{b^t} ξ_i
+        msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample)
+        if fused is not None:  # h^{t''} ⊙ Wᵀ∇ξ_i in one pass from g and h, into back's buffer (no fresh pages;
+            # under autograd, out= is refused)
+            msg = msg.add_residual(fused(g, h, None if torch.is_grad_enabled() else back), pol.residual)
+        elif d2phi is not None:
             msg = msg.add_residual(fns.residual(d2phi, back), pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
     return sums
 
@@ -139,7 +147,7 @@ def _make_options(kind: Any, options: CurvatureOptions | None, overrides: dict[s
 
 @torch.no_grad()
 def curvature(
-    net: Net,
+    net: Net | Chain,
     x: Tensor,
     y: Tensor,
     kind: str | Kind | None = None,
@@ -160,6 +168,7 @@ def curvature(
     Args:
         net: a :class:`~curvlab.MLP` or a feed-forward ``nn.Sequential`` of supported modules
             (:mod:`curvlab.modules`); its ``nn.Linear`` and ``nn.Conv2d`` modules are the layers here.
+            Its :class:`~curvlab.modules.Chain` (``chain(net)``) is taken too (saves the module walk).
             On a net with convolutions every kind keeps per-sample Jacobians (``kinds.STEP_KINDS``)
             and a conv layer's block is read as a Linear layer's over its input patches
             (:class:`LayerCurvature`; ``options.kfac_type`` picks the Kronecker convention).
@@ -189,7 +198,7 @@ def curvature(
     """
     opts = _make_options(kind, options, option_overrides)
     loss_fn = make_loss(loss)
-    view = chain(net)
+    view = net if isinstance(net, Chain) else chain(net)
     pol = policy(opts.kind, steps=view.has_steps)
     if block_products and not view.has_steps:
         raise ValueError("block_products=True needs a net with convolutions; an MLP's blocks are formed already")

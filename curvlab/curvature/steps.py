@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from curvlab.curvature.fused_pool import fused_max_pool
 from curvlab.curvature.kinds import KindPolicy
-from curvlab.curvature.messages import Message, PerSampleBlocks, Residual
+from curvlab.curvature.messages import Message, PerSampleBlocks, Residual, SampleFactors
 from curvlab.curvature.options import CurvatureOptions, KFACType
 from curvlab.losses import Loss
 from curvlab.modules import Chain, Conv2dRule, ElementwiseRule, LayerRule, ModuleRule, ParameterFreeRule
@@ -74,31 +75,45 @@ def _block_product(rule: LayerRule | Conv2dRule, m: nn.Module, sc: StepCache, ms
 
 def _layer_sums(
     rule: LayerRule | Conv2dRule, layer: nn.Module, sc: StepCache, g: Tensor, msg: Message,
-    scale: float, weight_blocks: bool, keep: bool, kfac_type: KFACType, products: bool,
-) -> dict[str, Any]:
-    """A layer's share of the batch means from the message and gradients g at its output."""
-    gs = g * scale  # (b, *out_shape)
-    sums = _layer_tensors(rule, layer, sc, gs, msg, scale, weight_blocks, keep, kfac_type)
+    scale: float, weight_blocks: bool, keep: bool, kfac_type: KFACType, products: bool, first: bool,
+) -> tuple[dict[str, Any], Tensor | None]:
+    """A layer's share of the batch means from the message and gradients g at its output, and the
+    gradient at its input (a conv's comes from the same kernel call as its weight gradient; None when
+    ``first``: the net's input needs none)."""
+    if isinstance(rule, Conv2dRule):
+        back, grad_w, grad_b = rule.backward(layer, g, sc.cache, need_input=not first)  # one call, as autograd's
+        sums = _conv_tensors(rule, layer, sc, msg, scale, weight_blocks, kfac_type)
+        sums["grad_weight"] = grad_w.flatten(1).mul_(scale)  # (C_out, J); scaling g would cost a pass over it
+        sums["grad_bias"] = (rule.bias_grad(g) if grad_b is None else grad_b).mul_(scale)
+    else:
+        sums = _linear_tensors(rule, sc, g * scale, msg, scale, weight_blocks, keep)  # (b, n): small
+        back = None
     if products:
         sums["products"] = [_block_product(rule, layer, sc, msg, scale)]  # a list: chunks add up by +=
+    return sums, back
+
+
+def _conv_tensors(
+    rule: Conv2dRule, layer: nn.Module, sc: StepCache, msg: Message, scale: float, weight_blocks: bool,
+    kfac_type: KFACType,
+) -> dict[str, Any]:
+    """A conv layer's bias block (the reduce G), expand G and, on request, exact weight block."""
+    if kfac_type is KFACType.REDUCE and isinstance(msg, SampleFactors):  # G is the bias block: no expand G
+        return {"block": rule.out_grams(msg.factors, msg.signs, scale, expand=False)[0]}
+    bias, expand = msg.conv_grams(rule, layer, scale)  # type: ignore[attr-defined]
+    sums = {"block": bias}
+    if kfac_type is KFACType.EXPAND:
+        sums["kron_out"] = expand
+    if weight_blocks:
+        assert isinstance(msg, PerSampleBlocks)
+        sums["weight"] = rule.weight_block(layer, msg.blocks, sc.cache, scale)  # exact, W.flatten() order
     return sums
 
 
-def _layer_tensors(
-    rule: LayerRule | Conv2dRule, layer: nn.Module, sc: StepCache, gs: Tensor, msg: Message,
-    scale: float, weight_blocks: bool, keep: bool, kfac_type: KFACType,
+def _linear_tensors(
+    rule: LayerRule, sc: StepCache, gs: Tensor, msg: Message, scale: float, weight_blocks: bool, keep: bool,
 ) -> dict[str, Any]:
-    """The blocks, factors and gradients of one layer (``gs``: the scaled output gradients)."""
-    if isinstance(rule, Conv2dRule):
-        bias, expand = msg.conv_grams(rule, layer, scale)  # type: ignore[attr-defined]
-        grad_w = rule.weight_grad(layer, gs, sc.cache).flatten(1)  # (C_out, J)
-        sums = {"block": bias, "grad_bias": rule.bias_grad(gs), "grad_weight": grad_w}
-        if kfac_type is KFACType.EXPAND:
-            sums["kron_out"] = expand
-        if weight_blocks:
-            assert isinstance(msg, PerSampleBlocks)
-            sums["weight"] = rule.weight_block(layer, msg.blocks, sc.cache, scale)  # exact, W.flatten() order
-        return sums
+    """The blocks and gradients of a Linear layer (``gs``: the scaled output gradients)."""
     sums = {"block": msg.total(scale), "grad_bias": gs.sum(0)}
     if keep:
         sums["samples"] = gs
@@ -165,12 +180,16 @@ def step_backward(
     residual = pol.residual is not Residual.DROP
     sums: list[dict[str, Any]] = [{} for _ in view.layers]
     t = view.depth - 1
-    for s in reversed(range(len(view.steps))):
+    s = len(view.steps)
+    while s > 0:
+        s -= 1
         m, rule = view.steps[s]
         sc = cache.steps[s]
+        back = None
         if t >= 0 and m is view.layers[t]:
-            sums[t] = _layer_sums(
-                view.rules[t], m, sc, g, msg, scale, weight_blocks, t in keep_samples, options.kfac_type, products
+            sums[t], back = _layer_sums(
+                view.rules[t], m, sc, g, msg, scale, weight_blocks, t in keep_samples, options.kfac_type, products,
+                first=s == 0,
             )
             t -= 1
         if s == 0:
@@ -184,8 +203,13 @@ def step_backward(
             if d2 is not None:
                 msg = msg.add_residual(fns.residual(d2, back), pol.residual)
             continue
+        fused = fused_max_pool(view, cache, s, residual) if isinstance(msg, SampleFactors) else None
+        if fused is not None:  # pooling, padding and σ' in one scatter (``fused_pool``)
+            s, pull = fused
+            g, msg = pull(g[:, None])[:, 0], msg.through(None, pull)  # type: ignore[arg-type]
+            continue
         vec, blocks, factors = _pullbacks(m, rule, sc)
-        g = vec(g)
+        g = vec(g) if back is None else back
         msg = msg.through(blocks, factors)  # type: ignore[attr-defined]
     return sums
 

@@ -33,19 +33,52 @@ from torch.nn.grad import conv2d_input
 
 from curvlab.curvature.options import KFACType  # defined with the other curvature options
 from curvlab.modules.base import ModuleRule, Role, register
+from curvlab.symmetric import symmetric_product
 
-__all__ = ["KFACType", "ConvCache", "Conv2dRule", "CONV2D", "block_matvec", "factors_matvec"]
+__all__ = ["KFACType", "ConvGeometry", "ConvCache", "Conv2dRule", "CONV2D", "block_matvec", "factors_matvec"]
 
 OutMatvec = Callable[[Tensor], Tensor]  # (b, C_out, H_out, W_out) → (b, C_out, H_out, W_out)
 
 
 @dataclass(frozen=True)
+class ConvGeometry:
+    """What places a convolution's windows on its input: kernel, stride, dilation, ``F.pad`` pads."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pads: tuple[int, int, int, int]  # (left, right, top, bottom)
+
+
+@dataclass(frozen=True)
 class ConvCache:
-    """A convolution's forward cache for one batch."""
+    """A convolution's forward cache for one batch: the input only. The patches (KFC's ⟦h⟧, k_h·k_w
+    times the input) are cut from it on demand, by the factor A alone; the gradients and block
+    products run on the library's convolution kernels."""
 
     x: Tensor  # (b, C_in, H_in, W_in) the input h
-    patches: Tensor  # (b, C_in·k_h·k_w, L) unfold of the zero-padded input, W.flatten(1) column order
     out_hw: tuple[int, int]  # (H_out, W_out), L = H_out·W_out
+    geometry: ConvGeometry
+
+    def windows(self) -> Tensor:
+        """The patches as a strided view of the padded input, no copy: (C_in, k_h, k_w, b, H_out, W_out)."""
+        g = self.geometry
+        xp = F.pad(self.x, g.pads) if any(g.pads) else self.x.contiguous()
+        sb, sc, sh, sw = xp.stride()
+        (dh, dw), (th, tw) = g.dilation, g.stride
+        shape = (xp.shape[1], *g.kernel, xp.shape[0], *self.out_hw)
+        return xp.as_strided(shape, (sc, dh * sh, dw * sw, sb, th * sh, tw * sw))
+
+    @property
+    def patches(self) -> Tensor:
+        """(b, C_in·k_h·k_w, L): ``F.unfold`` of the zero-padded input, ``W.flatten(1)`` column order."""
+        w = self.windows()
+        return w.permute(3, 0, 1, 2, 4, 5).reshape(w.shape[3], -1, self.out_hw[0] * self.out_hw[1])
+
+    def patch_rows(self) -> Tensor:
+        """(C_in·k_h·k_w, b·L) contiguous: one strided copy, the layout of the Gram matrix A."""
+        w = self.windows()
+        return w.reshape(-1, w.shape[3] * self.out_hw[0] * self.out_hw[1])
 
 
 class Conv2dRule(ModuleRule):
@@ -100,14 +133,11 @@ class Conv2dRule(ModuleRule):
         bb = m.bias if bias is None else bias
         return F.conv2d(F.pad(x, self.pads(m)), w, bb, m.stride, 0, m.dilation)
 
-    def unfold(self, m: nn.Conv2d, x: Tensor) -> Tensor:
-        """The patches (b, C_in·k_h·k_w, L) of x: z = W.flatten(1) @ patches + b (KFC's ⟦h⟧)."""
-        return F.unfold(F.pad(x, self.pads(m)), m.kernel_size, dilation=m.dilation, stride=m.stride)
-
     def forward_cache(self, m: nn.Conv2d, x: Tensor) -> tuple[Tensor, ConvCache]:
-        """z and the cache (input, patches, output size) every backward verb reads."""
+        """z and the cache (input, output size, geometry) every backward verb reads."""
         z = self.forward(m, x)  # the library's convolution: ~2x faster than W̃ @ patches on CPU
-        return z, ConvCache(x, self.unfold(m, x), (z.shape[2], z.shape[3]))
+        geometry = ConvGeometry(tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation), self.pads(m))
+        return z, ConvCache(x, (z.shape[2], z.shape[3]), geometry)
 
     # --- Jacobian products on feature maps (any leading dims) -----------------------------------
 
@@ -133,9 +163,27 @@ class Conv2dRule(ModuleRule):
             back = back[:, :, top : top + in_hw[0], left : left + in_hw[1]]
         return back.reshape(*lead, *back.shape[1:])
 
+    def backward(
+        self, m: nn.Conv2d, g: Tensor, cache: ConvCache, need_input: bool = True
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """(Jᵀ g or None, Σ_i ∇_W ξ_i, Σ_i ∇_b ξ_i or None) of output gradients g (b, C_out, H_out, W_out)
+        in one call of the library's convolution backward, as autograd makes it for a gradient step
+        (the weight part without the patches: ``weight_grad``)."""
+        left, right, top, bottom = cache.geometry.pads
+        symmetric = left == right and top == bottom
+        x = cache.x if symmetric else F.pad(cache.x, cache.geometry.pads)
+        bias = [m.out_channels] if m.bias is not None else None
+        mask = (need_input, True, m.bias is not None)
+        back, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, m.weight, bias, m.stride, (top, left) if symmetric else (0, 0), m.dilation, False, (0, 0), 1, mask
+        )
+        if back is not None and not symmetric:  # "same" with an odd total: crop the pads (constants)
+            back = back[:, :, top : top + cache.x.shape[2], left : left + cache.x.shape[3]]
+        return back, gw, gb
+
     def jac_t_factors(self, m: nn.Conv2d, factors: Tensor, in_hw: tuple[int, int]) -> Tensor:
         """Per-sample factors U_i (b, r, C_out, H_out, W_out) ↦ U_i J (b, r, C_in, H_in, W_in): the
-        Fisher/GN factor message (``PerSampleFactors``), one transposed convolution for all b·r rows."""
+        Fisher/GN factor message (``SampleFactors``), one transposed convolution for all b·r rows."""
         return self.jac_t_vec(m, factors, in_hw)
 
     def jac_t_block(self, m: nn.Conv2d, block: Tensor, in_hw: tuple[int, int]) -> Tensor:
@@ -154,15 +202,17 @@ class Conv2dRule(ModuleRule):
 
     def param_jvp(self, m: nn.Conv2d, cache: ConvCache, dw: Tensor, db: Tensor | None = None) -> Tensor:
         """J_θ,i (dW, db) per sample: (b, C_out, H_out, W_out) = dW ⋆ h_i + db."""
-        b = cache.x.shape[0]
-        out = (dw.reshape(m.out_channels, -1) @ cache.patches).view(b, m.out_channels, *cache.out_hw)
-        return out if db is None else out + db[:, None, None]
+        geo = cache.geometry
+        left, right, top, bottom = geo.pads
+        if left == right and top == bottom:  # the library pads (no copy of the input)
+            return F.conv2d(cache.x, dw.view_as(m.weight), db, geo.stride, (top, left), geo.dilation)
+        return F.conv2d(F.pad(cache.x, geo.pads), dw.view_as(m.weight), db, geo.stride, 0, geo.dilation)
 
     def weight_grad(self, m: nn.Conv2d, g: Tensor, cache: ConvCache) -> Tensor:
         """Σ_i ∇_W ξ_i = Σ_i Σ_l g_{i,l} u_{i,l}ᵀ of output gradients g (b, C_out, H_out, W_out), in W's shape
-        (the transposed-Jacobian product of the weight, J_θᵀ g)."""
-        gw = torch.einsum("bol,bjl->oj", g.flatten(2), cache.patches)  # (C_out, C_in k_h k_w)
-        return gw.view_as(m.weight)
+        (the transposed-Jacobian product of the weight, J_θᵀ g): the library's weight gradient kernel,
+        which never forms the patches."""
+        return self.backward(m, g, cache, need_input=False)[1]
 
     def bias_grad(self, g: Tensor) -> Tensor:
         """Σ_i ∇_b ξ_i = Σ_i Σ_l g_{i,l} (C_out,): ∂z/∂b broadcasts b over the positions."""
@@ -197,7 +247,7 @@ class Conv2dRule(ModuleRule):
         """(A, G) with G ⊗ A ≈ the block of W̃ = [W.flatten(1), b] (row-major; ``bias`` False: W only).
 
         ``factors`` (b, r, C_out, H_out, W_out) are the per-sample output-gradient factors U_i of the
-        recursion's ``PerSampleFactors`` (U_iᵀ U_i the sample's GN/Fisher output block; rows g_r).
+        recursion's ``SampleFactors`` (U_iᵀ U_i the sample's GN/Fisher output block; rows g_r).
         ``scale`` defaults to 1/b (batch means, ``KFACType`` for the formulas): A (J, J) with J =
         C_in·k_h·k_w (+1 with ``bias``), G (C_out, C_out). The reduce G is exactly the KFLR/KFAC bias
         block; so is the expand G when the positions' gradients are uncorrelated (KFC's SUD).
@@ -205,7 +255,7 @@ class Conv2dRule(ModuleRule):
         approx = KFACType(approx)
         s = 1.0 / factors.shape[0] if scale is None else scale
         reduce_g, expand_g = self.out_grams(factors, None, s)
-        a = self._input_gram(self._augmented(cache.patches, bias), approx, s)
+        a = self._input_gram(cache, approx, s, bias)
         return a, (expand_g if approx is KFACType.EXPAND else reduce_g)
 
     def input_factors(
@@ -214,19 +264,29 @@ class Conv2dRule(ModuleRule):
         """The input side of the weight block W.flatten(1) (no ones row: the bias system is separate):
         the patch mean E_{i,l}[u] (J,), the conv analogue of E[h] in Eq. (11b) (the same in both
         conventions), and with ``cov`` the factor A (J, J) of ``approx`` (the analogue of Eq. 11a)."""
-        u = cache.patches  # (b, J, L)
-        a = self._input_gram(u, KFACType(approx), 1.0 / u.shape[0]) if cov else None
-        return u.mean((0, 2)), a
+        a = self._input_gram(cache, KFACType(approx), 1.0 / cache.x.shape[0], False) if cov else None
+        return cache.windows().mean((3, 4, 5)).flatten(), a  # a mean over the strided view: no patches
 
-    def out_grams(self, factors: Tensor, signs: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    def out_grams(
+        self, factors: Tensor, signs: Tensor | None, scale: float, expand: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """(reduce G, expand G) of per-sample factors U_i (b, r, C_out, H, W) with row signs s (b, r)
         or None (all +1): ``scale`` · Σ_i Σ_r s_ir (Σ_l g_{r,l})(Σ_l g_{r,l})ᵀ, the exact bias block of
-        the factors' kind, and ``scale`` · Σ_i Σ_r s_ir Σ_l g_{r,l} g_{r,l}ᵀ (KFC's G), (C_out, C_out)."""
+        the factors' kind, and ``scale`` · Σ_i Σ_r s_ir Σ_l g_{r,l} g_{r,l}ᵀ (KFC's G), (C_out, C_out);
+        ``expand`` False: None for the latter (its b·r·L-row product skipped)."""
         g = factors.flatten(3).flatten(0, 1)  # (b r, C_out, L): no copy
         w = g if signs is None else g * signs.reshape(-1, 1, 1)
-        gs, ws = g.sum(2), w.sum(2)  # (b r, C_out) summed over positions
+        gs = g.sum(2)  # (b r, C_out) summed over positions
+        ws = gs if signs is None else w.sum(2)
         reduce_g = ws.T @ gs * scale
-        expand_g = torch.bmm(w, g.transpose(1, 2)).sum(0) * scale  # (b r) small products, no permuted copy
+        if not expand:
+            return self._sym(reduce_g), None
+        if g.shape[2] < g.shape[1]:  # few positions (L < C_out): one GEMM over (b r L) rows beats b·r tiny ones
+            rows = g.transpose(1, 2).reshape(-1, g.shape[1])  # (b r L, C_out): a permuted copy
+            signed = rows if signs is None else w.transpose(1, 2).reshape(-1, g.shape[1])
+            expand_g = signed.T @ rows * scale
+        else:
+            expand_g = torch.bmm(w, g.transpose(1, 2)).sum(0) * scale  # (b r) products, no permuted copy
         return self._sym(reduce_g), self._sym(expand_g)
 
     def position_block(self, m: nn.Conv2d, blocks: Tensor, scale: float = 1.0) -> Tensor:
@@ -236,15 +296,18 @@ class Conv2dRule(ModuleRule):
         return self._sym(hv.sum((0, 3)) * scale)
 
     @staticmethod
-    def _input_gram(u: Tensor, approx: KFACType, s: float) -> Tensor:
-        """A of patches u (b, J, L): expand E_i[(1/L) Σ_l u_l u_lᵀ], reduce E_i[ū ūᵀ] (times ``s`` b)."""
+    def _input_gram(cache: ConvCache, approx: KFACType, s: float, bias: bool) -> Tensor:
+        """A of the patches u_{i,l} (with a ones row if ``bias``): expand E_i[(1/L) Σ_l u_l u_lᵀ], reduce
+        E_i[ū ūᵀ] (times ``s`` b); on its upper triangle (``symmetric_product``), exactly symmetric."""
         if approx is KFACType.EXPAND:
-            ut = u.transpose(0, 1).reshape(u.shape[1], -1)  # (J, b L): one GEMM over all positions
-            a = ut @ ut.T * (s / u.shape[2])
+            u = cache.patch_rows()  # (J, b L): one GEMM over all positions
+            scale = s / (cache.out_hw[0] * cache.out_hw[1])
         else:
-            um = u.mean(2)  # (b, J) patches averaged over positions
-            a = um.T @ um * s
-        return 0.5 * (a + a.T)
+            w = cache.windows()
+            u, scale = w.mean((4, 5)).reshape(-1, w.shape[3]), s  # (J, b) patches averaged over positions
+        if bias:
+            u = torch.cat([u, u.new_ones(1, u.shape[1])])
+        return symmetric_product(u.T, u.T, scale=scale)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -298,5 +361,8 @@ def block_matvec(
     multiplies with. ``scale`` defaults to 1/b. Returns (weight part in W's shape, bias part or None).
     """
     s = 1.0 / cache.x.shape[0] if scale is None else scale
-    hv = out_matvec(rule.param_jvp(m, cache, dw, db)) * s  # (b, C_out, H_out, W_out)
-    return rule.weight_grad(m, hv, cache), (None if db is None else rule.bias_grad(hv))
+    hv = out_matvec(rule.param_jvp(m, cache, dw, db))  # (b, C_out, H_out, W_out); s goes on the small results
+    _, gw, gb = rule.backward(m, hv, cache, need_input=False)
+    if db is not None and gb is None:  # a bias part asked of a conv without bias: J_bᵀ sums the positions
+        gb = rule.bias_grad(hv)
+    return gw.mul_(s), (None if db is None else gb.mul_(s))

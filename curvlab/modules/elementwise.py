@@ -30,6 +30,10 @@ class ActivationFns:
     ``df_out(h)`` and ``d2f_out(h, σ')`` optionally give them from the output h = σ(z), which
     the forward pass has already made: no σ to recompute (sigmoid: one pass for σ', no exp).
     They are the same formulas on the same σ(z), so both routes agree bit for bit.
+    ``residual_out(g, h, out)`` optionally gives the residual σ'' ⊙ u straight from g = σ' ⊙ u and h
+    (sigmoid: σ'' = σ'(1 − 2h), tanh: σ'' = −2hσ', the formulas of ``d2f_out``): one pass, optionally
+    into ``out``, in place of forming σ'' and then σ'' ⊙ u. Only the association of the product
+    moves ((1 − 2h)(σ'u) for (σ'(1 − 2h))u): in float64 the blocks move by ≤ 5e-16 of their size.
     """
 
     f: Callable[[Tensor], Tensor]
@@ -38,6 +42,7 @@ class ActivationFns:
     both: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
     df_out: Callable[[Tensor], Tensor] | None = None
     d2f_out: Callable[[Tensor, Tensor], Tensor] | None = None
+    residual_out: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None
 
     def derivatives(self, z: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(σ'(z), σ''(z)); from the output ``h`` = σ(z) when given and σ allows it."""
@@ -69,6 +74,10 @@ def _sigmoid_d2_out(s: Tensor, d1: Tensor) -> Tensor:
     return torch.addcmul(d1, d1, s, value=-2)  # s (1 − s)(1 − 2s)
 
 
+def _sigmoid_residual_out(g: Tensor, s: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.addcmul(g, g, s, value=-2, out=out)  # σ'' ⊙ u = (1 − 2s) ⊙ g with g = s(1 − s) ⊙ u
+
+
 def _sigmoid_d1(z: Tensor) -> Tensor:
     return _sigmoid_d1_out(torch.sigmoid(z))
 
@@ -92,6 +101,10 @@ def _tanh_d2_out(t: Tensor, d1: Tensor) -> Tensor:
     return torch.mul(t, d1).mul_(-2)  # −2 t (1 − t²)
 
 
+def _tanh_residual_out(g: Tensor, t: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.mul(g, t, out=out).mul_(-2)  # σ'' ⊙ u = −2t ⊙ g with g = (1 − t²) ⊙ u; ×(−2) is exact
+
+
 def _tanh_both(z: Tensor) -> tuple[Tensor, Tensor]:
     t = torch.tanh(z)
     d1 = _tanh_d1_out(t)
@@ -111,14 +124,21 @@ def _step(v: Tensor) -> Tensor:
     return (v > 0).to(v.dtype)  # ReLU' (0 at 0); relu(z) > 0 exactly where z > 0
 
 
+def _relu_d1_out(h: Tensor) -> Tensor:
+    # ReLU' from h = relu(z) ≥ 0: sign(h) is 1 where z > 0 and +0 elsewhere (also for h = −0), the
+    # step bit for bit in one pass (≈ 3 µs against 30 µs for the compare and the cast, 128 × 128)
+    return torch.sign(h)
+
+
 def _zeros(h: Tensor, d1: Tensor) -> Tensor:
     return torch.zeros_like(h)
 
 
-SIGMOID = ActivationFns(torch.sigmoid, _sigmoid_d1, _sigmoid_d2, _sigmoid_both, _sigmoid_d1_out, _sigmoid_d2_out)
-TANH = ActivationFns(torch.tanh, _tanh_d1, _tanh_d2, _tanh_both, _tanh_d1_out, _tanh_d2_out)
+SIGMOID = ActivationFns(torch.sigmoid, _sigmoid_d1, _sigmoid_d2, _sigmoid_both, _sigmoid_d1_out, _sigmoid_d2_out,
+                        _sigmoid_residual_out)
+TANH = ActivationFns(torch.tanh, _tanh_d1, _tanh_d2, _tanh_both, _tanh_d1_out, _tanh_d2_out, _tanh_residual_out)
 # ReLU's second derivative is zero almost everywhere; its first is the step (0 at 0).
-RELU = ActivationFns(torch.relu, _step, torch.zeros_like, None, _step, _zeros)
+RELU = ActivationFns(torch.relu, _step, torch.zeros_like, None, _relu_d1_out, _zeros)
 IDENTITY_FNS = ActivationFns(lambda z: z, torch.ones_like, torch.zeros_like, None, torch.ones_like, _zeros)  # Linear → Linear
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curvlab.curvature.options import JacobianAverage
+from curvlab.hugepages import mm
 from curvlab.modules.base import LayerRule, register
 from curvlab.symmetric import symmetric_product
 
@@ -36,7 +37,7 @@ class LinearRule(LayerRule):
 
     def jac_t_vec(self, m: nn.Linear, g: Tensor) -> Tensor:  # type: ignore[override]
         """Wᵀ g_i for every sample: (b, n) @ (n, n_in); with d, ∇_{b^{t−1}} ξ_i = d ⊙ Wᵀ ∇_{b^t} ξ_i."""
-        return g @ m.weight
+        return mm(g, m.weight)  # (b, n_in) (N-D factors: (…, n_in)); huge pages when large
 
     def jac(self, m: nn.Linear, d: Tensor) -> Tensor:  # type: ignore[override]
         """F_i = W diag(d_i): (b, n, n_in)."""
@@ -68,7 +69,7 @@ class LinearRule(LayerRule):
         else:
             mean = d.mean(0)[None]  # (1, n_in)
             jac, scale = (mean, mean), 1.0
-        return symmetric_product(w, block @ w, times=jac, scale=scale)
+        return symmetric_product(w, mm(block, w), times=jac, scale=scale)  # mm(block, w): (n, n_in) H̄ W
 
     def jac_t_factors(self, m: nn.Linear, factors: Tensor, d: Tensor) -> Tensor:  # type: ignore[override]
         """U_i W diag(d_i): one GEMM for all b·r rows, (b, r, n) → (b, r, n_in)."""
@@ -78,7 +79,7 @@ class LinearRule(LayerRule):
 
     def weight_grad(self, g: Tensor, h: Tensor) -> Tensor:
         """Σ_i g_i h_iᵀ (n, n_in): ∇_W ξ_i = ∇_b ξ_i h_iᵀ."""
-        return g.T @ h
+        return mm(g.T, h)  # the first layer's: 25 MB at double width, on huge pages
 
     def weight_block(self, blocks: Tensor, h: Tensor, scale: float) -> Tensor:
         """scale · Σ_i H_i ⊗ (h_i h_iᵀ) (Eq. 4c of Chen et al.), row-major ``W.flatten()`` order."""

@@ -196,20 +196,42 @@ class MaxPool2dRule(ParameterFreeRule):
         return z.view(*idx.shape[:3], *cache.shape[-2:])  # type: ignore[union-attr]
 
     def jac_t_factors(self, m: nn.MaxPool2d, U: Tensor, cache: Tensor | None, in_shape: Shape) -> Tensor:
-        idx = self._index(cache, U)
-        back = U.new_zeros(*idx.shape[:3], in_shape[1] * in_shape[2])  # (b, r, C, H·W)
-        return back.scatter_add_(-1, idx, U.flatten(-2)).view(*U.shape[:2], *in_shape)
+        return self.scatter_back(U, cache, None, in_shape)
+
+    def scatter_back(self, U: Tensor, idx: Tensor | None, weights: Tensor | None, in_shape: Shape) -> Tensor:
+        """U_i J_i with every window's entry weighted: (U ⊙ w)[o] added at idx[o], (b, r, C, H_out, W_out)
+        → (b, r, *in_shape); ``weights`` (b, C, H_out, W_out) or None (all 1). A diagonal map D in front
+        of the step (U J D) is ``weights`` = D read at the indices: on the pooled map, 1/(stride²) the work."""
+        index = self._index(idx, U)
+        back = U.new_zeros(*index.shape[:3], in_shape[1] * in_shape[2])  # (b, r, C, H·W)
+        src = U.flatten(-2) if weights is None else (U * weights[:, None]).flatten(-2)
+        return back.scatter_add_(-1, index, src).view(*U.shape[:2], *in_shape)
 
 
 class ZeroPad2dRule(FixedLinearRule):
     """``nn.ZeroPad2d`` (left, right, top, bottom; negative entries crop): P inserts zeros, Pᵀ crops
-    them again, ``F.pad`` with the negated padding (and vice versa for crops)."""
+    them again, ``F.pad`` with the negated padding (and vice versa for crops). A pure crop is a view:
+    the next step's pull-back (an element-wise σ' product, a scatter) reads it in place of a copy."""
 
     def check(self, m: nn.Module) -> None:
         if not isinstance(m, nn.ZeroPad2d):
             raise TypeError(f"ZeroPad2dRule needs an nn.ZeroPad2d, got {type(m).__name__}")
 
+    def crop_indices(self, m: nn.ZeroPad2d, idx: Tensor, in_shape: Shape) -> tuple[Tensor, Tensor] | None:
+        """Flat indices into the padded map (…) → (indices into the input map, inside mask), or None for a
+        crop (negative padding). An index in the padding maps to 0 with mask False: P ᵀ drops it."""
+        left, right, top, bottom = m.padding
+        if min(m.padding) < 0:
+            return None
+        h, w = in_shape[-2:]
+        row, col = idx.div(w + left + right, rounding_mode="floor") - top, idx.remainder(w + left + right) - left
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        return torch.where(inside, row * w + col, 0), inside
+
     def jac_t_factors(self, m: nn.ZeroPad2d, U: Tensor, cache: Tensor | None, in_shape: Shape) -> Tensor:
+        left, right, top, bottom = m.padding
+        if min(m.padding) >= 0:
+            return U[..., top : U.shape[-2] - bottom, left : U.shape[-1] - right]
         return F.pad(U, tuple(-p for p in m.padding))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from curvlab.curvature.blocks import LayerCurvature, drop_absent_biases, shape_w
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.curvature.recursion import curvature
 from curvlab.losses import Loss
-from curvlab.modules import Net, chain
+from curvlab.modules import Chain, Net, chain
 from curvlab.solvers.base import Direction, Solver
 from curvlab.solvers.options import UNIT_INTERVAL, check_step_options
 
@@ -73,8 +74,14 @@ class LayerSamples:
     e: Tensor
 
 
+@lru_cache(maxsize=16)
+def _rank_one(options: CurvatureOptions) -> CurvatureOptions:
+    """``options`` with ``weight_factor=rank_one``, validated once per distinct options, not every step."""
+    return replace(options, weight_factor=WeightFactor.RANK_ONE)
+
+
 def compute_blocks(
-    net: Net,
+    net: Net | Chain,
     x: Tensor,
     y: Tensor,
     loss: Loss,
@@ -85,6 +92,7 @@ def compute_blocks(
     """One forward pass, the curvature blocks from it, and E[h hᵀ] or samples where requested.
 
     Args:
+        net: the net, or its :class:`~curvlab.modules.Chain` (saves the module walk).
         input_cov_layers: 0-based layer indices whose ``input_cov`` must be filled. It is
             computed here from the cached inputs so that no layer pays for it unasked (the
             first layer's E[h hᵀ] does not fit in memory for ImageNet inputs).
@@ -96,16 +104,16 @@ def compute_blocks(
     """
     sample_layers = sample_layers or set()
     with torch.no_grad():  # the recursion computes the gradients itself: no autograd graph
-        view = chain(net)
+        view = net if isinstance(net, Chain) else chain(net)
         cache = view.forward_cache(x)
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
-    opts = replace(options, weight_factor=WeightFactor.RANK_ONE)
+    opts = options if options.weight_factor is WeightFactor.RANK_ONE else _rank_one(options)
     # A conv layer's A factor comes from its patches (kfac_type), which only the recursion holds.
     conv_cov = view.has_steps and bool(input_cov_layers)
     products = options.weight_factor is WeightFactor.BLOCK
     check_step_options(options, view.has_steps)
     blocks = curvature(
-        net, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers, input_cov=conv_cov,
+        view, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers, input_cov=conv_cov,
         block_products=products,
     )
     samples = {t: LayerSamples(cache.inputs[t], blocks[t].grad_samples) for t in sorted(sample_layers)}
@@ -153,9 +161,18 @@ class BlockSolver(Solver):
         """Whether layer ``t`` (0-based) needs E[h hᵀ]."""
         return False
 
+    _depth: int | None = None
+
+    @property
+    def depth(self) -> int:
+        """The net's number of layers, from its first walk (``compute_blocks`` walks it every step)."""
+        if self._depth is None:
+            self._depth = chain(self.net).depth
+        return self._depth
+
     def input_needs(self, batch: int) -> tuple[set[int], set[int]]:
         """The layers that need E[h hᵀ] and those that need :class:`LayerSamples` this step."""
-        return {t for t in range(chain(self.net).depth) if self.needs_input_cov(t)}, set()
+        return {t for t in range(self.depth) if self.needs_input_cov(t)}, set()
 
     @abstractmethod
     def solve(

@@ -22,7 +22,9 @@ by kernel launches), so the iterates of all groups live in one dense, zero-padde
 layout and no system is tested inside the loop (:class:`_Unrolled`): all run on, every
 iterate is kept, and each system's result is read from the iteration it stopped at, the same
 bits as stopping it there. An iteration is then 7 operations besides the matvecs' extra ones
-(``scripts/bench_cg_kernels.py`` counts them). With long systems (weight matrices) an
+(``scripts/bench_cg_kernels.py`` counts them); on the CPU the host checks and the read-out compare
+the kept history through numpy views, so they dispatch no operation at all (EA-CG's reduced
+systems: 8 ATen calls an iteration, checks included, issue 24). With long systems (weight matrices) an
 iteration is bound by memory traffic: the iterates stay in the groups' own shapes, updated
 in place, and stopped systems are frozen by zero step sizes (:class:`_MaskedCG`).
 
@@ -37,10 +39,11 @@ direction. These systems are counted in :attr:`CGResult.neg_curvature`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,6 +60,8 @@ _HISTORY_BYTES = 32 * 2**20  # the short layout keeps every iterate: at most thi
 # Inner products by bmm; None: on CUDA (one kernel). On CPU bmm is faster for short rows (≈ 1.6 µs of
 # 4 at L = 129), but vecdot keeps the iterates bit for bit those of the masked iteration before it.
 _DOT_BY_BMM: bool | None = None
+# Host checks and read-out of the short layout by numpy views of its history; None: on the CPU.
+_HOST_READ: bool | None = None
 _KEEP = 2  # short-layout states kept for the next solve of the same shapes
 _STATES: dict[tuple[object, ...], _Unrolled] = {}
 
@@ -70,12 +75,16 @@ class CGResult:
         iters: (*S,) CG iterations (matrix products that updated the iterate).
         converged: (*S,) whether ``‖r‖ ≤ eps ‖b‖`` was reached (true for ``b = 0``).
         neg_curvature: (*S,) whether ``pᵀAp ≤ 0`` stopped the system.
+        host: (iters, converged, neg_curvature) as the numpy arrays the three tensors share their
+            memory with, where the stops were read on the host (CPU), else None: statistics read
+            from them need no dispatch (:func:`curvlab.solvers.eacg._stats`).
     """
 
     x: Tensor
     iters: Tensor
     converged: Tensor
     neg_curvature: Tensor
+    host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class _Group:
 
 
 Op = Callable[[], object]  # one bound step of the iteration: its tensors and views made once
+Flags = Tensor | np.ndarray  # (S,) per-system iterations or flags: numpy where read on the host
 
 
 class _Unrolled:
@@ -144,6 +154,12 @@ class _Unrolled:
         self.b0 = self.den[0][1:]  # (1, −1)
         self.dots = _Dots(self.xr[:, 1], self.r, self.p, ap, self.pap, self.rs, bmm)
         self.systems = torch.arange(n_sys, device=like.device)
+        # On the CPU the host checks and the read-out compare the history through numpy views made
+        # here: no ATen call (an iteration's count, issue 24), the same bits; the time is a wash
+        # (a check 4 µs against torch's 6, read-out 95 µs against 160 when warm; within noise in a step).
+        host = like.device.type == "cpu" and like.dtype in (torch.float16, torch.float32, torch.float64)
+        host = host if _HOST_READ is None else _HOST_READ and host
+        self.host = (self.h.numpy(), self.thresh.numpy(), np.arange(n_sys)) if host else None
 
     @classmethod
     def cached(cls, groups: list[_Group], rhs: Sequence[Tensor], eps: float, max_iter: int) -> _Unrolled:
@@ -153,7 +169,7 @@ class _Unrolled:
         like = rhs[0]
         bmm = like.is_cuda if _DOT_BY_BMM is None else _DOT_BY_BMM
         key = (tuple(g.shape for g in groups), like.dtype, like.device, max_iter, bmm,
-               torch.is_inference_mode_enabled())
+               torch.is_inference_mode_enabled(), _HOST_READ)
         state = _STATES.pop(key, None) or cls(groups, like, max_iter, bmm)
         _STATES[key] = state  # the most recently used last
         while len(_STATES) > _KEEP:
@@ -174,7 +190,11 @@ class _Unrolled:
         torch.mul(self.rs[0], eps**2, out=self.thresh[1])  # stop when ‖r‖² ≤ ε² ‖b‖²; b = 0: x = 0
 
     def running(self) -> list[bool]:
-        """Host sync: whether each system has passed every stopping test so far."""
+        """Host sync: whether each system has passed every stopping test so far (rows after
+        iteration ``n_run`` are unwritten and pass)."""
+        if self.host is not None:  # no dispatch: the same comparisons in numpy
+            h, thresh, _ = self.host
+            return (h[: self.n_run + 1] > thresh).all(axis=(0, 1, 3)).tolist()
         return torch.gt(self.h, self.thresh).all((0, 1, 3)).tolist()
 
     def step(self, matvecs: list[Op]) -> None:
@@ -197,8 +217,11 @@ class _Unrolled:
         nxt = it + max(2, it // _CHECK_SHORT)
         return nxt if nxt < len(self.frames) - 2 else len(self.frames)
 
-    def read_out(self) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-        """(x per group, iterations, converged, stopped by pᵀAp ≤ 0) at each system's stop."""
+    def read_out(self) -> tuple[list[Tensor], Flags, Flags, Flags]:
+        """(x per group, iterations, converged, stopped by pᵀAp ≤ 0) at each system's stop; the
+        per-system (S,) flags as numpy arrays where the history is read on the host."""
+        if self.host is not None:
+            return self._read_out_host()
         n, rows = self.n_run, self.ROWS
         passed = torch.gt(self.h[: n + 1], self.thresh).flatten(0, 1)[..., 0]  # ((n+1) 5, S), in order
         first_fail = passed.cumprod(0).sum(0)  # (S,) the row of the first failed test, or (n+1) 5
@@ -207,7 +230,32 @@ class _Unrolled:
         converged = self.h[iters, 1, systems, 0] <= self.thresh[1, :, 0]
         neg = (first_fail < (n + 1) * rows) & ~converged
         x = self.xr[iters, 0, systems]  # (S, L)
-        return [x[g.systems, : g.size].view(g.shape) for g in self.groups], iters, converged, neg
+        return self._per_group(x), iters, converged, neg
+
+    def _read_out_host(self) -> tuple[list[Tensor], np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`read_out` by numpy on the CPU's history: the same tests, and x copied from one
+        frame when every system stopped at the same iteration (forced runs, ``eps_cg = 0``)."""
+        n, rows = self.n_run, self.ROWS
+        h, thresh, systems = self.host  # type: ignore[misc]
+        passed = h[: n + 1] > thresh  # (n+1, 5, S, 1)
+        if passed.all():  # every system ran every iteration (forced runs, eps_cg = 0): frame n, no search
+            n_sys = len(systems)
+            none = np.zeros(n_sys, dtype=bool)
+            return self._per_group(self.xr[n, 0].clone()), np.full(n_sys, n, dtype=np.intp), none, none.copy()
+        passed = passed.reshape((n + 1) * rows, -1)  # ((n+1) 5, S), in order
+        first_fail = np.where(passed.all(0), (n + 1) * rows, passed.argmin(0))  # (S,) as cumprod().sum()
+        iters = np.minimum(first_fail // rows, n)
+        converged = h[iters, 1, systems, 0] <= thresh[1, :, 0]
+        neg = (first_fail < (n + 1) * rows) & ~converged
+        if (iters == iters[0]).all():
+            x = self.xr[int(iters[0]), 0].clone()  # (S, L)
+        else:
+            x = self.xr[torch.from_numpy(iters), 0, self.systems]
+        return self._per_group(x), iters, converged, neg
+
+    def _per_group(self, x: Tensor) -> list[Tensor]:
+        """Each group's (*S, m, c) view of the (S, L) rows."""
+        return [x[g.systems, : g.size].view(g.shape) for g in self.groups]
 
 
 class _Dots:
@@ -430,13 +478,26 @@ def batched_cg(
                 break
             check = state.next_check(it)
         state.step(live)
-    xs, iters, converged, neg = state.read_out()
-    # Non-positive curvature at x = 0 (no update before it): fall back to steepest descent b = −g.
-    at_start = neg & (iters == 0)
+    return _results(groups, rhs, *state.read_out())
+
+
+def _results(groups: list[_Group], rhs: Sequence[Tensor], xs: list[Tensor], iters: Flags, converged: Flags,
+             neg: Flags) -> list[CGResult]:
+    """Per group: x, with steepest descent b = −g where pᵀAp ≤ 0 stopped a system at x = 0 (no
+    update before it), and the (*S,) diagnostics (numpy flags: tensors sharing their memory)."""
+    host_read = isinstance(iters, np.ndarray)
+    # On the host, the fallback test only where some system stopped by pᵀAp ≤ 0 (a few numpy calls less).
+    at_start = (neg & (iters == 0) if neg.any() else None) if host_read else neg & (iters == 0)
     out = []
     for g, x, b in zip(groups, xs, rhs):
         sys_shape = g.shape[:-2]
-        fallback = at_start[g.systems].view(*sys_shape, 1, 1)
-        out.append(CGResult(torch.where(fallback, b, x), iters[g.systems].view(sys_shape),
+        if host_read:  # read on the host: no dispatch unless a fallback is due
+            host = tuple(a[g.systems].reshape(sys_shape) for a in (iters, converged, neg))
+            if at_start is not None and (fallback := at_start[g.systems]).any():
+                x = torch.where(torch.from_numpy(fallback).view(*sys_shape, 1, 1), b, x)
+            out.append(CGResult(x, *(torch.from_numpy(a) for a in host), host=host))  # type: ignore[arg-type]
+            continue
+        fallback_t = at_start[g.systems].view(*sys_shape, 1, 1)  # type: ignore[index]
+        out.append(CGResult(torch.where(fallback_t, b, x), iters[g.systems].view(sys_shape),
                             converged[g.systems].view(sys_shape), neg[g.systems].view(sys_shape)))
     return out

@@ -1,0 +1,79 @@
+"""Flop floors of curvlab's curvature passes on a conv net, from its layer shapes (``flop_floor`` for convs).
+
+As ``flop_floor`` (its MLP sibling; 2 flops a multiply-add, a symmetric Gram counts its triangle only,
+element-wise work, pooling, padding, the loss and the output rows are left out), for the layers of a
+``nn.Sequential`` of ``Conv2d``/``Linear`` with parameter-free steps between them. A conv layer is a
+Linear over its L = H_out·W_out patch positions: J = C_in·k_h·k_w inputs, C_out outputs, so every
+product with it costs 2·C_out·J·L per sample and map (forward, weight gradient, transposed pull-back).
+
+A pass carries ``rows`` factor rows per sample back through every layer but the first (fisher mc: the
+MC samples; exact: the C classes; gn/pch on cross-entropy: C−1; sketch: m), forms each layer's G's
+(reduce: Σ_l first; expand: all b·r·L rows) and, with ``cov``, the patch Gram A (expand: b·L rows;
+reduce: b). A block product for all layers is J_θ v, the per-sample output operator (2·2·r·n_out
+per sample), and J_θᵀ of the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer's shapes: n_in = J inputs per position, n_out outputs, L positions (1 for a Linear)."""
+
+    n_in: int
+    n_out: int
+    positions: int = 1
+    conv: bool = False
+
+    @property
+    def macs(self) -> float:
+        """Multiply-adds of one product with the layer's (input or parameter) Jacobian, per sample."""
+        return float(self.n_in * self.n_out * self.positions)
+
+
+def layers(net: nn.Sequential, sample_shape: tuple[int, ...]) -> list[Layer]:
+    """The Conv2d and Linear layers of ``net`` with the shapes one sample of ``sample_shape`` gives them."""
+    out: list[Layer] = []
+    h = torch.zeros(1, *sample_shape)
+    with torch.no_grad():
+        for m in net:
+            z = m(h)
+            if isinstance(m, nn.Conv2d):
+                k = m.kernel_size[0] * m.kernel_size[1]
+                out.append(Layer(m.in_channels * k, m.out_channels, z.shape[2] * z.shape[3], conv=True))
+            elif isinstance(m, nn.Linear):
+                out.append(Layer(m.in_features, m.out_features))
+            h = z
+    return out
+
+
+def sym(n: int, k: float) -> float:
+    """aᵀa (n, n) over k rows, triangle with diagonal: k n (n + 1) / 2 multiply-adds."""
+    return 2.0 * k * n * (n + 1) / 2
+
+
+def grad_step(net: list[Layer], batch: int) -> float:
+    """Forward, weight gradients and input gradients of every layer but the first: the unit of every ratio."""
+    return sum(2.0 * batch * lay.macs * (2 + (t > 0)) for t, lay in enumerate(net))
+
+
+def curvature_pass(net: list[Layer], batch: int, rows: int, *, cov: bool = False, expand: bool = True) -> float:
+    """Forward + a curvature pass with ``rows`` factor rows per sample: the gradient step, the rows'
+    pull-backs into every layer but the first, each layer's G's and, with ``cov``, A (``expand`` or reduce)."""
+    pull = sum(2.0 * batch * rows * lay.macs for lay in net[1:])
+    grams = sum(sym(lay.n_out, batch * rows) + (sym(lay.n_out, batch * rows * lay.positions)
+                                                 if lay.conv and expand else 0.0) for lay in net)
+    covs = sum(sym(lay.n_in, batch * (lay.positions if expand else 1)) for lay in net) if cov else 0.0
+    return grad_step(net, batch) + pull + grams + covs
+
+
+def block_product(net: list[Layer], batch: int, rows: int) -> float:
+    """One block product for every layer from per-sample factors of ``rows`` rows: J_θ v, U_iᵀ U_i (·), J_θᵀ."""
+    return sum(2.0 * batch * (2 * lay.macs + 2 * rows * lay.n_out * lay.positions) for lay in net)
