@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind, parse_enum
+from curvlab.hessian_reference import HVP_BUDGET
 from curvlab.loggers import LoggerConfig
 from curvlab.losses import LossKind, make_loss
 from curvlab.nets import Activation, Init, check_image_layers, needs_images, parse_layers
@@ -261,7 +262,7 @@ class LogConfig:
     hessian_batches: list[int] = field(default_factory=list)  # logging batch sizes; []: the training batch
     hessian_fisher_mc: list[int] = field(default_factory=list)  # MC Fisher sample counts; []: curvature's
     hessian_fisher_types: list[FisherType] = field(default_factory=list)  # Fisher definitions; []: curvature's
-    hessian_hvp_budget: int = 512  # conv nets: Hessian-vector products per logging batch for autograd bias blocks
+    hessian_hvp_budget: int = HVP_BUDGET  # conv nets: Hessian-vector products per logging batch for autograd bias blocks
     compact: bool = False  # tables as float32-precision CSV, gzip-compressed (metrics.csv.gz): ≈ 5× smaller
 
     def __post_init__(self) -> None:

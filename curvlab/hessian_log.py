@@ -41,11 +41,9 @@ from curvlab.metrics import layerwise_errors
 from curvlab.modules import chain
 
 __all__ = [
-    "HessianLogger", "summary_line", "variant_label", "WEIGHT_LIMIT", "AUTOGRAD_ROWS", "formed_weight_block",
+    "HessianLogger", "summary_line", "variant_label", "WEIGHT_LIMIT", "formed_weight_block",
     "autograd_bias_blocks",
 ]
-
-AUTOGRAD_ROWS = HVP_BUDGET  # the default log.hessian_hvp_budget (the name older code and tests use)
 
 
 class HessianLogger:

@@ -23,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from curvlab import runfiles as rf
 from curvlab.runfiles import RunDirBusy
-from curvlab.config import NO_DEFAULT, RunConfig, Schedule, field_default, parse_config, to_dict
+from curvlab.config import RunConfig, Schedule, field_default, parse_config, to_dict
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
 from curvlab.hessian_log import summary_line as hessian_summary_line
@@ -167,7 +167,7 @@ class _Run:
         check_state(state, self.net, len(self.data.y_train), self.steps_per_epoch, path)
         old, new = _flatten(state["config"]), _flatten(to_dict(self.cfg))
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
-                         and not (k not in old and field_default(k) is not NO_DEFAULT and new[k] == field_default(k)))
+                         and not (k not in old and new[k] == field_default(k)))  # a field added since, at its default
         if changed:
             raise ValueError(
                 f"resume: the config in {self.dir} differs in {', '.join(changed)}; "
