@@ -39,11 +39,12 @@ from curvlab.threads import torch_threads
 
 log = logging.getLogger("curvlab")
 
-__all__ = ["TrainingFailed", "RunDirBusy", "train", "build_solver", "resolve_device", "lr_at", "evaluate"]
+__all__ = ["TrainingFailed", "RunDirBusy", "train", "config_changes", "build_solver", "resolve_device", "lr_at", "evaluate"]
 
-# Keys that may change between a run and its resumption (everything else must match).
+# Keys that may change between a run and its resumption (everything else must match); log.compact only
+# chooses how the tables are stored (the rows are kept at full precision until written).
 _RESUMABLE_CHANGES = {
-    "resume", "run_dir", "device", "log.progress", "train.stop_after", "train.epochs", "train.max_steps",
+    "resume", "run_dir", "device", "log.progress", "log.compact", "train.stop_after", "train.epochs", "train.max_steps",
     "train.checkpoint_every", "train.eval_batch_size", "train.flush_denormal", "train.threads",
     "logger.kinds", "logger.tensorboard_dir", "logger.mlflow_uri",
 }
@@ -165,9 +166,7 @@ class _Run:
         """Continue from ``state`` after checking that it fits this run (:mod:`curvlab.resume`)."""
         path = self.dir / rf.CHECKPOINT
         check_state(state, self.net, len(self.data.y_train), self.steps_per_epoch, path)
-        old, new = _flatten(state["config"]), _flatten(to_dict(self.cfg))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
-                         and not (k not in old and new[k] == field_default(k)))  # a field added since, at its default
+        changed = config_changes(state["config"], to_dict(self.cfg))
         if changed:
             raise ValueError(
                 f"resume: the config in {self.dir} differs in {', '.join(changed)}; "
@@ -430,6 +429,17 @@ def _step_error(err: Exception, step: int) -> str:
             "damping (solver.damping or solver.alpha) or train in float64 (dtype=float64)"
         )
     return reason
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The dotted fields in which config ``new`` would not continue the run made with ``old``.
+
+    Bookkeeping (:data:`_RESUMABLE_CHANGES`: run length, threads, paths of the run itself) may change,
+    and a field added to the schema after ``old`` was written may appear at its default.
+    """
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_CHANGES
+                  and not (k not in a and b[k] == field_default(k)))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -122,6 +122,27 @@ class Job:
     def name(self) -> str:
         return ",".join(o.replace("/", "_") for o in self.overrides) or "run"
 
+    def dir_in(self, exp_dir: Path) -> str:
+        """The folder of this job under ``exp_dir``: its :attr:`name`, or the 1-seed name of its seed-0 run.
+
+        ``--seeds 3`` on a preset without a seed sweep adds ``seed=N`` to every name; a seed-0 run made
+        before at one seed (named without it) is the same run when its config still continues to this
+        job's (:func:`curvlab.train.config_changes`), and is kept rather than trained again.
+        """
+        if self.point.get("seed") != "0" or (exp_dir / self.name).exists():
+            return self.name
+        alone = ",".join(o.replace("/", "_") for o in self.overrides if o != "seed=0") or "run"
+        saved = exp_dir / alone / "config.yaml"
+        if self.cfg is None or self.problem or not saved.is_file():
+            return self.name
+        from omegaconf import OmegaConf
+
+        from curvlab.config import parse_config, to_dict
+        from curvlab.train import config_changes
+
+        old = OmegaConf.to_container(OmegaConf.load(saved))
+        return self.name if config_changes(old, to_dict(parse_config(self.cfg))) else alone
+
 
 def data_overrides(dataset: str, data_root: Path | None) -> list[str]:
     """Point a dataset at its npz in ``data_root`` (``curvlab data prepare`` writes them); [] without a root."""
@@ -332,8 +353,8 @@ def launch(jobs: list[Job], runs_dir: Path, train_args: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="curvlab-jobs-") as tmp:
         jobs_file = Path(tmp) / "jobs.json"
-        jobs_file.write_text(json.dumps({"jobs": [{"dir": f"{j.experiment}/{j.name}", "overrides": [*j.head, *j.overrides]}
-                                                  for j in jobs]}))
+        jobs_file.write_text(json.dumps({"jobs": [{"dir": f"{j.experiment}/{j.dir_in(runs_dir / j.experiment)}",
+                                                   "overrides": [*j.head, *j.overrides]} for j in jobs]}))
         return curvlab(["train", "-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={quote(str(jobs_file))}",
                         f"hydra.sweep.dir={quote(str(runs_dir))}", *train_args])
 
@@ -496,14 +517,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {exp}: {len(jobs)} job(s)", flush=True)
         for job in jobs:
-            run_dir = runs_dir / exp / job.name
+            run_dir = runs_dir / exp / job.dir_in(runs_dir / exp)
             status = (f"failed: invalid config: {job.problem}" if job.problem
                       else job_state(run_dir) if a.list else skip_reason(run_dir, a.force))
             if status is None:
                 todo.append(job)
                 status = "to run" if read_summary(run_dir) is None else f"to resume ({job_state(run_dir)})"
             failed += status.startswith("failed")
-            print(f"   {job.name}: {status}", flush=True)
+            print(f"   {run_dir.name}: {status}", flush=True)
     if todo and not a.list:
         print(f"== launching {len(todo)} job(s) on {a.launcher or 'basic'}", flush=True)
         code = launch(todo, runs_dir, train_args)
@@ -511,9 +532,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"curvlab train refused the launch (see its error above); --launcher {a.launcher or '-'} "
                          f"--launcher-set {' '.join(a.launcher_set) or '-'}")
         for job in todo:
-            status = outcome(runs_dir / job.experiment / job.name)
+            name = job.dir_in(runs_dir / job.experiment)
+            status = outcome(runs_dir / job.experiment / name)
             failed += status.startswith("failed")
-            print(f"   {job.experiment}/{job.name}: {status}", flush=True)
+            print(f"   {job.experiment}/{name}: {status}", flush=True)
     if a.list:
         return 0
     for name, (script, args) in {} if a.render_only else studies.items():

@@ -86,6 +86,23 @@ def test_reproduce_figures_ci(tiny_root: Path, tmp_path: Path) -> None:
     assert len(set(pd.read_csv(out / "lowrank_fig2_final.csv")["label"])) == 2  # SGD and SGD + CR
 
 
+def test_more_seeds_keep_the_one_seed_run(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--seeds 2 after a 1-seed campaign trains seed 1 only: the seed-0 run, named without its seed, is kept."""
+    base = _args("figures", tiny_root, tmp_path, "--steps", "2", "--only", "eacg_fig1_3", "--where", "solver=sgd",
+                 "--no-render")
+    assert reproduce.main([*base, "--seeds", "1"]) == 0
+    exp = tmp_path / "runs" / "eacg_fig1_3"
+    (first,) = [p.name for p in exp.iterdir()]
+    assert "seed" not in first
+    capsys.readouterr()
+    assert reproduce.main([*base, "--seeds", "2"]) == 0
+    assert f"{first}: skipped (completed)" in capsys.readouterr().out
+    assert sorted(p.name for p in exp.iterdir()) == [first, f"{first},seed=1"]
+    # A seed-0 run whose config would not continue to the job's (another lr) is not taken for it.
+    assert reproduce.main([*base, "--seeds", "2", "--set", "solver.lr=0.05"]) == 0
+    assert (exp / f"{first},seed=0" / "summary.json").is_file()
+
+
 def test_expand_follows_the_presets_sweeps() -> None:
     fig = reproduce.expand("eacg_fig1_3", [], 1)
     assert len(fig) == 13  # {fisher, gn, pch1, pch2} × {eacg, kfi, kfi_rank1} + SGD once (it ignores the curvature)
