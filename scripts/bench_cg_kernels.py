@@ -7,7 +7,7 @@ Nets (PCH-1 blocks of one random batch, rank-one factor, Eq. 11b, the EA-CG defa
 - ``cifar10``: 3072-1024-512-256-128-64-32-16-10, sigmoid, batch 500 (Chen et al.).
 
 **How the calls are counted.** ``torch.profiler`` (CPU activity) records one solve of the
-reduced systems (:func:`curvlab.solvers.eacg._rank_one_groups` and ``batched_cg``) with
+reduced systems (:func:`curvlab.solvers.eacg_reduced.rank_one_groups` and ``batched_cg``) with
 ``max_cg = 50`` and ``eps_cg = 0`` (every system runs all 50 iterations) and one with
 ``max_cg = 1``; the difference, divided by 49, is the count per iteration (set-up and
 read-out cancel). *Top-level* calls are the ``aten::`` events with no ``aten::`` event among
@@ -17,8 +17,9 @@ composite op such as ``bmm`` on CPU may call further ``aten::`` ops inside, coun
 solves' times, 1 thread, process CPU time (``--clock wall`` for wall-clock), the median of
 ``--reps`` repetitions; with ``--baseline REV`` (default ``a09d8ea``, the last commit before
 the masked iteration of issue 24) the solver of that git revision (``curvlab/solvers/cg.py``
-and ``eacg.py``) runs interleaved with the working tree's in one process, so that both see the
-same machine load. The time per iteration includes what grows with ``max_cg`` outside the loop.
+and ``eacg_reduced.py`` with ``eacg_groups.py``, or ``eacg.py`` before they were split out of it)
+runs interleaved with the working tree's in one process, so that both see the same machine load.
+The time per iteration includes what grows with ``max_cg`` outside the loop.
 On the CPU the host checks of which systems still run read the history through numpy (no
 ATen call); ``--cuda-config`` counts what a CUDA run does (the scale folded into the blocks, inner
 products by ``bmm``, the checks by torch ops), whose top-level calls in an iteration are one
@@ -59,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import curvlab  # noqa: E402
 from curvlab.losses import make_loss  # noqa: E402
-from curvlab.solvers import cg, eacg  # noqa: E402
+from curvlab.solvers import cg, eacg, eacg_reduced  # noqa: E402
 from curvlab.solvers.blockwise import as_curvature_options, compute_blocks  # noqa: E402
 
 NETS = {
@@ -69,7 +70,7 @@ NETS = {
 ALPHA, LONG, SHORT = 0.02, 50, 1
 TARGET = 8  # top-level aten calls per iteration, issue 24
 BASELINE = "a09d8ea"  # the last commit with the former iteration (segment_reduce, a host sync per iteration)
-Solver = tuple[ModuleType, ModuleType]  # (eacg module, cg module)
+Solver = tuple[ModuleType, ModuleType]  # (EA-CG's reduced-systems module, cg module)
 
 
 def blocks_for(widths: list[int], activation: str, batch: int) -> list[Any]:
@@ -83,7 +84,7 @@ def blocks_for(widths: list[int], activation: str, batch: int) -> list[Any]:
 
 def solve(solver: Solver, blocks: list[Any], iters: int) -> list[Any]:
     eacg_mod, cg_mod = solver
-    groups = eacg_mod._rank_one_groups(blocks, ALPHA, 1, True, False)
+    groups = eacg_mod.rank_one_groups(blocks, ALPHA, 1, True, False)
     return cg_mod.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], iters, 0.0)
 
 
@@ -118,13 +119,18 @@ def per_iteration(solver: Solver, blocks: list[Any]) -> tuple[float, float, dict
 
 
 def load_baseline(rev: str) -> Solver:
-    """cg.py and eacg.py of git revision ``rev`` as stand-alone modules (not registered as a solver)."""
+    """cg.py and EA-CG's reduced systems of git revision ``rev`` as stand-alone modules (not registered as a
+    solver): ``eacg_groups.py`` and ``eacg_reduced.py``, or ``eacg.py`` before they were split out of it."""
     tmp = Path(tempfile.mkdtemp(prefix="cg_baseline_"))
+    split = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:curvlab/solvers/eacg_reduced.py"],
+                           capture_output=True).returncode == 0
+    names = ("cg", "eacg_groups", "eacg_reduced") if split else ("cg", "eacg")
     mods = []
-    for name in ("cg", "eacg"):
+    for name in names:
         src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:curvlab/solvers/{name}.py"],
                              check=True, capture_output=True, text=True).stdout
-        src = src.replace("from curvlab.solvers.cg import", "from _baseline_cg import")
+        for dep in names:  # the revision's own modules, not the working tree's
+            src = src.replace(f"from curvlab.solvers.{dep} import", f"from _baseline_{dep} import")
         src = src.replace('@register("eacg")', "")  # keep the working tree's solver registered
         path = tmp / f"_baseline_{name}.py"
         path.write_text(src)
@@ -134,7 +140,9 @@ def load_baseline(rev: str) -> Solver:
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
         mods.append(mod)
-    return mods[1], mods[0]
+    if not split:  # eacg.py named it privately
+        mods[-1].rank_one_groups = mods[-1]._rank_one_groups
+    return mods[-1], mods[0]
 
 
 def times(solvers: dict[str, Solver], blocks: list[Any], reps: int, clock: str) -> dict[str, float]:
@@ -203,7 +211,7 @@ def step_parts(rounds: int, iters: int) -> dict[str, float]:
         _, blocks, _ = compute_blocks(net, x, y, loss, opts, set())
         t2 = time.process_time()
         with torch.no_grad():
-            groups = eacg._rank_one_groups(blocks, ALPHA, 1, True, True, cache=cache)
+            groups = eacg_reduced.rank_one_groups(blocks, ALPHA, 1, True, True, cache=cache)
             t3 = time.process_time()
             res = cg.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], iters, 0.0)
             t4 = time.process_time()
@@ -247,7 +255,7 @@ def main() -> None:
         print(f"  CG iteration within the step: {(cg_ms[LONG] - cg_ms[5]) / (LONG - 5) * 1e3:.1f} µs")
     if args.no_kernels:
         return
-    solvers: dict[str, Solver] = {"new": (eacg, cg)}
+    solvers: dict[str, Solver] = {"new": (eacg_reduced, cg)}
     if args.baseline != "none":
         try:
             solvers = {f"base {args.baseline}": load_baseline(args.baseline), **solvers}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvlab.solvers import cg, eacg
+from curvlab.solvers import cg, eacg_reduced
 from curvlab.solvers.eacg import eacg_solve
 
 from tests.test_eacg import random_blocks
@@ -116,9 +116,9 @@ def test_rank_one_perp_apart_equals_folded(fold_scale: bool, monkeypatch: pytest
     """EA-CG's reduced systems: the ⊥ unknown (and the scale) handled apart (large blocks) or
     folded into (scale ·) diag(0, B_j) (small ones) give the same direction and statistics."""
     blocks = random_blocks([7, 6, 5, 3], seed=3)
-    monkeypatch.setattr(eacg, "_FOLD_SCALE", fold_scale)
+    monkeypatch.setattr(eacg_reduced, "_FOLD_SCALE", fold_scale)
     folded = eacg_solve(blocks, 0.05, max_cg=6, eps_cg=1e-6, split=2)
-    monkeypatch.setattr(eacg, "_FOLD", 0)
+    monkeypatch.setattr(eacg_reduced, "_FOLD", 0)
     apart = eacg_solve(blocks, 0.05, max_cg=6, eps_cg=1e-6, split=2)
     assert folded[1] == apart[1]
     for got, want in zip(apart[0], folded[0], strict=True):
@@ -140,8 +140,8 @@ def test_short_iteration_is_seven_ops_plus_the_matvec(bmm: bool, monkeypatch: py
     """One iteration of the short layout: 2 inner products, 2 divisions, 2 ``addcmul`` and the
     matvec (EA-CG's folded reduced matvec: one ``baddbmm``), nothing per system or per group."""
     monkeypatch.setattr(cg, "_DOT_BY_BMM", bmm)
-    monkeypatch.setattr(eacg, "_FOLD_SCALE", True)
-    groups = eacg._rank_one_groups(random_blocks([7, 6, 5, 3], seed=3), 0.05, 2, True, False)
+    monkeypatch.setattr(eacg_reduced, "_FOLD_SCALE", True)
+    groups = eacg_reduced.rank_one_groups(random_blocks([7, 6, 5, 3], seed=3), 0.05, 2, True, False)
     rhs = [g.rhs for g in groups]
     state = cg._Unrolled.cached(cg._groups(rhs), rhs, 0.0, 4)
     ops = [cg._matvec_op(g.matvec, p, ap) for g, p, ap in zip(groups, state.views["p"], state.views["ap"])]
@@ -203,11 +203,11 @@ def test_cpu_iteration_with_its_host_checks_is_at_most_eight_aten_calls(monkeypa
     those of a 1-iteration one) / 49, EA-CG's reduced systems, CPU default: 8 operations, the host
     checks none (numpy views)."""
     monkeypatch.setattr(cg, "_DOT_BY_BMM", None)
-    monkeypatch.setattr(eacg, "_FOLD_SCALE", None)
+    monkeypatch.setattr(eacg_reduced, "_FOLD_SCALE", None)
     blocks = random_blocks([7, 6, 5, 3], seed=3)
 
     def solve(n: int) -> None:
-        groups = eacg._rank_one_groups(blocks, 0.05, 1, True, False)
+        groups = eacg_reduced.rank_one_groups(blocks, 0.05, 1, True, False)
         cg.batched_cg([g.matvec for g in groups], [g.rhs for g in groups], n, 0.0)
 
     counts = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from curvlab.curvature.blocks import LayerCurvature
-from curvlab.solvers import cg, eacg
+from curvlab.solvers import cg, eacg_reduced
 from curvlab.solvers.eacg import eacg_solve
 
 from tests.test_eacg import random_blocks
@@ -79,7 +79,7 @@ def check(blocks: list[LayerCurvature], max_cg: int, eps: float, split: int, ful
 @pytest.mark.parametrize(("max_cg", "eps"), [(1, 1e-10), (2, 1e-10), (3, 1e-10), (3, 0.5), (50, 0.1), (200, 1e-8)])
 def test_rank_one_equals_textbook_cg(max_cg: int, eps: float, split: int, pad_budget: int,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eacg, "_PAD_BUDGET", pad_budget)
+    monkeypatch.setattr(eacg_reduced, "_PAD_BUDGET", pad_budget)
     # 6→5→4→4→3: two equal layers, one wider; split 3 pads the row groups.
     check(random_blocks([6, 5, 4, 4, 3], seed=2), max_cg, eps, split)
 

@@ -15,7 +15,7 @@ from curvlab.curvature.options import CurvatureOptions, Kind
 from curvlab.curvature.recursion import backward
 from curvlab.losses import make_loss
 from curvlab.modules import chain
-from curvlab.solvers import eacg
+from curvlab.solvers import eacg, eacg_reduced
 from curvlab.solvers.cg import CGResult
 from curvlab.solvers.split import RowSplit
 from tests.test_eacg import random_blocks
@@ -54,7 +54,7 @@ def test_reduced_group_matches_the_dense_systems(split: int, bias: bool) -> None
     """Layers of different widths in one padded batch: every system's Ã x and b̃ as formed by hand."""
     alpha, widths = 0.05, [9, 7, 5, 3]
     blocks = random_blocks(widths, seed=4)
-    (group,) = eacg._rank_one_groups(blocks, alpha, split, bias, overwrite=False)  # one bucket: small widths
+    (group,) = eacg_reduced.rank_one_groups(blocks, alpha, split, bias, overwrite=False)  # one bucket: small widths
     nb = 2 if bias else 1
     size = group.rhs.shape[-1]
     x = torch.randn(group.rhs.shape, generator=torch.Generator().manual_seed(1))
@@ -75,7 +75,7 @@ def test_reduced_group_matches_the_dense_systems(split: int, bias: bool) -> None
 def test_read_out_maps_the_right_hand_side_back_to_the_gradient(split: int) -> None:
     """The fallback x = b̃ maps back to −∇ (module docstring), for every layer of the batch."""
     blocks = random_blocks([6, 5, 4, 2], seed=2)
-    (group,) = eacg._rank_one_groups(blocks, 0.1, split, True, overwrite=False)
+    (group,) = eacg_reduced.rank_one_groups(blocks, 0.1, split, True, overwrite=False)
     out = dict(pair for unpack in group.unpack for pair in unpack(group.rhs.clone()))
     for t, blk in enumerate(blocks):
         torch.testing.assert_close(out[2 * t], -blk.grad_weight, atol=1e-5, rtol=1e-5)

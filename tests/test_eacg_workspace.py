@@ -11,7 +11,7 @@ import torch
 import curvlab
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.losses import make_loss
-from curvlab.solvers import eacg, make_solver
+from curvlab.solvers import eacg_reduced, make_solver
 from curvlab.solvers.eacg import eacg_solve
 from tests.test_eacg import random_blocks
 
@@ -34,10 +34,10 @@ def test_kept_workspace_gives_the_bits_of_a_fresh_one(split: int, bias: bool, fo
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Three solves of different blocks of one shape through one cache: each direction and its statistics
     equal those of a solve without a cache, and a later solve leaves an earlier direction as it was."""
-    monkeypatch.setattr(eacg, "_FOLD_SCALE", fold_scale)  # CUDA's folded scale, refreshed every solve
+    monkeypatch.setattr(eacg_reduced, "_FOLD_SCALE", fold_scale)  # CUDA's folded scale, refreshed every solve
     _check_kept_against_fresh(split, bias, dtype)
     if fold_scale:  # and CUDA's writes: no numpy views of the scales, ‖G_⊥‖ and the solution
-        monkeypatch.setattr(eacg, "_NUMPY", {})
+        monkeypatch.setattr(eacg_reduced, "_NUMPY", {})
         _check_kept_against_fresh(split, bias, dtype)
 
 
@@ -73,7 +73,7 @@ def test_cache_is_rebuilt_for_other_shapes_or_options() -> None:
 
 def test_matvec_binding_is_kept_for_the_same_tensors() -> None:
     """The CG state's p and Ap are the same tensors every step: their bound call is made once."""
-    (group,) = eacg._rank_one_groups(random_blocks([9, 7, 5], seed=2), 0.05, 1, True, False)
+    (group,) = eacg_reduced.rank_one_groups(random_blocks([9, 7, 5], seed=2), 0.05, 1, True, False)
     mv = group.matvec
     p, ap, other = torch.randn_like(group.rhs), torch.empty_like(group.rhs), torch.empty_like(group.rhs)
     op = mv.bind(p, ap)

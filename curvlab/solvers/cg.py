@@ -17,7 +17,7 @@ number of systems, without host synchronisation or gathers: every per-system
 quantity lives in small (S,) rows, and whether any system still runs is asked only at growing
 intervals (:data:`_CHECK_SHORT`), when groups whose systems have all stopped also stop being
 multiplied. With short systems (EA-CG's reduced rank-one systems, see
-:mod:`curvlab.solvers.eacg`) such an iteration is bound by per-operation overhead (on a GPU:
+:mod:`curvlab.solvers.eacg_reduced`) such an iteration is bound by per-operation overhead (on a GPU:
 by kernel launches), so the iterates of all groups live in one dense, zero-padded (S, L)
 layout and no system is tested inside the loop (:class:`_Unrolled`): all run on, every
 iterate is kept, and each system's result is read from the iteration it stopped at, the same
