@@ -60,7 +60,8 @@ def test_required_groups_exist():
 
 @pytest.mark.parametrize("group", ["dataset", "net", "loss", "curvature", "solver"])
 def test_every_group_option_composes_and_validates(group):
-    conv_data = {"mnist_2c2d": ["dataset=mnist"], "cifar10_3c3d": ["dataset=cifar10"]}  # nets made for those images
+    conv_data = {"mnist_2c2d": ["dataset=mnist"], "mnist_2c2d_sigmoid": ["dataset=mnist"],
+                 "cifar10_3c3d": ["dataset=cifar10"]}  # nets made for those images
     for option in group_options(group):
         extra = ["solver=eacg"] if group == "curvature" and option == "exact" else []
         extra += conv_data.get(option, []) if group == "net" else []

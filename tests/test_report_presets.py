@@ -17,7 +17,7 @@ from curvlab.report import load_runs, report
 from curvlab.report.groups import group_runs
 from curvlab.report.presets import conv_presets, net_preset_name
 
-PRESETS = {"mnist_2c2d": "mnist", "cifar10_3c3d": "cifar10"}
+PRESETS = {"mnist_2c2d": "mnist", "mnist_2c2d_sigmoid": "mnist", "cifar10_3c3d": "cifar10"}
 
 
 def _net_section(net: str, dataset: str) -> dict:
@@ -28,7 +28,7 @@ def _net_section(net: str, dataset: str) -> dict:
 
 
 def test_the_conv_presets_are_found():
-    assert [name for name, _, _ in conv_presets()] == ["cifar10_3c3d", "mnist_2c2d"]
+    assert [name for name, _, _ in conv_presets()] == ["cifar10_3c3d", "mnist_2c2d", "mnist_2c2d_sigmoid"]
 
 
 @pytest.mark.parametrize("net, dataset", PRESETS.items())
@@ -43,6 +43,7 @@ def test_a_preset_run_is_named_by_its_preset(net, dataset):
 def test_other_nets_keep_their_layer_list():
     layers = _net_section("mnist_2c2d", "mnist")["layers"]
     assert net_preset_name(["tanh" if v == "relu" else v for v in layers]) is None  # another activation
+    assert net_preset_name(["sigmoid" if v == "relu" else v for v in layers]) == "mnist_2c2d_sigmoid"
     assert net_preset_name(layers[:2] + layers[3:]) is None  # a layer left out
     assert net_preset_name(layers, [3, 28, 28]) is None  # other images
     assert net_preset_name([32, "gelu", 16, "sigmoid", 10]) is None  # no image layers: not a conv preset
