@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from curvlab.hugepages import new_empty
+from curvlab.hugepages import new_empty, scratch
 
 __all__ = ["symmetrized", "symmetric_product"]
 
@@ -28,8 +28,16 @@ def symmetrized(a: Tensor, scale: float = 1.0) -> Tensor:
 
 
 def _scaled(x: Tensor, scale: float) -> Tensor:
-    """``x · scale`` in a new tensor (huge pages when large: ``curvlab.hugepages``)."""
-    return torch.mul(x, scale, out=new_empty(x, *x.shape))
+    """``x · scale`` in a kept work buffer (``curvlab.hugepages.scratch``: it never leaves the product)."""
+    return torch.mul(x, scale, out=scratch("symmetric.scaled", x, *x.shape))
+
+
+def _symmetrize_tile_(tile: Tensor) -> None:
+    """tile ← (tile + tileᵀ)/2 in place, bit for bit :func:`symmetrized` (the same sum, then the same
+    exact halving), through one kept (w, w) buffer instead of two fresh temporaries and a copy back."""
+    w = tile.shape[0]
+    t = scratch("symmetric.tile", tile, w, w).copy_(tile.T)  # contiguous: the add reads both by rows
+    tile.add_(t).mul_(0.5)
 
 
 def symmetric_product(
@@ -48,10 +56,11 @@ def symmetric_product(
     GEMMs skip the blocks below the diagonal ((p − 1)/2p of the flops for p panels, 11/24 for
     the 12 panels of a 3072-wide E[h hᵀ]) and only ``base``'s panels on and above the diagonal
     are read. Each panel, its diagonal tile included, is one GEMM written straight into the
-    result (row stride n: a valid GEMM output); the tile is then symmetrised in place, so the
-    result is **exactly** symmetric, and the rest of the panel is copied transposed below the
-    diagonal (narrow panels keep that strided copy in cache: per element, the transposed copy of
-    a 1024-wide panel took ≈ 5× that of 384-wide ones). ``times``' panels share one buffer.
+    result (row stride n: a valid GEMM output); the tile is then symmetrised in place (one kept
+    buffer, ``curvlab.hugepages.scratch``), so the result is **exactly** symmetric, and the rest of
+    the panel is copied transposed below the diagonal (narrow panels keep that strided copy in
+    cache: per element, the transposed copy of a 1024-wide panel took ≈ 5× that of 384-wide ones).
+    ``times``' panels share one kept buffer.
     With few rows (2K < n) the scale goes on ``c`` (or ``c₂``) rather than on the product.
     """
     if base is not None and times is not None:
@@ -65,9 +74,9 @@ def symmetric_product(
             times, scale = (times[0], _scaled(times[1], scale)), 1.0
     edges = [n * i // parts for i in range(parts + 1)]
     panels = list(zip(edges, edges[1:]))
-    spare = None  # one buffer for the a₂ᵀc₂ panels
+    spare = None  # one kept buffer for the a₂ᵀc₂ panels
     if times is not None and parts > 1:
-        spare = a.new_empty(max((hi - lo) * (n - lo) for lo, hi in panels))
+        spare = scratch("symmetric.spare", a, max((hi - lo) * (n - lo) for lo, hi in panels))
 
     def block(rows: slice, cols: slice, dst: Tensor | None = None) -> Tensor:
         """The result's block (rows, cols) before symmetrisation, written into ``dst`` if given."""
@@ -85,8 +94,7 @@ def symmetric_product(
     out = new_empty(a, n, n)  # 3072²: 2 MiB pages, not 9,216 page faults
     for lo, hi in panels:
         panel = block(slice(lo, hi), slice(lo, n), out[lo:hi, lo:])  # (w, n − lo): its tile, then the rest
-        tile = panel[:, : hi - lo]
-        tile.copy_(symmetrized(tile))
+        _symmetrize_tile_(panel[:, : hi - lo])
         if hi < n:
             out[hi:, lo:hi] = panel[:, hi - lo :].T
     return out

@@ -33,6 +33,7 @@ from curvlab.curvature.messages import PerSampleBlocks, Residual
 from curvlab.curvature.options import CurvatureOptions, Kind, WeightFactor, reject_unknown
 from curvlab.losses import Loss, make_loss
 from curvlab.curvature.steps import step_backward, step_chunk_size, summed
+from curvlab.hugepages import scratch
 from curvlab.modules import Chain, Conv2dRule, Net, chain
 from curvlab.modules.conv import ConvCache
 from curvlab.nets import ForwardCache
@@ -79,7 +80,10 @@ def backward(
     for t in reversed(range(k)):  # view.layers[t] is layer t+1 of the paper: z^{t+1} = W h^t + b
         h = cache.inputs[t]  # (b, n_t) its input h^t
         rule, layer = view.rules[t], view.layers[t]
-        gs = g * scale  # (b, n_{t+1}); scaling g is cheaper than scaling the (n_{t+1}, n_t) product
+        # (b, n_{t+1}); scaling g is cheaper than scaling the (n_{t+1}, n_t) product. A kept buffer
+        # unless the layer's samples are returned (or autograd runs): only ∇_W and ∇_b read it.
+        keep = t in keep_samples or torch.is_grad_enabled()
+        gs = torch.mul(g, scale, out=None if keep else scratch("recursion.gs", g, *g.shape))
         sums[t] = {"block": msg.total(scale), "grad_bias": gs.sum(0)}
         if t in keep_samples:
             sums[t]["samples"] = gs
@@ -95,20 +99,26 @@ def backward(
         # σ'' ≡ 0 (ReLU, leaky ReLU, Linear → Linear): the residual term vanishes; skip its ≈ 6 ops
         residual = pol.residual is not Residual.DROP and fns.d2f is not torch.zeros_like
         fused = fns.residual_out if residual else None  # sigmoid, tanh: h'' ⊙ Wᵀ∇ξ_i from g and h, no h''
-        # From h^t = σ(z^t) where σ allows it (ReLU: one sign pass, sigmoid/tanh: no σ to recompute)
-        dphi, d2phi = fns.derivatives(z, h) if residual and fused is None else (fns.first(z, h), None)  # (b, n_t)
+        # From h^t = σ(z^t) where σ allows it (ReLU: one sign pass, sigmoid/tanh: no σ to recompute), into a
+        # kept buffer outside autograd (autograd refuses out=): the pull-back reads it, then the residual goes in
+        reuse = not torch.is_grad_enabled()
+        if residual and fused is None:
+            dphi, d2phi = fns.derivatives(z, h)  # (b, n_t) each
+        else:
+            dphi, d2phi = fns.first(z, h, scratch("recursion.dphi", h, *h.shape) if reuse else None), None
         # The last pull-back (into the first layer) only needs the sum over samples.
         per_sample = t > 1 or weight_blocks
         if msg.grad is not None and not residual:  # a factor message carries g: one GEMM pulls both back
             msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample)
             g = msg.grad  # ∇_{b^t} ξ_i
             continue
-        back = rule.jac_t_vec(layer, g)  # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i (a new tensor, free once g and r are made)
-        g = fns.jac_t_vec(dphi, back)  # ∇_{b^t} ξ_i
+        # (b, n_t) Wᵀ ∇_{b^{t+1}} ξ_i; outside autograd in one of two kept buffers by turns, and g into it
+        # when nothing reads Wᵀ∇ξ_i again (g lives on into the next layer, whose product takes the other)
+        back = rule.jac_t_vec(layer, g, slot=f"recursion.back{t % 2}" if reuse else None)  # type: ignore[call-arg]
+        g = fns.jac_t_vec(dphi, back, back if reuse and d2phi is None else None)  # ∇_{b^t} ξ_i
         msg = msg.pull_back(rule, layer, dphi, options.jacobian_average, per_sample)
-        if fused is not None:  # h^{t''} ⊙ Wᵀ∇ξ_i in one pass from g and h, into back's buffer (no fresh pages;
-            # under autograd, out= is refused)
-            msg = msg.add_residual(fused(g, h, None if torch.is_grad_enabled() else back), pol.residual)
+        if fused is not None:  # h^{t''} ⊙ Wᵀ∇ξ_i in one pass from g and h, into dphi's buffer (read by now)
+            msg = msg.add_residual(fused(g, h, dphi if reuse else None), pol.residual)
         elif d2phi is not None:
             msg = msg.add_residual(fns.residual(d2phi, back), pol.residual)  # h^{t''} ⊙ Wᵀ∇ξ_i
     return sums

@@ -35,9 +35,10 @@ class LinearRule(LayerRule):
             return m(h)
         return F.linear(h, weight, None if m.bias is None else m.bias.detach())
 
-    def jac_t_vec(self, m: nn.Linear, g: Tensor) -> Tensor:  # type: ignore[override]
-        """Wᵀ g_i for every sample: (b, n) @ (n, n_in); with d, ∇_{b^{t−1}} ξ_i = d ⊙ Wᵀ ∇_{b^t} ξ_i."""
-        return mm(g, m.weight)  # (b, n_in) (N-D factors: (…, n_in)); huge pages when large
+    def jac_t_vec(self, m: nn.Linear, g: Tensor, slot: str | None = None) -> Tensor:  # type: ignore[override]
+        """Wᵀ g_i for every sample: (b, n) @ (n, n_in); with d, ∇_{b^{t−1}} ξ_i = d ⊙ Wᵀ ∇_{b^t} ξ_i.
+        With ``slot``, into that kept buffer (``curvlab.hugepages.scratch``; a temporary of the caller's)."""
+        return mm(g, m.weight, slot)  # (b, n_in) (N-D factors: (…, n_in)); huge pages when large
 
     def jac(self, m: nn.Linear, d: Tensor) -> Tensor:  # type: ignore[override]
         """F_i = W diag(d_i): (b, n, n_in)."""
@@ -69,7 +70,8 @@ class LinearRule(LayerRule):
         else:
             mean = d.mean(0)[None]  # (1, n_in)
             jac, scale = (mean, mean), 1.0
-        return symmetric_product(w, mm(block, w), times=jac, scale=scale)  # mm(block, w): (n, n_in) H̄ W
+        hw = mm(block, w, slot="linear.hw")  # (n, n_in) H̄ W, a kept buffer: only the product reads it
+        return symmetric_product(w, hw, times=jac, scale=scale)
 
     def jac_t_factors(self, m: nn.Linear, factors: Tensor, d: Tensor) -> Tensor:  # type: ignore[override]
         """U_i W diag(d_i): one GEMM for all b·r rows, (b, r, n) → (b, r, n_in)."""
