@@ -33,16 +33,22 @@ layer-local ``block_matvec``. So the derived row "set-up + 5 products" (what EA-
 need) compares the two designs at equal work.
 
 Beside each curvlab ratio, ``floor``: the pass's flop floor ÷ the gradient step's, from the layer shapes
-(``flop_floor_conv``: the rows each kind carries back, its G's and A); a measured ratio can approach it,
-never beat it. ``exact`` per-sample blocks of whole feature maps do not fit ``cifar10_3c3d`` (one
+(``flop_floor_conv``: the rows each kind carries back, its G's and A). It is a ratio of flops, not of
+times: a pass whose extra work is GEMMs (A, G) runs those at ≈ 2–3× the flop rate of the gradient
+step's convolution and max-pooling kernels on a CPU, so a measured ratio can land below its floor.
+``exact`` per-sample blocks of whole feature maps do not fit ``cifar10_3c3d`` (one
 sample's conv1 block is 50,176²): it runs on a small conv net (3×8×8 → 8 → 16 → 16 channels → Linear(64, 10),
 batch 32) with its own gradient step, beside ``gn`` there.
 
 Then the solvers: an EA-CG step (PCH-1, 5 CG iterations, ε_CG = 1e-12 so that it runs all 5; the rank-one
 factor of Eq. 11b, and ``weight_factor="block"``: the conv layers' own weight blocks through
 ``block_product``) and a KFI step (Fisher MC, and PCH-1) ÷ an SGD step, alternating with SGD steps on a
-copy of the net (median ratio; goal ≤ 2.5×). A row whose curvlab support is missing prints the reason
-instead of a figure.
+copy of the net (median ratio; goal ≤ 2.5×), each beside its own flop floor ÷ an SGD step's (gradient
+step + update): KFI's pass with A, the Cholesky factors of its A's, G's (and a conv's bias block) and the
+triangular solves of G⁻¹ ∇_W A⁻¹; EA-CG's pass and its CG iterations (``flop_floor_conv.kfi_solve``,
+``cg_iteration``, ``block_product``). "KFI fisher (mc) reduce" is not ``kfi_conv``'s method but the
+documented ``curvature.kfac_type=reduce`` (its A from the position-averaged patches), an extra line. A row
+whose curvlab support is missing prints the reason instead of a figure.
 
     python scripts/bench_conv.py                       # 3 repeats
     python scripts/bench_conv.py --quick               # 1 repeat, 1 solver step
@@ -95,16 +101,39 @@ PASSES: dict[str, tuple[str, dict[str, Any], str | None]] = {
 CLASSES = 10
 
 
+def _rows(kind: str, opts: dict[str, Any]) -> int:
+    """The factor rows per sample the kind carries back (``kinds.STEP_KINDS``)."""
+    if opts.get("sketch") or (kind == "fisher" and opts.get("fisher", "mc") == "mc"):
+        return int(opts.get("mc_samples", 1))
+    if kind == "fisher" and opts["fisher"] == "empirical":
+        return 0  # the gradient itself
+    return CLASSES - 1  # exact Fisher, gn, pch: the cross-entropy Hessian's rank (``kinds.ce_hessian_rows``)
+
+
+def _pass_floor(layers: list[ff.Layer], kind: str, opts: dict[str, Any], cov: bool) -> float:
+    expand = opts.get("kfac_type", "expand") == "expand"
+    return ff.curvature_pass(layers, BATCH, _rows(kind, opts), cov=cov, expand=expand)
+
+
 def floor_ratio(layers: list[ff.Layer], kind: str, opts: dict[str, Any]) -> float:
     """The pass's flop floor ÷ a gradient step's (``flop_floor_conv``), from the rows the kind carries."""
-    if opts.get("sketch") or (kind == "fisher" and opts.get("fisher", "mc") == "mc"):
-        rows = opts.get("mc_samples", 1)
-    elif kind == "fisher" and opts["fisher"] == "empirical":
-        rows = 0  # the gradient itself
-    else:  # exact Fisher, gn, pch: the cross-entropy Hessian's rank (``kinds.ce_hessian_rows``)
-        rows = CLASSES - 1
-    cov, expand = opts.get("input_cov", False), opts.get("kfac_type", "expand") == "expand"
-    return ff.curvature_pass(layers, BATCH, rows, cov=cov, expand=expand) / ff.grad_step(layers, BATCH)
+    return _pass_floor(layers, kind, opts, opts.get("input_cov", False)) / ff.grad_step(layers, BATCH)
+
+
+def solver_floor(layers: list[ff.Layer], name: str, options: dict[str, Any]) -> float:
+    """A solver step's flop floor ÷ an SGD step's (gradient step + update): KFI's pass with A, its
+    Cholesky factors and solves; EA-CG's pass and its CG iterations (``flop_floor_conv``)."""
+    curv = dict(options["curvature"])
+    kind = curv.pop("kind")
+    if name == "kfi":
+        expand = curv.get("kfac_type", "expand") == "expand"
+        step = _pass_floor(layers, kind, curv, True) + ff.kfi_solve(layers, expand)
+    elif curv.get("weight_factor") == "block":  # one block product for all layers per CG iteration
+        step = _pass_floor(layers, kind, curv, False) + options["max_cg"] * ff.block_product(
+            layers, BATCH, _rows(kind, curv))
+    else:
+        step = _pass_floor(layers, kind, curv, False) + options["max_cg"] * ff.cg_iteration(layers)
+    return (step + ff.update(layers)) / (ff.grad_step(layers, BATCH) + ff.update(layers))
 
 
 def cifar10_3c3d() -> nn.Sequential:
@@ -212,6 +241,8 @@ SOLVERS = {
     "EA-CG pch1 block, 5 CG": ("eacg", {"curvature": {"kind": "pch1", "weight_factor": "block"}, "max_cg": 5,
                                         "eps_cg": 1e-12}),
     "KFI fisher (mc)": ("kfi", {"curvature": {"kind": "fisher"}}),
+    # not kfi_conv's method: the documented KFAC-reduce A and G (Eschenhagen et al. 2023), an extra line
+    "KFI fisher (mc) reduce": ("kfi", {"curvature": {"kind": "fisher", "kfac_type": "reduce"}}),
     "KFI pch1": ("kfi", {"curvature": {"kind": "pch1"}}),
     "EA-CG pch1 sketch m=1, 5 CG": ("eacg", {"curvature": {"kind": "pch1", "sketch": True}, "max_cg": 5,
                                              "eps_cg": 1e-12}),
@@ -336,13 +367,18 @@ def exact_table(repeats: int) -> None:
 
 
 def solvers_table(x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-    print(f"# solver steps ÷ an SGD step (median of {steps} alternating pairs after a warm-up; goal <= 2.5x)")
+    print(f"# solver steps ÷ an SGD step (median of {steps} alternating pairs after a warm-up; goal <= 2.5x); "
+          "floor: the step's flops ÷ an SGD step's (a flop ratio: the GEMMs and Cholesky solves it adds run "
+          "faster per flop than the conv and pooling kernels of an SGD step, so a step can land below it)")
+    layers = ff.layers(cifar10_3c3d(), tuple(x.shape[1:]))
     for label, (name, opts) in SOLVERS.items():
+        floor = f"floor {solver_floor(layers, name, opts):5.2f}x"
         try:
             ratio, t_sgd = solver_ratio(name, opts, x, y, steps)
-            print(f"{label:24s} {ratio:6.2f}x   (SGD step {t_sgd * 1e3:.0f} ms){'' if ratio <= 2.5 else '   MISS'}")
+            print(f"{label:28s} {ratio:6.2f}x   {floor}   (SGD step {t_sgd * 1e3:.0f} ms)"
+                  f"{'' if ratio <= 2.5 else '   MISS'}")
         except (TypeError, ValueError, NotImplementedError) as err:
-            print(f"{label:24s}      —   ({_why(err)})")
+            print(f"{label:28s}      —   {floor}   ({_why(err)})")
 
 
 if __name__ == "__main__":

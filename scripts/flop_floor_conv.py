@@ -11,6 +11,14 @@ MC samples; exact: the C classes; gn/pch on cross-entropy: C−1; sketch: m), fo
 (reduce: Σ_l first; expand: all b·r·L rows) and, with ``cov``, the patch Gram A (expand: b·L rows;
 reduce: b). A block product for all layers is J_θ v, the per-sample output operator (2·2·r·n_out
 per sample), and J_θᵀ of the result.
+
+The solver steps add to their pass (``solvers/kfi.py``, ``solvers/eacg.py``): KFI the Cholesky
+factors of every layer's damped A (n_in³/3 multiply-adds), G (n_out³/3) and, for a conv layer whose
+expand G is not its bias block, that block's (n_out³/3), then G⁻¹ ∇_W A⁻¹ as two pairs of triangular
+solves (n_out² n_in + n_out n_in²) and the bias's (n_out²); EA-CG per CG iteration its rank-one
+operator (B D μ μᵀ: about 3 n_out n_in + 2 n_out² per layer, with the CG vector updates) or, with
+``weight_factor=block``, one block product for all layers. Every step ends in the update θ += lr d,
+one multiply-add per parameter (an SGD step: ``grad_step`` + ``update``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym"]
+__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym", "kfi_solve", "cg_iteration",
+           "update"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +86,25 @@ def curvature_pass(net: list[Layer], batch: int, rows: int, *, cov: bool = False
 def block_product(net: list[Layer], batch: int, rows: int) -> float:
     """One block product for every layer from per-sample factors of ``rows`` rows: J_θ v, U_iᵀ U_i (·), J_θᵀ."""
     return sum(2.0 * batch * (2 * lay.macs + 2 * rows * lay.n_out * lay.positions) for lay in net)
+
+
+def kfi_solve(net: list[Layer], expand: bool = True) -> float:
+    """KFI after its pass: each layer's Cholesky factors of A, G (and a conv's bias block with ``expand``),
+    then d_W = −G⁻¹ ∇_W A⁻¹ and d_b = −B⁻¹ ∇_b by triangular solves (an n×n factor on k columns: n² k)."""
+    macs = 0.0
+    for lay in net:
+        factors = [lay.n_in, lay.n_out] + ([lay.n_out] if lay.conv and expand else [])
+        macs += sum(n**3 / 3 for n in factors) + lay.n_out**2 * lay.n_in + lay.n_out * lay.n_in**2 + lay.n_out**2
+    return 2.0 * macs
+
+
+def cg_iteration(net: list[Layer]) -> float:
+    """One EA-CG iteration on the rank-one systems (Eq. 11b): per layer B (D μ) μᵀ + α D and the bias
+    block's product, and the CG updates (5 multiply-adds per unknown)."""
+    per_layer = (3 * lay.n_out * lay.n_in + 2 * lay.n_out**2 + 5 * lay.n_out * (lay.n_in + 1) for lay in net)
+    return 2.0 * sum(per_layer)
+
+
+def update(net: list[Layer]) -> float:
+    """θ ← θ + lr · d: one multiply-add per weight and bias."""
+    return sum(2.0 * lay.n_out * (lay.n_in + 1) for lay in net)

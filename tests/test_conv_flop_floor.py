@@ -68,3 +68,33 @@ def test_pass_floor_is_below_the_flops_run(problem, kind: str, opts: dict, rows:
                               expand=opts.get("kfac_type", "expand") == "expand")
     got = _counted(lambda: curvlab.curvature(net, x, y, kind, **opts))
     assert floor <= got <= 2 * floor
+
+
+@pytest.mark.parametrize("kfac_type", ["expand", "reduce"])
+def test_kfi_floor_is_what_kfi_factors_and_solves(  # type: ignore[no-untyped-def]
+    problem, kfac_type: str, monkeypatch
+) -> None:
+    """``kfi_solve``: every Cholesky factorisation (n³/3 multiply-adds) and every solve with a factor
+    (n² k for k columns) a KFI step runs, to the flop; ``update`` is one multiply-add per parameter."""
+    from curvlab.losses import CrossEntropy
+    from curvlab.solvers import make_solver
+
+    net, x, y, layers = problem
+    macs: list[float] = []
+    cholesky_ex, cholesky_solve = torch.linalg.cholesky_ex, torch.cholesky_solve
+
+    def counted_cholesky(a, *args, **kw):  # type: ignore[no-untyped-def]
+        macs.append(a.shape[-1] ** 3 / 3)
+        return cholesky_ex(a, *args, **kw)
+
+    def counted_solve(b, chol, *args, **kw):  # type: ignore[no-untyped-def]
+        macs.append(chol.shape[-1] ** 2 * b.shape[-1])
+        return cholesky_solve(b, chol, *args, **kw)
+
+    curvature = {"kind": "fisher", "kfac_type": kfac_type}
+    solver = make_solver("kfi", net, CrossEntropy(), lr=0.01, curvature=curvature)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", counted_cholesky)
+    monkeypatch.setattr(torch, "cholesky_solve", counted_solve)
+    solver.direction(x, y)
+    assert 2 * sum(macs) == pytest.approx(ff.kfi_solve(layers, kfac_type == "expand"), rel=1e-12)
+    assert ff.update(layers) == 2 * sum(p.numel() for p in net.parameters())

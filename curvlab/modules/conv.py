@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
 
 from curvlab.curvature.options import KFACType  # defined with the other curvature options
+from curvlab.hugepages import scratch
 from curvlab.modules.base import ModuleRule, Role, register
 from curvlab.symmetric import symmetric_product
 
@@ -60,14 +61,24 @@ class ConvCache:
     out_hw: tuple[int, int]  # (H_out, W_out), L = H_out·W_out
     geometry: ConvGeometry
 
-    def windows(self) -> Tensor:
-        """The patches as a strided view of the padded input, no copy: (C_in, k_h, k_w, b, H_out, W_out)."""
+    def windows(self, x: Tensor | None = None) -> Tensor:
+        """The patches as a strided view of the padded input, no copy: (C_in, k_h, k_w, b, H_out, W_out);
+        of ``x`` (b', C_in, H_in, W_in) in place of the input when given."""
         g = self.geometry
-        xp = F.pad(self.x, g.pads) if any(g.pads) else self.x.contiguous()
+        x = self.x if x is None else x
+        xp = F.pad(x, g.pads) if any(g.pads) else x.contiguous()
         sb, sc, sh, sw = xp.stride()
         (dh, dw), (th, tw) = g.dilation, g.stride
         shape = (xp.shape[1], *g.kernel, xp.shape[0], *self.out_hw)
         return xp.as_strided(shape, (sc, dh * sh, dw * sw, sb, th * sh, tw * sw))
+
+    def patch_mean(self) -> Tensor:
+        """E_{i,l}[u_{i,l}] (C_in·k_h·k_w,): the windows of the batch-summed input, summed over the positions.
+        One pass over the input, not a strided one over the k_h·k_w times larger patches (conv2 of
+        cifar10_3c3d: 0.8 ms against 8.8 ms); and closer to the exact mean (float64, against an 80-bit
+        sum: ≤ 2.2e-16 of its largest entry, the strided mean 2.4e-15)."""
+        w = self.windows(self.x.sum(0, keepdim=True))  # (C_in, k_h, k_w, 1, H_out, W_out)
+        return w.sum((3, 4, 5)).flatten() / (self.x.shape[0] * self.out_hw[0] * self.out_hw[1])
 
     @property
     def patches(self) -> Tensor:
@@ -75,10 +86,16 @@ class ConvCache:
         w = self.windows()
         return w.permute(3, 0, 1, 2, 4, 5).reshape(w.shape[3], -1, self.out_hw[0] * self.out_hw[1])
 
-    def patch_rows(self) -> Tensor:
-        """(C_in·k_h·k_w, b·L) contiguous: one strided copy, the layout of the Gram matrix A."""
+    def patch_rows(self, slot: str | None = None) -> Tensor:
+        """(C_in·k_h·k_w, b·L) contiguous: one strided copy, the layout of the Gram matrix A; with ``slot``
+        into that kept work buffer (``hugepages.scratch``: its pages fault in once, not every pass)."""
         w = self.windows()
-        return w.reshape(-1, w.shape[3] * self.out_hw[0] * self.out_hw[1])
+        shape = (w.shape[0] * w.shape[1] * w.shape[2], w.shape[3] * self.out_hw[0] * self.out_hw[1])
+        if slot is None:
+            return w.reshape(shape)
+        out = scratch(slot, self.x, *shape)
+        out.view(w.shape).copy_(w)
+        return out
 
 
 class Conv2dRule(ModuleRule):
@@ -131,6 +148,9 @@ class Conv2dRule(ModuleRule):
         the module's when given (the reference differentiates through them)."""
         w = m.weight if weight is None else weight
         bb = m.bias if bias is None else bias
+        left, right, top, bottom = self.pads(m)
+        if left == right and top == bottom:  # the library pads (bit for bit the same z): no padded copy
+            return F.conv2d(x, w, bb, m.stride, (top, left), m.dilation)
         return F.conv2d(F.pad(x, self.pads(m)), w, bb, m.stride, 0, m.dilation)
 
     def forward_cache(self, m: nn.Conv2d, x: Tensor) -> tuple[Tensor, ConvCache]:
@@ -265,7 +285,7 @@ class Conv2dRule(ModuleRule):
         the patch mean E_{i,l}[u] (J,), the conv analogue of E[h] in Eq. (11b) (the same in both
         conventions), and with ``cov`` the factor A (J, J) of ``approx`` (the analogue of Eq. 11a)."""
         a = self._input_gram(cache, KFACType(approx), 1.0 / cache.x.shape[0], False) if cov else None
-        return cache.windows().mean((3, 4, 5)).flatten(), a  # a mean over the strided view: no patches
+        return cache.patch_mean(), a
 
     def out_grams(
         self, factors: Tensor, signs: Tensor | None, scale: float, expand: bool = True
@@ -300,7 +320,7 @@ class Conv2dRule(ModuleRule):
         """A of the patches u_{i,l} (with a ones row if ``bias``): expand E_i[(1/L) Σ_l u_l u_lᵀ], reduce
         E_i[ū ūᵀ] (times ``s`` b); on its upper triangle (``symmetric_product``), exactly symmetric."""
         if approx is KFACType.EXPAND:
-            u = cache.patch_rows()  # (J, b L): one GEMM over all positions
+            u = cache.patch_rows("conv_patches")  # (J, b L): one GEMM over all positions; a temporary
             scale = s / (cache.out_hw[0] * cache.out_hw[1])
         else:
             w = cache.windows()

@@ -217,16 +217,22 @@ class ZeroPad2dRule(FixedLinearRule):
         if not isinstance(m, nn.ZeroPad2d):
             raise TypeError(f"ZeroPad2dRule needs an nn.ZeroPad2d, got {type(m).__name__}")
 
-    def crop_indices(self, m: nn.ZeroPad2d, idx: Tensor, in_shape: Shape) -> tuple[Tensor, Tensor] | None:
-        """Flat indices into the padded map (…) → (indices into the input map, inside mask), or None for a
-        crop (negative padding). An index in the padding maps to 0 with mask False: P ᵀ drops it."""
+    def crop_indices(
+        self, m: nn.ZeroPad2d, idx: Tensor, in_shape: Shape, mask: bool = True
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """Flat indices into the padded map (…) → (indices into the input map, inside mask or None without
+        ``mask``), or None for a crop (negative padding). An index in the padding maps to 0 with mask
+        False: Pᵀ drops it. Both are looked up in tables over the H'·W' padded positions (one ``take``
+        each; a floor division and a remainder per index cost ≈ 8× that on 1.6 M indices)."""
         left, right, top, bottom = m.padding
         if min(m.padding) < 0:
             return None
         h, w = in_shape[-2:]
-        row, col = idx.div(w + left + right, rounding_mode="floor") - top, idx.remainder(w + left + right) - left
-        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-        return torch.where(inside, row * w + col, 0), inside
+        row = torch.arange(-top, h + bottom, device=idx.device)[:, None]  # (H', 1) rows of the input map
+        col = torch.arange(-left, w + right, device=idx.device)  # (W',)
+        inside = ((row >= 0) & (row < h) & (col >= 0) & (col < w)).flatten()  # (H' W',)
+        table = torch.where(inside, (row * w + col).flatten(), 0)
+        return table.take(idx), (inside.take(idx) if mask else None)
 
     def jac_t_factors(self, m: nn.ZeroPad2d, U: Tensor, cache: Tensor | None, in_shape: Shape) -> Tensor:
         left, right, top, bottom = m.padding
