@@ -114,3 +114,32 @@ def test_solvers_step_with_the_sketch(solver):
     a, b, c = step(0), step(0), step(1)
     assert all(torch.isfinite(p).all() for p in a)
     assert all(torch.equal(p, q) for p, q in zip(a, b)) and not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_sketched_residual_rows_have_the_exact_diagonal_and_unbiased_off_diagonal():
+    """PCH's residual diag(ρ) as m Rademacher rows s ⊙ √ρ/√m: Σ_k row_k² = ρ exactly, off-diagonals mean 0."""
+    from curvlab.curvature.messages import Residual, SampleFactors
+
+    r = torch.tensor([1.5, -0.7, 0.3, 2.0, -1.1], dtype=DT).expand(4000, 5)  # one sample's residual, 4000 draws
+    base = SampleFactors(torch.zeros(4000, 0, 5, dtype=DT), None)
+    gen = torch.Generator().manual_seed(1)
+    for residual, rho in ((Residual.ABS, r[0].abs()), (Residual.CLIP, r[0].clamp(min=0))):
+        rows = base.add_residual(r, residual, (3, gen)).factors  # (4000, 3, 5)
+        assert rows.shape == (4000, 3, 5)
+        grams = rows.transpose(1, 2) @ rows
+        torch.testing.assert_close(grams.diagonal(dim1=1, dim2=2), rho.expand(4000, 5), rtol=0, atol=1e-15)
+        assert _z_scores(grams, torch.diag(rho)).abs().max() < 5
+        assert _z_scores(grams + 0.05 * rho.max(), torch.diag(rho)).abs().max() > 5  # a bias is caught
+
+
+def test_sketch_lifts_the_residual_row_budget(monkeypatch):
+    """Without the sketch a residual over the row budget is refused, naming curvature.sketch; with it the pass runs."""
+    from curvlab.curvature import messages
+
+    net, x, y = _net()  # Tanh after the first conv: 2·6·6 = 72 residual rows per sample
+    monkeypatch.setattr(messages, "RESIDUAL_ROW_BUDGET", 1000)
+    with pytest.raises(ValueError, match="curvature.sketch=true"):
+        curvlab.curvature(net, x, y, "pch1", CE)
+    gen = torch.Generator().manual_seed(0)
+    blocks = curvlab.curvature(net, x, y, "pch1", CE, sketch=True, mc_samples=2, generator=gen)
+    assert all(torch.isfinite(b.bias).all() for b in blocks)

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, Residual, SampleFactors
+from curvlab.curvature.messages import MeanBlock, Message, PerSampleBlocks, Residual, SampleFactors, rademacher
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind
 from curvlab.losses import Loss, LossKind
 from curvlab.symmetric import symmetrized
@@ -119,8 +119,7 @@ def sketched(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
     """m sketch rows per sample, Ũ_i = S_i U_i / √m with Rademacher S_i (m, r): E[Ũ_iᵀ Ũ_i] = U_iᵀ U_i,
     since E[s sᵀ] = I. An unbiased approximation (Hutchinson-type sketch) that carries m rows instead of r."""
     b, r = rows.shape[:2]
-    dev = rows.device if generator is None else generator.device
-    signs = torch.randint(0, 2, (b, m, r), generator=generator, device=dev).to(rows.device, rows.dtype) * 2 - 1
+    signs = rademacher((b, m, r), rows, generator)
     return torch.bmm(signs, rows.flatten(2)).view(b, m, *rows.shape[2:]) / m**0.5
 
 

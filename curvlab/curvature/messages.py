@@ -53,6 +53,14 @@ TensorMap = Callable[[Tensor], Tensor]
 # Residual rows of a smooth activation in factor form: one row per unit and sample, b·n² elements.
 RESIDUAL_ROW_BUDGET = 2**26
 
+Sketch = tuple[int, "torch.Generator | None"]  # (rows per sample m, generator): ``curvature.sketch``
+
+
+def rademacher(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Independent ±1 entries of ``like``'s dtype and device, drawn on the generator's device."""
+    dev = like.device if generator is None else generator.device
+    return (torch.randint(0, 2, shape, generator=generator, device=dev).to(like.device, like.dtype) * 2 - 1)
+
 
 class Residual(str, Enum):
     """How a kind treats the activation's second-order (residual) diagonal term of Eq. (4b)."""
@@ -99,8 +107,9 @@ class Message(ABC):
         """
 
     @abstractmethod
-    def add_residual(self, r: Tensor, residual: Residual) -> Message:
-        """Add diag(policy(r)); ``r`` (b, n) holds h'' ⊙ (Wᵀ ∇_{b^t} ξ_i) per sample."""
+    def add_residual(self, r: Tensor, residual: Residual, sketch: Sketch | None = None) -> Message:
+        """Add diag(policy(r)); ``r`` (b, n) holds h'' ⊙ (Wᵀ ∇_{b^t} ξ_i) per sample. ``sketch``
+        (``curvature.sketch``) lets a factor message carry it as sketch rows; blocks add it exactly."""
 
     @abstractmethod
     def total(self, scale: float) -> Tensor:
@@ -120,7 +129,7 @@ class MeanBlock(Message):
         # Eq. (6) of Chen et al. or Eq. (7) of Dangel & Hennig: (n_{t-1}, n_{t-1})
         return MeanBlock(rule.jac_t_mean(module, self.block, dphi, average), self.count)
 
-    def add_residual(self, r: Tensor, residual: Residual) -> MeanBlock:
+    def add_residual(self, r: Tensor, residual: Residual, sketch: Sketch | None = None) -> MeanBlock:
         # Eq. (6)/(8b): Pos-Eig acts on diag(E_i[h'' ⊙ Wᵀ∇ξ_i]), i.e. after the batch mean. The
         # mean is of the per-sample products under either Jacobian average (the option only
         # concerns the Gauss-Newton term).
@@ -151,7 +160,7 @@ class PerSampleBlocks(Message):
         pulled = rule.jac_t_blocks(module, self.blocks, dphi, per_sample)
         return PerSampleBlocks(pulled) if per_sample else MeanBlock(pulled, self.count)
 
-    def add_residual(self, r: Tensor, residual: Residual) -> PerSampleBlocks:
+    def add_residual(self, r: Tensor, residual: Residual, sketch: Sketch | None = None) -> PerSampleBlocks:
         if residual is Residual.DROP:
             return self
         if residual is not Residual.KEEP:
@@ -250,20 +259,30 @@ class SampleFactors(Message):
         """U_i diag(d_i) of an element-wise step, d (b, *shape)."""
         return SampleFactors(self.factors * d[:, None], self.signs)
 
-    def add_residual(self, r: Tensor, residual: Residual) -> SampleFactors:
-        """Add diag(policy(r_i)) per sample (BackPACK's PCHMP residual) as rows √|ρ_j| e_j, signed by ρ_j."""
+    def add_residual(self, r: Tensor, residual: Residual, sketch: Sketch | None = None) -> SampleFactors:
+        """Add diag(policy(r_i)) per sample (BackPACK's PCHMP residual) as rows √|ρ_j| e_j, signed by ρ_j.
+
+        With ``sketch`` = (m, generator) and a PSD policy (PCH-1's |ρ|, PCH-2's max(ρ, 0)) the n rows become m
+        Rademacher rows s_k ⊙ √ρ / √m (s_k ∈ {±1}ⁿ): Σ_k row_kᵀ row_k has diagonal ρ exactly and zero-mean
+        off-diagonal entries, so the term is unbiased (as ``kinds.sketched``'s rows) at m rows instead of n.
+        """
         if residual is Residual.DROP:
             return self
         if self.rows is not None:
             raise ValueError("a factor message that carries the gradient takes no residual rows")
         b, n = r.shape[0], r[0].numel()
+        rho = residual.apply(r).flatten(1)  # (b, n)
+        if sketch is not None and residual is not Residual.KEEP:
+            m, generator = sketch
+            rows = rademacher((b, m, n), rho, generator).mul_(rho.sqrt()[:, None] / m**0.5)  # (b, m, n)
+            signs = None if self.signs is None else torch.cat([self.signs, self.signs.new_ones(b, m)], 1)
+            return SampleFactors(torch.cat([self.factors, rows.view(b, m, *self.factors.shape[2:])], 1), signs)
         if b * n * n > RESIDUAL_ROW_BUDGET:
             raise ValueError(
                 f"the activation's residual term on {n} units would add {n} factor rows per sample "
-                f"({b * n * n:,} elements > {RESIDUAL_ROW_BUDGET:,}); use ReLU (no residual) or kind=fisher/gn, "
-                "or a smaller batch or net"
+                f"({b * n * n:,} elements > {RESIDUAL_ROW_BUDGET:,}); use curvature.sketch=true (mc_samples "
+                "sketch rows, unbiased), ReLU (no residual), kind=fisher/gn, or a smaller batch or net"
             )
-        rho = residual.apply(r).flatten(1)  # (b, n)
         rows = torch.diag_embed(rho.abs().sqrt()).view(b, n, *self.factors.shape[2:])  # (b, n, *shape)
         signs = self.signs
         if residual is Residual.KEEP or signs is not None:

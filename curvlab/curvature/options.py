@@ -95,7 +95,8 @@ class CurvatureOptions:
     mc_samples: int = 1
     kfac_type: KFACType = KFACType.EXPAND  # conv layers only: the convention of their Kronecker factors
     # gn/pch1/pch2 on step nets: mc_samples Rademacher sketch rows per sample instead of the exact output
-    # factor (an unbiased approximation, ``kinds.sketched``); off: the exact rows.
+    # factor (an unbiased approximation, ``kinds.sketched``), and for pch1/pch2 instead of the n rows of each
+    # activation's residual diagonal (``SampleFactors.add_residual``); off: the exact rows.
     sketch: bool = False
 
     @classmethod

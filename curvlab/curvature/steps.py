@@ -201,7 +201,8 @@ def step_backward(
             back, g = g, fns.jac_t_vec(d1, g)
             msg = msg.scale_diag(d1)  # type: ignore[attr-defined]
             if d2 is not None:
-                msg = msg.add_residual(fns.residual(d2, back), pol.residual)
+                sketch = (options.mc_samples, generator) if options.sketch else None
+                msg = msg.add_residual(fns.residual(d2, back), pol.residual, sketch)
             continue
         fused = fused_max_pool(view, cache, s, residual) if isinstance(msg, SampleFactors) else None
         if fused is not None:  # pooling, padding and σ' in one scatter (``fused_pool``)
