@@ -65,7 +65,8 @@ FIGURES = ["eacg_fig1_3", "eacg_fig2_4", "eacg_fig5_7", "eacg_fig6_8", "eacg_fig
            "eacg_fig12", "hbp_fig5", "lowrank_fig1", "lowrank_fig2", "lowrank_fig3", "lowrank_fig4", "lowrank_fig5",
            "lowrank_adam", "rahimi_newton", "eacg_grid_reduced", "eacg_fig1_3_e200", "eacg_fig2_4_e200",
            "eacg_fig6_8_e200", "eacg_fig5_7_grid", "hbp_fig5_e40", "hbp_eq6_eq7", "eacg_grid_cg",
-           "conv_mnist_2c2d", "conv_cifar10_3c3d", "conv_mnist_2c2d_sigmoid"]
+           "conv_mnist_2c2d", "conv_cifar10_3c3d", "conv_mnist_2c2d_sigmoid",
+           "conv_mnist_2c2d_sigmoid_pch1"]
 STUDIES: dict[str, dict[str, tuple[str, dict[str, list[str]]]]] = {
     "tables": {"table1_measured": ("study_table1.py", {"ci": ["--quick"], "full": []})},
     "figures": {
@@ -101,7 +102,7 @@ CPU_SIZES: dict[str, tuple[int, int, list[str]]] = {
     # DeepOBS's conv nets at batch 128 (issue 19): 2,000 updates = 4.3 epochs of MNIST, 5.1 of CIFAR-10. A momentum
     # SGD update costs 0.19 s (mnist_2c2d) / 0.33 s (cifar10_3c3d) of one core's CPU time, Adam the same, CR on SGD
     # 2.7× / 5× that: the first-order runs (3 methods × 3 seeds) are ≈ 1.6 + 3.9 core-hours.
-    "conv_mnist_2c2d_sigmoid": (1000, 3, []),  # the plateau question: SGD leaves ln 10 at ≈ 500 (pilot)
+    "conv_mnist_2c2d_sigmoid": (1000, 3, []),  # (and _pch1) the plateau question: SGD leaves ln 10 at ≈ 500 (pilot)
     "conv_": (2000, 3, []),
 }
 

@@ -137,7 +137,7 @@ def test_mlp_path_is_untouched_and_conv_net_errors_are_one_line(monkeypatch: pyt
         chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()))
     net, x, y = _net("sigmoid_head")
     monkeypatch.setattr(messages, "RESIDUAL_ROW_BUDGET", 10)
-    with pytest.raises(ValueError, match=r"residual term on 5 units.*use ReLU"):
+    with pytest.raises(ValueError, match=r"residual term on 5 units.*curvature.sketch=true.*ReLU"):
         curvlab.curvature(net, x, y, kind="pch1")
     curvlab.curvature(net, x, y, kind="gn")  # GN has no residual rows
     big = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 16 * 16, 2))

@@ -233,19 +233,26 @@ def test_conv_experiments_list_every_method(tmp_path, tiny_root, capsys, experim
 
 
 def test_sigmoid_conv_experiment_lists_its_plateau_runs(tmp_path, tiny_root, capsys):
-    """conv_mnist_2c2d_sigmoid: SGD at two lrs, Adam and EA-CG (GN, Fisher, sketched PCH-1) × 3 seeds, 1,000 updates."""
+    """conv_mnist_2c2d_sigmoid: SGD at two lrs, Adam and EA-CG (GN, Fisher) × 3 seeds at 1,000 updates; _pch1:
+    EA-CG · PCH-1 sketched, the same settings."""
     assert reproduce.main(["figures", "--scale", "cpu", "--list", "--only", "conv_mnist_2c2d_sigmoid", "--data-root",
                            str(tiny_root), "--runs-dir", str(tmp_path / "runs")]) == 0
     lines = [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith("   ")]
     methods = {ln.rsplit(",seed=", 1)[0] for ln in lines}
-    assert len(lines) == 18 and methods == {"solver=sgd_lr001,curvature=gn", "solver=sgd,curvature=gn",
+    assert len(lines) == 15 and methods == {"solver=sgd_lr001,curvature=gn", "solver=sgd,curvature=gn",
                                             "solver=adam,curvature=gn", "solver=eacg_lr001,curvature=gn",
-                                            "solver=eacg_lr001,curvature=fisher", "solver=eacg_lr001,curvature=pch1_sketch"}
+                                            "solver=eacg_lr001,curvature=fisher"}
     cfg = parsed("experiment=conv_mnist_2c2d_sigmoid", "solver=eacg_lr001")
     assert cfg.net.layers.count("sigmoid") == 3 and "relu" not in cfg.net.layers
     assert (cfg.solver.name, cfg.solver.lr, cfg.solver.options["alpha"]) == ("eacg", 0.01, 0.02)
-    sketch = parsed("experiment=conv_mnist_2c2d_sigmoid", "curvature=pch1_sketch").curvature
-    assert (sketch.kind.value, sketch.sketch, sketch.mc_samples) == ("pch1", True, 1)
+    # one job of its sweep: sketch=true stays on the curvature the sweep picks
+    pch1 = parsed("experiment=conv_mnist_2c2d_sigmoid_pch1", "solver=eacg_lr001", "curvature=pch1")
+    assert (pch1.curvature.kind.value, pch1.curvature.sketch, pch1.curvature.mc_samples) == ("pch1", True, 1)
+    assert (pch1.solver.lr, pch1.net.layers) == (cfg.solver.lr, cfg.net.layers)
+    assert reproduce.main(["figures", "--scale", "cpu", "--list", "--only", "conv_mnist_2c2d_sigmoid_pch1",
+                           "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith("   ")] == [
+        f"solver=eacg_lr001,curvature=pch1,seed={i}: to do" for i in range(3)]
     sizes, seeds = reproduce.scale_overrides("conv_mnist_2c2d_sigmoid", "cpu", reproduce.argparse.Namespace(
         steps=None, seeds=None, train_subset=None, test_subset=None))
     assert "train.max_steps=1000" in sizes and seeds == 3
