@@ -22,6 +22,7 @@ the pass 9–13 % faster); with the kept buffers 1,000–3,100, all of them in t
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 import threading
 from typing import Callable
@@ -90,9 +91,7 @@ def scratch(slot: str, like: Tensor, *shape: int) -> Tensor:
     if like.device.type != "cpu":
         return like.new_empty(shape)
     buffers: dict[tuple[str, torch.dtype], Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
-    need = 1
-    for size in shape:
-        need *= size
+    need = math.prod(shape)
     buf = buffers.get((slot, like.dtype))
     if buf is None or buf.numel() < need:
         buf = buffers[(slot, like.dtype)] = new_empty(like, need)

@@ -114,6 +114,7 @@ class Job:
     cfg: Any = field(repr=False, default=None)  # its resolved config, a plain dict (curvlab.sweeps.PointComposer)
     head: list[str] = field(default_factory=list)  # the overrides before the point: experiment, data, sizes, --set
     problem: str | None = None  # why its config is invalid (curvlab.config.parse_config), if it is
+    folder: str | None = None  # its run directory under the experiment's, chosen once when planned (dir_in)
 
     @property
     def point(self) -> dict[str, str]:
@@ -355,7 +356,7 @@ def launch(jobs: list[Job], runs_dir: Path, train_args: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="curvlab-jobs-") as tmp:
         jobs_file = Path(tmp) / "jobs.json"
-        jobs_file.write_text(json.dumps({"jobs": [{"dir": f"{j.experiment}/{j.dir_in(runs_dir / j.experiment)}",
+        jobs_file.write_text(json.dumps({"jobs": [{"dir": f"{j.experiment}/{j.folder or j.name}",
                                                    "overrides": [*j.head, *j.overrides]} for j in jobs]}))
         return curvlab(["train", "-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={quote(str(jobs_file))}",
                         f"hydra.sweep.dir={quote(str(runs_dir))}", *train_args])
@@ -519,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {exp}: {len(jobs)} job(s)", flush=True)
         for job in jobs:
-            run_dir = runs_dir / exp / job.dir_in(runs_dir / exp)
+            job.folder = job.dir_in(runs_dir / exp)
+            run_dir = runs_dir / exp / job.folder
             status = (f"failed: invalid config: {job.problem}" if job.problem
                       else job_state(run_dir) if a.list else skip_reason(run_dir, a.force))
             if status is None:
@@ -534,10 +536,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"curvlab train refused the launch (see its error above); --launcher {a.launcher or '-'} "
                          f"--launcher-set {' '.join(a.launcher_set) or '-'}")
         for job in todo:
-            name = job.dir_in(runs_dir / job.experiment)
-            status = outcome(runs_dir / job.experiment / name)
+            status = outcome(runs_dir / job.experiment / job.folder)  # type: ignore[operator]
             failed += status.startswith("failed")
-            print(f"   {job.experiment}/{name}: {status}", flush=True)
+            print(f"   {job.experiment}/{job.folder}: {status}", flush=True)
     if a.list:
         return 0
     for name, (script, args) in {} if a.render_only else studies.items():
