@@ -127,7 +127,7 @@ def solver_floor(layers: list[ff.Layer], name: str, options: dict[str, Any]) -> 
     kind = curv.pop("kind")
     if name == "kfi":
         expand = curv.get("kfac_type", "expand") == "expand"
-        step = _pass_floor(layers, kind, curv, True) + ff.kfi_solve(layers, expand)
+        step = _pass_floor(layers, kind, curv, True) + ff.kfi_solve(layers, BATCH, expand)
     elif curv.get("weight_factor") == "block":  # one block product for all layers per CG iteration
         step = _pass_floor(layers, kind, curv, False) + options["max_cg"] * ff.block_product(
             layers, BATCH, _rows(kind, curv))

@@ -15,7 +15,8 @@ per sample), and J_θᵀ of the result.
 The solver steps add to their pass (``solvers/kfi.py``, ``solvers/eacg.py``): KFI the Cholesky
 factors of every layer's damped A (n_in³/3 multiply-adds), G (n_out³/3) and, for a conv layer whose
 expand G is not its bias block, that block's (n_out³/3), then G⁻¹ ∇_W A⁻¹ as two pairs of triangular
-solves (n_out² n_in + n_out n_in²) and the bias's (n_out²); EA-CG per CG iteration its rank-one
+solves (n_out² n_in + n_out n_in²) and the bias's (n_out²) — a dense layer whose Woodbury form is
+cheaper factors the (B, B) Gram matrix instead (``kfi_factor_solves``); EA-CG per CG iteration its rank-one
 operator (B D μ μᵀ: about 3 n_out n_in + 2 n_out² per layer, with the CG vector updates) or, with
 ``weight_factor=block``, one block product for all layers. Every step ends in the update θ += lr d,
 one multiply-add per parameter (an SGD step: ``grad_step`` + ``update``).
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym", "kfi_solve", "cg_iteration",
+__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym", "gram_layers", "kfi_factor_solves",
+           "kfi_solve", "cg_iteration",
            "update"]
 
 
@@ -88,14 +90,38 @@ def block_product(net: list[Layer], batch: int, rows: int) -> float:
     return sum(2.0 * batch * (2 * lay.macs + 2 * rows * lay.n_out * lay.positions) for lay in net)
 
 
-def kfi_solve(net: list[Layer], expand: bool = True) -> float:
-    """KFI after its pass: each layer's Cholesky factors of A, G (and a conv's bias block with ``expand``),
-    then d_W = −G⁻¹ ∇_W A⁻¹ and d_b = −B⁻¹ ∇_b by triangular solves (an n×n factor on k columns: n² k)."""
+def gram_layers(net: list[Layer], batch: int) -> set[int]:
+    """The dense layers KFI applies in the Woodbury form (``gram_is_cheaper``); a conv's A is always formed."""
+    from curvlab.solvers.kfi import gram_is_cheaper
+
+    return {t for t, lay in enumerate(net) if not lay.conv and gram_is_cheaper(lay.n_in, lay.n_out, batch)}
+
+
+def kfi_factor_solves(net: list[Layer], batch: int, expand: bool = True) -> float:
+    """KFI's Cholesky factorisations (n³/3 multiply-adds) and solves with them (n² k for k columns).
+
+    A layer whose A is formed: the factors of A, G (and a conv's bias block with ``expand``), then
+    d_W = −G⁻¹ ∇_W A⁻¹ by two pairs of triangular solves (n_out² n_in + n_out n_in²). A dense layer in
+    the Woodbury form: the factors of K = H Hᵀ + cB I (B³/3) and G, then G⁻¹ Eᵀ (n_out² B) and its
+    right solve with K (B² n_out). Each layer's bias: n_out²."""
+    gram = gram_layers(net, batch)
     macs = 0.0
-    for lay in net:
-        factors = [lay.n_in, lay.n_out] + ([lay.n_out] if lay.conv and expand else [])
-        macs += sum(n**3 / 3 for n in factors) + lay.n_out**2 * lay.n_in + lay.n_out * lay.n_in**2 + lay.n_out**2
+    for t, lay in enumerate(net):
+        if t in gram:
+            macs += batch**3 / 3 + lay.n_out**3 / 3 + lay.n_out**2 * batch + batch**2 * lay.n_out
+        else:
+            factors = [lay.n_in, lay.n_out] + ([lay.n_out] if lay.conv and expand else [])
+            macs += sum(n**3 / 3 for n in factors) + lay.n_out**2 * lay.n_in + lay.n_out * lay.n_in**2
+        macs += lay.n_out**2
     return 2.0 * macs
+
+
+def kfi_solve(net: list[Layer], batch: int, expand: bool = True) -> float:
+    """KFI after a pass that formed every layer's A (``curvature_pass(cov=True)``): its factor solves and,
+    for a Woodbury layer, the Gram H Hᵀ in place of A = HᵀH / B; its last product (G⁻¹Eᵀ K⁻¹) H costs
+    what the pass's ∇_W = Eᵀ H would have, which it skips."""
+    swap = sum(sym(batch, net[t].n_in) - sym(net[t].n_in, batch) for t in gram_layers(net, batch))
+    return kfi_factor_solves(net, batch, expand) + swap
 
 
 def cg_iteration(net: list[Layer]) -> float:

@@ -74,8 +74,9 @@ def test_pass_floor_is_below_the_flops_run(problem, kind: str, opts: dict, rows:
 def test_kfi_floor_is_what_kfi_factors_and_solves(  # type: ignore[no-untyped-def]
     problem, kfac_type: str, monkeypatch
 ) -> None:
-    """``kfi_solve``: every Cholesky factorisation (n³/3 multiply-adds) and every solve with a factor
-    (n² k for k columns) a KFI step runs, to the flop; ``update`` is one multiply-add per parameter."""
+    """``kfi_factor_solves``: every Cholesky factorisation (n³/3 multiply-adds) and every solve with a factor
+    (n² k for k columns) a KFI step runs, to the flop (the dense layers in the Woodbury form at this batch);
+    ``update`` is one multiply-add per parameter."""
     from curvlab.losses import CrossEntropy
     from curvlab.solvers import make_solver
 
@@ -96,5 +97,6 @@ def test_kfi_floor_is_what_kfi_factors_and_solves(  # type: ignore[no-untyped-de
     monkeypatch.setattr(torch.linalg, "cholesky_ex", counted_cholesky)
     monkeypatch.setattr(torch, "cholesky_solve", counted_solve)
     solver.direction(x, y)
-    assert 2 * sum(macs) == pytest.approx(ff.kfi_solve(layers, kfac_type == "expand"), rel=1e-12)
+    assert ff.gram_layers(layers, BATCH) == {2, 3}
+    assert 2 * sum(macs) == pytest.approx(ff.kfi_factor_solves(layers, BATCH, kfac_type == "expand"), rel=1e-12)
     assert ff.update(layers) == 2 * sum(p.numel() for p in net.parameters())

@@ -85,7 +85,9 @@ def test_kfi_step_is_the_dense_kronecker_inverse_and_lowers_the_loss(kind: str) 
     blocks = curvlab.curvature(net, x, y, options=CurvatureOptions(**curv), input_cov=True)
     assert blocks[0].kron_out is not None  # expand (default): G of the weight is not the bias block
     solver = make_solver("kfi", net, make_loss("cross_entropy"), lr=0.5, curvature=curv, alpha=ALPHA)
+    assert solver.input_needs(x.shape[0]) == ({0, 1}, {2})  # the Linear layer in the Woodbury form
     _check_direction_and_step(solver, net, x, y, [_dense_kfi(blk) for blk in blocks])
+    assert [inv.mode for inv in solver._inverses] == ["cholesky", "cholesky", "gram"]
 
 
 @pytest.mark.parametrize("base", ["sgd", "eacg", "kfi"])

@@ -164,7 +164,7 @@ def curvature(
     loss: str | Loss = "cross_entropy",
     *,
     options: CurvatureOptions | None = None,
-    input_cov: bool = False,
+    input_cov: bool | Collection[int] = False,
     weight_blocks: bool = False,
     cache: ForwardCache | None = None,
     generator: torch.Generator | None = None,
@@ -189,7 +189,8 @@ def curvature(
         loss: ``cross_entropy``, ``nonconvex`` or a :class:`~curvlab.losses.Loss`.
         options: a full :class:`CurvatureOptions`; ``kind`` and ``option_overrides``
             (``jacobian_average``, ``weight_factor``, ``fisher``, ``mc_samples``) replace its fields.
-        input_cov: also compute E[h hᵀ] (Eq. 11a); implied by ``weight_factor="full"``.
+        input_cov: also compute E[h hᵀ] (Eq. 11a): True for every layer, or the 0-based layers that
+            need it (a conv layer's is its patch factor); implied for all by ``weight_factor="full"``.
         weight_blocks: also return the exact weight blocks E_i[H_i ⊗ h hᵀ] (``exact`` only;
             memory grows like (n_t n_{t−1})², so small nets only; a conv's via ``Conv2dRule.weight_block``).
         cache: a forward pass ``chain(net).forward_cache(x)`` already done by the caller (saves one).
@@ -271,10 +272,14 @@ def curvature(
                         acc[key] += new[key]
     assert totals is not None
 
-    want_cov = input_cov or opts.weight_factor is WeightFactor.FULL
+    every_cov = input_cov is True or opts.weight_factor is WeightFactor.FULL
+    cov_layers = set() if isinstance(input_cov, bool) else set(input_cov)
     layers = []
     conv_caches = [sc.cache for sc in cache.steps or () if isinstance(sc.cache, ConvCache)]
-    for h, tot, rule, has_bias, module in zip(cache.inputs, totals, view.rules, view.biases, view.layers):
+    for t, (h, tot, rule, has_bias, module) in enumerate(
+        zip(cache.inputs, totals, view.rules, view.biases, view.layers)
+    ):
+        want_cov = every_cov or t in cov_layers
         if isinstance(rule, Conv2dRule):  # the patch factor of the chosen convention
             mean, cov = rule.input_factors(conv_caches.pop(0), opts.kfac_type, want_cov)
         else:

@@ -109,11 +109,11 @@ def compute_blocks(
     # E[h hᵀ] is filled below only where needed; rank_one keeps the recursion from forming it.
     opts = options if options.weight_factor is WeightFactor.RANK_ONE else _rank_one(options)
     # A conv layer's A factor comes from its patches (kfac_type), which only the recursion holds.
-    conv_cov = view.has_steps and bool(input_cov_layers)
+    step_cov = input_cov_layers if view.has_steps else False
     products = options.weight_factor is WeightFactor.BLOCK
     check_step_options(options, view.has_steps)
     blocks = curvature(
-        view, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers, input_cov=conv_cov,
+        view, x, y, opts.kind, loss, options=opts, cache=cache, grad_samples=sample_layers, input_cov=step_cov,
         block_products=products,
     )
     samples = {t: LayerSamples(cache.inputs[t], blocks[t].grad_samples) for t in sorted(sample_layers)}

@@ -36,6 +36,8 @@ two forms needs fewer flops. Every other factor is solved with a Cholesky factor
 **Conv layers** (``nn.Conv2d``) are linear layers over their input patches: A is the patch factor
 of ``kfac_type`` (expand: KFC, reduce: Eschenhagen et al. 2023) and G the layer's ``out_factor``
 (the expand G, or the bias block for reduce); their bias uses their own exact bias block, damped as G.
+Their A is always formed (a Gram form would need a row per sample and position); the ``nn.Linear``
+layers of a conv net take the Woodbury form where it is cheaper, as an MLP's.
 
 **Amortised factors (optional).** ``update_every=T`` refreshes the damped factors (and π)
 every T steps, as KFAC implementations do, and applies the stored ones to the current
@@ -55,7 +57,7 @@ from torch import Tensor
 from curvlab.curvature.blocks import LayerCurvature
 from curvlab.curvature.options import CurvatureOptions
 from curvlab.losses import Loss
-from curvlab.modules import Net, chain
+from curvlab.modules import LayerRule, Net, chain
 from curvlab.solvers.base import register
 from curvlab.solvers.blockwise import BlockSolver, LayerSamples
 from curvlab.solvers.options import COUNT
@@ -322,12 +324,12 @@ class KFI(BlockSolver):
             return set(), set()
         view = chain(self.net)
         factored = [t for t in range(view.depth) if self.needs_input_cov(t)]
-        if view.has_steps:  # the Gram form needs one input row per sample; a conv has one per position
-            return set(factored), set()
-        widths = view.widths
-        gram = {t for t in factored if gram_is_cheaper(widths[t], widths[t + 1], batch)}
+        # (n_in, n_out) of each dense layer; a conv's Gram form would need one row per sample and
+        # position, so its A is always formed (the dense layers of a conv net take either form).
+        dense = {t: view.rules[t].widths(m) for t, m in enumerate(view.layers) if isinstance(view.rules[t], LayerRule)}
+        gram = {t for t in factored if t in dense and gram_is_cheaper(*dense[t], batch)}
         # Eq. (13): the samples make G⁻¹ ∇_W cost n_out² B instead of n_out² n_in.
-        rank_one = {0} if self.rank_one_first_layer and batch < widths[0] else set()
+        rank_one = {0} if self.rank_one_first_layer and 0 in dense and batch < dense[0][0] else set()
         return set(factored) - gram, gram | rank_one
 
     def solve(
