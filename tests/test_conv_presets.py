@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,13 @@ def test_mnist_2c2d_is_deepobs_net():
         assert w.abs().max() <= 2 * 0.05 and 0.035 < w.std() < 0.05  # N(0, 0.05²) cut at ±2σ: std 0.044
         assert torch.equal(layer.bias.detach(), torch.full_like(layer.bias, 0.05))
     assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_conv_bench_times_the_mnist_2c2d_preset():
+    """``scripts/bench_conv.py --net mnist_2c2d`` times the net the conv runs train."""
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "bench_conv.py"))
+    net, shape = bench["NETS"]["mnist_2c2d"]
+    assert str(net()) == str(preset_net("mnist_2c2d", "mnist")) and shape == (1, 28, 28)
 
 
 def test_cifar10_3c3d_is_deepobs_net():
