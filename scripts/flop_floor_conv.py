@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym", "gram_layers", "kfi_factor_solves",
-           "kfi_solve", "cg_iteration",
-           "update"]
+__all__ = ["Layer", "layers", "grad_step", "curvature_pass", "block_product", "sym", "gram_layers",
+           "kfi_factor_solves", "kfi_solve", "cg_iteration", "update"]
 
 
 @dataclass(frozen=True)
