@@ -9,6 +9,7 @@ updates an uninterrupted run would have made (on CPU; CUDA kernels may be nondet
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -84,10 +86,19 @@ def build_solver(cfg: RunConfig, net: Net, loss: Loss) -> Any:
 
 @torch.no_grad()
 def evaluate(net: Net, loss: Loss, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy over ``(x, y)``, in batches."""
+    """Mean loss and accuracy over ``(x, y)``, in batches.
+
+    A conv net on the CPU is evaluated through a channels-last copy of itself, fed channels-last
+    images: oneDNN's convolutions run ≈ 2× faster so (mnist_2c2d, cifar10_3c3d); the values agree to
+    float32 round-off, and the net that trains is left as it is.
+    """
+    images = x.dim() == 4 and x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in net.modules())
+    if images:
+        net = copy.deepcopy(net).to(memory_format=torch.channels_last)
     total, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
-        out = net(x[i : i + batch_size])  # (b, C)
+        xb = x[i : i + batch_size]
+        out = net(xb.contiguous(memory_format=torch.channels_last) if images else xb)  # (b, C)
         total += float(loss.values(out, y[i : i + batch_size]).sum())
         correct += int((out.argmax(-1) == y[i : i + batch_size]).sum())
     return total / len(y), correct / len(y)
