@@ -275,13 +275,14 @@ def test_labels_say_what_differs(tmp_path: Path) -> None:
                   cfg_extra={"solver": {"name": "eacg", "lr": lr, "alpha": 0.02}})
     write_run(tmp_path / "runs", "kfi", experiment="e", curvature="fisher", solver="kfi", seed=0,
               cfg_extra={"solver": {"name": "kfi", "lr": 0.3, "alpha": 0.02}})
-    # Bookkeeping (paths, length, logging, device, denormal flushing — absent from runs before that
-    # option) and what a solver ignores do not make a new curve.
+    # Bookkeeping (paths, length, logging and its sinks, device, threads, denormal flushing — absent
+    # from runs before that option) and what a solver ignores do not make a new curve.
     for seed, kind in ((0, "gn"), (1, "pch1")):
-        train_cfg = {"max_steps": 5 + seed, **({"flush_denormal": True} if seed else {})}
+        train_cfg = {"max_steps": 5 + seed, **({"flush_denormal": True, "threads": 1} if seed else {})}
+        logger = {"logger": {"kinds": ["csv"], "mlflow_uri": "sqlite:///m.db"}} if seed else {}
         write_run(tmp_path / "runs", f"sgd_{seed}", experiment="e", curvature=kind, solver="sgd", seed=seed,
                   cfg_extra={"curvature": {"kind": kind}, "run_dir": f"/x/{seed}", "device": "cpu",
-                             "log": {"hessian_every": seed}, "train": train_cfg})
+                             "log": {"hessian_every": seed}, "train": train_cfg, **logger})
     labels = group_runs(load_runs([tmp_path / "runs"]).runs).runs.groupby("label")["seed"].apply(sorted).to_dict()
     assert labels == {"EA-CG · PCH-1 · lr=0.05": [0], "EA-CG · PCH-1 · lr=0.1": [0], "KFI · Fisher (KFAC)": [0],
                       "SGD": [0, 1]}

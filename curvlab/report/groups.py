@@ -21,11 +21,12 @@ from curvlab.report.presets import net_preset_name, preset_fields
 
 __all__ = ["Grouping", "computing_columns", "group_runs", "method_label", "SETTING"]
 
-# Fields that do not change what a run computes: identity, paths, length, logging, hardware (and
-# flushing float32 denormals, < 1.2e-38, to 0: runs before that option share curves with runs after).
+# Fields that do not change what a run computes: identity, paths, length, logging and its sinks
+# (``logger``), hardware and threads (and flushing float32 denormals, < 1.2e-38, to 0: runs before
+# that option share curves with runs after).
 _BOOKKEEPING = re.compile(
-    r"^cfg\.(seed|run_dir|resume|device|experiment_name|log\..*"
-    r"|train\.(epochs|max_steps|stop_after|checkpoint_every|eval_every|eval_batch_size|flush_denormal)"
+    r"^cfg\.(seed|run_dir|resume|device|experiment_name|log\..*|logger\..*"
+    r"|train\.(epochs|max_steps|stop_after|checkpoint_every|eval_every|eval_batch_size|flush_denormal|threads)"
     r"|dataset\.(root|path|download))$"
 )
 SETTING = ("cfg.dataset.", "cfg.net.", "cfg.loss.")  # prefixes of the config fields that make the setting
