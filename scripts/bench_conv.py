@@ -233,7 +233,7 @@ def mnist_2c2d() -> nn.Sequential:
 
 
 NETS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, int, int]]] = {
-    "cifar10_3c3d": (lambda: cifar10_3c3d(), (3, 32, 32)),
+    "cifar10_3c3d": (cifar10_3c3d, (3, 32, 32)),
     "mnist_2c2d": (mnist_2c2d, (1, 28, 28)),
 }
 
