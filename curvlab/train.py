@@ -89,7 +89,7 @@ def evaluate(net: Net, loss: Loss, x: torch.Tensor, y: torch.Tensor, batch_size:
     """Mean loss and accuracy over ``(x, y)``, in batches.
 
     A conv net on the CPU is evaluated through a channels-last copy of itself, fed channels-last
-    images: oneDNN's convolutions run ≈ 2× faster so (mnist_2c2d, cifar10_3c3d); the values agree to
+    images, where oneDNN's convolutions run ≈ 2× faster (mnist_2c2d, cifar10_3c3d); the values agree to
     float32 round-off, and the net that trains is left as it is.
     """
     images = x.dim() == 4 and x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in net.modules())
