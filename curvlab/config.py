@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
 from curvlab.curvature.options import CurvatureOptions, FisherType, Kind, parse_enum
 from curvlab.hessian_reference import HVP_BUDGET
 from curvlab.loggers import LoggerConfig
 from curvlab.losses import LossKind, make_loss
-from curvlab.nets import Activation, Init, check_image_layers, needs_images, parse_layers
+from curvlab.nets import MLP, Activation, Init, check_image_layers, make_net, needs_images, parse_layers
 from curvlab.registry import solver_class, solver_names
 from curvlab.solvers.options import check_step_options
 from curvlab.typecheck import INT_LIMIT, check_fields, check_value, type_hints
@@ -167,6 +169,14 @@ class NetConfig:
             f"net.widths={self.widths} make {n_params:,} parameters, more than the {INT_LIMIT:,} allowed",
         )
         _check(float(self.init_scale) > 0, f"net.init_scale must be > 0, got {self.init_scale}")
+
+    def build(self, input_shape: Sequence[int] | None = None) -> MLP | nn.Sequential:
+        """The net this config describes (:func:`curvlab.nets.make_net`).
+
+        ``input_shape`` (C, H, W), e.g. the dataset's image shape, takes the place of ``net.input_shape``.
+        """
+        shape = input_shape if input_shape is not None else self.input_shape
+        return make_net(self.widths, self.activation, self.init, self.init_scale, self.bias, self.layers, shape)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from curvlab.hessian_log import summary_line as hessian_summary_line
 from curvlab.loggers import RunLoggers
 from curvlab.losses import Loss, make_loss
 from curvlab.modules import Net, chain
-from curvlab.nets import make_net, needs_images
+from curvlab.nets import needs_images
 from curvlab.registry import curvature_fields, solver_class
 from curvlab.resume import check_data, check_solver_state, check_state
 from curvlab.rundirs import RunDirError, check_run_dir, os_error_line
@@ -129,10 +129,7 @@ class _Run:
         n, n_test = len(data.y_train), len(data.y_test)
         # A fixed random training subset the size of the test set (DeepOBS, HBP) for train_loss.
         self.eval_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_test]
-        self.net = make_net(
-            cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers,
-            tuple(data.x_train.shape[1:]) if images else None,
-        )
+        self.net = cfg.net.build(tuple(data.x_train.shape[1:]) if images else None)
         self.net.to(self.device, self.dtype)
         self.loss = make_loss(cfg.loss.name, **cfg.loss.options)
         gap = curvature_gap(self.net)

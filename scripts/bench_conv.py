@@ -223,11 +223,10 @@ def mnist_2c2d() -> nn.Sequential:
 
     from curvlab.cli import CONFIG_DIR
     from curvlab.config import parse_config
-    from curvlab.nets import make_net
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = parse_config(compose("config", overrides=["net=mnist_2c2d", "dataset=mnist"])).net
-    net = make_net(cfg.widths, cfg.activation, cfg.init, cfg.init_scale, cfg.bias, cfg.layers, cfg.input_shape)
+    net = cfg.build()
     assert isinstance(net, nn.Sequential)
     return net
 

@@ -53,7 +53,6 @@ from curvlab.curvature.options import CurvatureOptions  # noqa: E402
 from curvlab.data import load_dataset  # noqa: E402
 from curvlab.hvp import directional_derivatives, flatten, gnvp  # noqa: E402
 from curvlab.losses import Loss, make_loss  # noqa: E402
-from curvlab.nets import make_net  # noqa: E402
 from curvlab.solvers import make_solver  # noqa: E402
 
 EXPERIMENT = "eacg_fig5_7"
@@ -122,7 +121,7 @@ def first_batch(cfg: Any, batch: int) -> tuple[torch.nn.Module, Tensor, Tensor]:
     """θ⁰ and the first training batch exactly as :class:`curvlab.train._Run` draws them."""
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset)
-    net = make_net(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers)
+    net = cfg.net.build()
     perm = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(cfg.seed))
     idx = perm[:batch]
     return net, data.x_train[idx], data.y_train[idx]

@@ -29,7 +29,6 @@ from curvlab.hessian_log import HessianLogger
 from curvlab.hessian_reference import HVP_BUDGET, autograd_bias_blocks, select_layers, step_reference
 from curvlab.losses import make_loss
 from curvlab.modules import chain
-from curvlab.nets import make_net
 
 PRESETS = {"mnist_2c2d": ("mnist", (1, 28, 28)), "cifar10_3c3d": ("cifar10", (3, 32, 32))}
 
@@ -53,8 +52,7 @@ def main() -> None:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = parse_config(compose("config", overrides=[f"net={name}", f"dataset={dataset}"]))
         torch.manual_seed(0)
-        net = make_net(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias,
-                       cfg.net.layers, shape)
+        net = cfg.net.build(shape)
         x, y = torch.randn(args.batch, *shape), torch.randint(0, 10, (args.batch,))
         log = HessianLogger([Kind.FISHER, Kind.GN, Kind.PCH1, Kind.PCH2], CurvatureOptions(), ce, every=1, first=0)
         log.rows(net, x, y, step=0)  # warm-up

@@ -18,7 +18,7 @@ from curvlab import runfiles as rf
 from curvlab.cli import CONFIG_DIR
 from curvlab.config import DatasetConfig, parse_config
 from curvlab.data import load_dataset
-from curvlab.nets import make_net, needs_images, parse_layers, sequential
+from curvlab.nets import needs_images, parse_layers, sequential
 from curvlab.train import curvature_gap
 from test_reproduce import reproduce, tiny_root  # noqa: F401  (the script as a module; its tiny --data-root)
 
@@ -33,7 +33,7 @@ def parsed(*overrides: str):
 def preset_net(name: str, dataset: str) -> nn.Sequential:
     cfg = parsed(f"net={name}", f"dataset={dataset}").net
     torch.manual_seed(0)
-    return make_net(cfg.widths, cfg.activation, cfg.init, cfg.init_scale, cfg.bias, cfg.layers, cfg.input_shape)
+    return cfg.build()
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,14 @@ def test_the_example_config_builds_a_sequential() -> None:
     cfg = config("net=mixed")
     assert cfg.net.layers == [32, "gelu", 16, "sigmoid", 10]
     assert cfg.net.widths == [64, 32, 16, 10]  # the input from the dataset, then the Linear widths
-    net = make_net(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers)
+    net = cfg.net.build()
     assert isinstance(net, nn.Sequential) and chain(net).widths == [64, 32, 16, 10]
     assert isinstance(make_net(cfg.net.widths, "tanh"), MLP)  # no layers: the MLP, as every preset
 
 
 def test_layers_from_the_command_line() -> None:
     cfg = config("net=mixed", "net.layers=[flatten,20,tanh,20,20,${dataset.num_classes}]", "net.bias=false")
-    net = make_net(cfg.net.widths, cfg.net.activation, cfg.net.init, cfg.net.init_scale, cfg.net.bias, cfg.net.layers)
+    net = cfg.net.build()
     assert chain(net).widths == [64, 20, 20, 20, 10] and chain(net).biases == [False] * 4
 
 
