@@ -426,6 +426,9 @@ def plan(experiments: list[str], a: argparse.Namespace, data_root: Path | None,
                 raise ValueError(jobs[0].problem)
         except (HydraException, OmegaConfBaseException, ValueError) as e:
             text = " ".join(str(e).split())
+            if "Could not override" in text:  # the preset's default group lacks a key that a swept choice has
+                text += ("; a key that only some swept choices have (e.g. solver.alpha of solver=kfi when the preset's "
+                         "default solver is sgd): use ++KEY=VALUE (set where present, added elsewhere)")
             raise SystemExit(_fail(f"{exp}: {text} (from --set {' --set '.join(a.set) or '-'}"
                                    f"{''.join(f' --sweep {k}={v}' for k, v in sweep.items())})"))
         keys.update(k for j in jobs for k in j.point)

@@ -213,6 +213,19 @@ def test_reproduce_rejects_unknown_experiment(tiny_root: Path, tmp_path: Path) -
         reproduce.data_overrides("cifar10", tmp_path)
 
 
+def test_a_set_key_of_a_swept_solver_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """conv_mnist_2c2d's default solver is SGD: --set solver.alpha names the fix, ++ runs the KFI jobs with it."""
+    args = ["figures", "--scale", "cpu", "--data-root", "none", "--runs-dir", str(tmp_path), "--only",
+            "conv_mnist_2c2d", "--where", "solver=kfi_conv", "--list"]
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main([*args, "--set", "solver.alpha=0.1"])
+    assert stop.value.code == 2 and "use ++KEY=VALUE" in capsys.readouterr().err
+    assert reproduce.main([*args, "--set", "++solver.alpha=0.1"]) == 0
+    assert "conv_mnist_2c2d: 6 job(s)" in capsys.readouterr().out  # KFI × {PCH-1, Fisher} × 3 seeds
+    kfi = [j for j in reproduce.expand("conv_mnist_2c2d", ["++solver.alpha=0.1"], 3) if j.cfg["solver"]["name"] == "kfi"]
+    assert len(kfi) == 6 and {j.cfg["solver"]["alpha"] for j in kfi} == {0.1}
+
+
 @pytest.mark.slow
 def test_reproduce_everything_ci(tiny_root: Path, tmp_path: Path) -> None:
     """Both make targets at ci scale on tiny data, studies included."""
