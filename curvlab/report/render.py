@@ -7,7 +7,9 @@ group, labelled by what differs; :mod:`curvlab.report.groups`), and each setting
 
 - every run → a per-run table (``_runs``: final metrics, times, CG iterations, and which
   runs a longer run of the same seed replaced) and, with evaluated ``test_acc``, the
-  training-curve figure (by wall-clock and by epoch) and a per-curve table (``_final``);
+  training-curve figure (by wall-clock and by epoch), a per-curve table (``_final``), each curve at
+  10/25/50/100 % of its run (``_milestones``) and its plateau exit, best accuracy and lowest test loss
+  (``_plateau``, :mod:`curvlab.report.milestones`);
   a method swept over two numeric fields (a grid search) also gets its grid (``_grid``,
   :mod:`curvlab.report.grid`);
 - runs with ``hessian_errors.csv`` rows → per curve and logging batch, the layer-wise error
@@ -37,6 +39,7 @@ from curvlab.report.files import BadFile, UnsafeOutput, new_file, safe_name
 from curvlab.report.grid import Search, best_labels, best_table, grid_tables, heatmap_figure, searches
 from curvlab.report.groups import group_runs
 from curvlab.report.load import Runs, Study
+from curvlab.report.milestones import milestone_table, plateau_table
 from curvlab.report.paper import EACG_TABLES
 from curvlab.report.protocol import render_protocol
 from curvlab.report.study_lowrank import render_cr_sigma, render_lowrank_structure
@@ -121,6 +124,7 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
         written += write_table(final_metrics_table(r.runs, r.metrics), out, f"{name}_final",
                                f"{title}: final metrics, mean ± std over seeds (a value alone: every seed agrees, "
                                "or one seed; columns that are zero in every run left out)", floatfmt=".4g")
+        written += _render_milestones(r, title, name, out)
         found = searches(r.runs, r.metrics)
         written += _render_searches(found, r, title, name, out, want)
     if "figures" in want and has_acc:
@@ -149,6 +153,23 @@ def _render_setting(r: Runs, dropped: pd.DataFrame, exp: str, setting: str, name
             written += write_table(rebound, out, f"{name}_cr_rebound", f"{title}: per CR run, the plateau exit (train "
                                    "loss < 2.2), then the lowest and the next 1,000 updates' highest period-100 moving "
                                    "average of alpha/lr (Bakker et al. Fig. 5's jump)", floatfmt=".3g")
+    return written
+
+
+def _render_milestones(r: Runs, title: str, name: str, out: Path) -> list[Path]:
+    """Each curve at 10/25/50/100 % of its run, and its plateau exit, best accuracy and lowest test loss."""
+    written: list[Path] = []
+    steps = milestone_table(r.metrics)
+    if not steps.empty:
+        written += write_table(steps, out, f"{name}_milestones", f"{title}: full-set train loss, test loss and test "
+                               "accuracy at the evaluated updates nearest to 10, 25, 50 and 100 % of the longest run, "
+                               "mean ± std over the seeds evaluated there", floatfmt=".4g")
+    plateau = plateau_table(r.metrics)
+    if not plateau.empty:
+        written += write_table(plateau, out, f"{name}_plateau", f"{title}: per curve, the first evaluation of each "
+                               "seed with train loss below the plateau threshold (2.25 for cross-entropy, 0.60 for "
+                               "Eq. 14), and the best test accuracy and lowest test loss (mean ± std over seeds) with "
+                               "the update where each seed reached them", floatfmt=".4g")
     return written
 
 

@@ -23,7 +23,7 @@ __all__ = [
     "hessian_error_table", "relative_error_table", "error_totals", "kind_column", "select_steps", "side_by_side",
     "paper_match_table", "match_score", "paper_frame",
     "per_run_stats", "final_metrics_table", "runs_table", "cr_rate_table", "time_unit",
-    "to_markdown", "to_latex", "write_table", "KIND_NAMES",
+    "mean_pm", "to_markdown", "to_latex", "write_table", "KIND_NAMES",
 ]
 
 KIND_NAMES = {name: KIND_FAMILY.label(name) for name in KIND_FAMILY}  # column labels: Fisher, GN, PCH-1, …
@@ -290,7 +290,7 @@ def final_metrics_table(runs: pd.DataFrame, metrics: pd.DataFrame | None = None,
         row: dict[str, object] = {by: key, "seeds": len(g), "completed": int((g["status"] == "completed").sum())}
         s = stats.loc[g["run_dir"]]
         for col in cols:
-            row[_stat_name(col, unit)] = _pm(s[col].dropna() / (div if col in _TIMES else 1))
+            row[_stat_name(col, unit)] = mean_pm(s[col].dropna() / (div if col in _TIMES else 1))
         rows.append(row)
     return pd.DataFrame(rows).set_index(by)
 
@@ -343,7 +343,7 @@ def cr_rate_table(metrics: pd.DataFrame, cr_labels: list[str], window: int = 200
     return tab.astype({"updates": int})
 
 
-def _pm(vals: pd.Series) -> str:
+def mean_pm(vals: pd.Series) -> str:
     """``mean ± std``; the value alone where the seeds agree (a run length: ``2000``, not ``2000 ± 0``)."""
     if vals.empty:
         return "-"
