@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from curvlab.report.load import load_runs
-from curvlab.report.milestones import milestone_steps, milestone_table, plateau_exit, plateau_table
+from curvlab.report.milestones import (
+    milestone_steps, milestone_table, plateau_exit, plateau_table, plateau_threshold,
+)
 from curvlab.report.render import render_experiment
 from tests.report_fixtures import write_run
 
@@ -68,6 +70,12 @@ def test_plateau_exit_best_and_lowest_per_seed() -> None:
     never = metrics.assign(train_loss=lambda d: d.train_loss + 10)
     assert plateau_table(never).loc["A", "leaves the plateau at"] == "never, never, never"
     assert plateau_table(metrics.assign(loss="hinge")).loc["A", "leaves the plateau at"] == "-"
+    # two classes: the same fraction of ln 2 (0.68), so curve A (from 2.4) leaves later than with ten
+    two = plateau_table(metrics, {f"A{s}": 2 for s in range(3)})
+    assert two.loc["A", "leaves the plateau at"] == ", ".join(f"{plateau_exit(runs[('A', s)], 0.6773):,}"
+                                                             for s in range(3))
+    assert plateau_threshold("cross_entropy") == 2.25 and plateau_threshold("cross_entropy", 2) == pytest.approx(
+        0.6773, abs=1e-4)
 
 
 def test_render_writes_the_milestone_tables(tmp_path: Path) -> None:

@@ -7,13 +7,15 @@
   evaluation with a training loss below :data:`PLATEAU`), its best test accuracy and its lowest test loss,
   with the updates where each seed reached them (how early a method overfits).
 
-The thresholds are the record's: 2.25 for cross-entropy with 10 classes (ln 10 = 2.30 at the start) and
-0.60 for Chen et al.'s non-convex Eq. (14), whose plateau lies at 0.615.
+The thresholds (:func:`plateau_threshold`) are the record's: 2.25 for cross-entropy with 10 classes (ln 10 =
+2.30 at the start; the same fraction of ln C for C classes) and 0.60 for Chen et al.'s non-convex Eq. (14), whose
+plateau lies at 0.615.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -21,10 +23,9 @@ import pandas as pd
 from curvlab.report.styles import natural_key
 from curvlab.report.tables import mean_pm
 
-__all__ = ["FRACTIONS", "PLATEAU", "milestone_steps", "milestone_table", "plateau_exit", "plateau_table"]
+__all__ = ["FRACTIONS", "milestone_steps", "milestone_table", "plateau_exit", "plateau_table", "plateau_threshold"]
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-PLATEAU = {"cross_entropy": 2.25, "nonconvex": 0.60}  # full-set train loss below this: the run left the plateau
 
 
 def _evaluated(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -43,6 +44,13 @@ def milestone_steps(steps: Iterable[int], fractions: tuple[float, ...] = FRACTIO
     if s.size == 0:
         return []
     return sorted({int(s[np.abs(s - f * s[-1]).argmin()]) for f in fractions})
+
+
+def plateau_threshold(loss: str, classes: int = 10) -> float | None:
+    """The full-set training loss below which a run has left the initial plateau; None: no threshold for ``loss``."""
+    if loss == "cross_entropy":
+        return 2.25 * (math.log(classes) / math.log(10))  # exactly 2.25 at 10 classes
+    return 0.60 if loss == "nonconvex" else None
 
 
 def plateau_exit(run: pd.DataFrame, threshold: float) -> int | None:
@@ -74,21 +82,26 @@ def _per_seed(values: list[int | None]) -> str:
     return ", ".join("never" if v is None else f"{v:,}" for v in values)
 
 
-def plateau_table(metrics: pd.DataFrame, group: str = "label") -> pd.DataFrame:
-    """Per curve: seeds, the update at which each seed leaves the plateau (``never`` where it does not; ``-``
-    for a loss without a threshold), the best test accuracy and the lowest test loss (mean ± std over seeds)
-    with the update where each seed reached it. Seeds in ascending order."""
+def plateau_table(metrics: pd.DataFrame, classes: Mapping[str, int] | None = None,
+                  group: str = "label") -> pd.DataFrame:
+    """Per curve: seeds, the update at which each seed leaves the plateau (:func:`plateau_threshold`; ``never``
+    where it does not, ``-`` for a loss without a threshold), the best test accuracy and the lowest test loss (mean
+    ± std over seeds) with the update where each seed reached it. Seeds in ascending order.
+
+    Args:
+        classes: the number of classes of each run (by ``run_dir``); 10 where not given.
+    """
     ev = _evaluated(metrics)
     rows = []
     for label, g in sorted(ev.groupby(group), key=lambda kv: natural_key(kv[0])):
         runs = [r for _, r in g.groupby("run_dir")]
         runs.sort(key=lambda r: (pd.to_numeric(r["seed"], errors="coerce").iloc[0] if "seed" in r else 0,
                                  str(r["run_dir"].iloc[0])))
-        loss = {str(r["loss"].iloc[0]) if "loss" in r else "" for r in runs}
-        threshold = PLATEAU.get(loss.pop()) if len(loss) == 1 else None
-        row: dict[str, object] = {group: label, "seeds": len(runs),
-                                  "leaves the plateau at": "-" if threshold is None
-                                  else _per_seed([plateau_exit(r, threshold) for r in runs])}
+        thresholds = [plateau_threshold(str(r["loss"].iloc[0]) if "loss" in r else "",
+                                        (classes or {}).get(r["run_dir"].iloc[0], 10)) for r in runs]
+        exits = [None if t is None else plateau_exit(r, t) for r, t in zip(runs, thresholds)]
+        row: dict[str, object] = {group: label, "seeds": len(runs), "leaves the plateau at":
+                                  "-" if None in thresholds else _per_seed(exits)}
         for col, name, pick in (("test_acc", "best test acc (%)", "idxmax"), ("test_loss", "lowest test loss",
                                                                                 "idxmin")):
             best = [r.loc[getattr(r[col], pick)()] for r in runs if col in r and r[col].notna().any()]

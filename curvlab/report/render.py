@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from curvlab.report import figures as F
@@ -164,12 +165,14 @@ def _render_milestones(r: Runs, title: str, name: str, out: Path) -> list[Path]:
         written += write_table(steps, out, f"{name}_milestones", f"{title}: full-set train loss, test loss and test "
                                "accuracy at the evaluated updates nearest to 10, 25, 50 and 100 % of the longest run, "
                                "mean ± std over the seeds evaluated there", floatfmt=".4g")
-    plateau = plateau_table(r.metrics)
+    key = "cfg.dataset.num_classes"
+    n = pd.to_numeric(r.runs[key], errors="coerce") if key in r.runs else pd.Series(np.nan, index=r.runs.index)
+    plateau = plateau_table(r.metrics, dict(zip(r.runs["run_dir"], n.fillna(10).astype(int))))
     if not plateau.empty:
         written += write_table(plateau, out, f"{name}_plateau", f"{title}: per curve, the first evaluation of each "
-                               "seed with train loss below the plateau threshold (2.25 for cross-entropy, 0.60 for "
-                               "Eq. 14), and the best test accuracy and lowest test loss (mean ± std over seeds) with "
-                               "the update where each seed reached them", floatfmt=".4g")
+                               "seed with train loss below the plateau threshold (2.25 for cross-entropy with 10 "
+                               "classes, 0.60 for Eq. 14), and the best test accuracy and lowest test loss (mean ± "
+                               "std over seeds) with the update where each seed reached them", floatfmt=".4g")
     return written
 
 
