@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from curvlab import runfiles as rf
 from curvlab.runfiles import RunDirBusy
-from curvlab.config import RunConfig, Schedule, field_default, parse_config, to_dict
+from curvlab.config import RunConfig, Schedule, SolverConfig, field_default, parse_config, to_dict
 from curvlab.data import Dataset, load_dataset
 from curvlab.hessian_log import HessianLogger
 from curvlab.hessian_log import summary_line as hessian_summary_line
@@ -271,7 +271,7 @@ class _Run:
         """Why Hessian-error logging before update ``step + 1`` raised, and what to change."""
         where = f"Hessian-error logging before update {self.step + 1} raised {type(err).__name__}: {err}"
         if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
-            return f"parameters are NaN/Inf after {self.step} updates ({where}); lower solver.lr or raise the damping"
+            return f"parameters are NaN/Inf after {self.step} updates ({where}); {stabilise_hint(self.cfg.solver)}"
         return (
             f"{where} -- the curvature of this batch is NaN/Inf or numerically singular; check the loss and solver "
             "options, train in float64 (dtype=float64), or turn the logging off (log.hessian_every=0 "
@@ -302,12 +302,13 @@ class _Run:
     def fail_reason(self, loss: float, step: int) -> str | None:
         """Why the run must stop at update ``step`` (NaN/Inf or diverging ``loss``), or None."""
         if not math.isfinite(loss):
-            return f"loss is {loss} at step {step}; lower solver.lr or raise solver.alpha"
+            return f"loss is {loss} at step {step}; {stabilise_hint(self.cfg.solver)}"
         limit = self.cfg.train.divergence_factor * max(self.initial_loss or 0.0, 1e-12)
         if loss > limit:
             return (
                 f"diverged: loss {loss:.4g} at step {step} exceeds train.divergence_factor="
-                f"{self.cfg.train.divergence_factor:g} × the initial loss {self.initial_loss:.4g}; lower solver.lr"
+                f"{self.cfg.train.divergence_factor:g} × the initial loss {self.initial_loss:.4g}; "
+                f"{stabilise_hint(self.cfg.solver)}"
             )
         return None
 
@@ -374,7 +375,7 @@ class _Run:
                 try:
                     res = self.solver.step(x, y)
                 except (RuntimeError, ValueError, ArithmeticError) as err:  # numerical breakdown
-                    raise self.fail(_step_error(err, self.step + 1)) from err
+                    raise self.fail(_step_error(err, self.step + 1, self.cfg.solver)) from err
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self.wall_time += time.perf_counter() - t0
@@ -428,14 +429,23 @@ class _Run:
         self.log_hessian(None, None)  # fresh samples: no training batch needed
 
 
-def _step_error(err: Exception, step: int) -> str:
+# The options that damp a solver's step: EA-CG's and KFI's α, the exact inverse's damping, CR's cubic weight σ.
+_DAMPING = ("alpha", "damping", "sigma")
+
+
+def stabilise_hint(solver: SolverConfig) -> str:
+    """What to change when a run's loss or parameters blow up: the step size, and the solver's damping where it
+    has one (``lower solver.lr or raise solver.alpha`` for EA-CG and KFI; ``lower solver.lr`` for SGD)."""
+    return " or ".join(["lower solver.lr", *(f"raise solver.{k}" for k in _DAMPING if k in solver.options)])
+
+
+def _step_error(err: Exception, step: int, solver: SolverConfig) -> str:
     """Why a solver step raised, with the fix for the numerical cases (singular pivots)."""
     reason = f"solver step {step} raised {type(err).__name__}: {err}"
     if isinstance(err, torch.linalg.LinAlgError) or "singular" in str(err) or "is zero" in str(err):
-        reason += (
-            " -- the damped curvature matrix is numerically singular or not positive definite; raise the "
-            "damping (solver.damping or solver.alpha) or train in float64 (dtype=float64)"
-        )
+        damping = [f"raise solver.{k}" for k in _DAMPING if k in solver.options]
+        reason += (" -- the damped curvature matrix is numerically singular or not positive definite; "
+                   + " or ".join([*damping, "train in float64 (dtype=float64)", "lower solver.lr"]))
     return reason
 
 

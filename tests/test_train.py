@@ -146,7 +146,7 @@ def test_singular_solver_step_fails_with_a_fix_and_keeps_rows(tmp_path, monkeypa
             return super().step(x, y)
 
     monkeypatch.setitem(SOLVERS, "sgd", Singular)
-    with pytest.raises(TrainingFailed, match="raise the damping"):
+    with pytest.raises(TrainingFailed, match="not positive definite; train in float64 .* or lower solver.lr$"):
         train(config(*TINY, *NO_HESSIAN, "solver=sgd", "train.checkpoint_every=1"), tmp_path)
     summary = rf.read_json(tmp_path / rf.SUMMARY)
     assert summary["status"] == "failed" and "LinAlgError" in summary["failure"] and summary["steps"] == 2
@@ -160,6 +160,13 @@ def test_divergence_fails(tmp_path):
     summary = rf.read_json(tmp_path / rf.SUMMARY)
     assert summary["status"] == "failed" and summary["failure"] in str(err.value)
     assert "diverged" in summary["failure"] or "nan" in summary["failure"]
+    assert summary["failure"].endswith("; lower solver.lr")  # SGD has no damping to raise
+
+
+def test_divergence_names_the_damping_of_a_damped_solver(tmp_path):
+    """KFI blown up by its step size: the message names its damping α beside the learning rate."""
+    with pytest.raises(TrainingFailed, match=r"; lower solver.lr or raise solver.alpha$"):
+        train(config(*TINY, *NO_HESSIAN, "solver=kfi", "solver.lr=1e6", "train.divergence_factor=2"), tmp_path)
 
 
 def test_exponential_schedule(tmp_path):
