@@ -436,16 +436,20 @@ _DAMPING = ("alpha", "damping", "sigma")
 def stabilise_hint(solver: SolverConfig) -> str:
     """What to change when a run's loss or parameters blow up: the step size, and the solver's damping where it
     has one (``lower solver.lr or raise solver.alpha`` for EA-CG and KFI; ``lower solver.lr`` for SGD)."""
-    return " or ".join(["lower solver.lr", *(f"raise solver.{k}" for k in _DAMPING if k in solver.options)])
+    return " or ".join(["lower solver.lr", *_raise_damping(solver)])
+
+
+def _raise_damping(solver: SolverConfig) -> list[str]:
+    """``raise solver.<option>`` for each damping option the solver has (none for SGD or Adam)."""
+    return [f"raise solver.{k}" for k in _DAMPING if k in solver.options]
 
 
 def _step_error(err: Exception, step: int, solver: SolverConfig) -> str:
     """Why a solver step raised, with the fix for the numerical cases (singular pivots)."""
     reason = f"solver step {step} raised {type(err).__name__}: {err}"
     if isinstance(err, torch.linalg.LinAlgError) or "singular" in str(err) or "is zero" in str(err):
-        damping = [f"raise solver.{k}" for k in _DAMPING if k in solver.options]
         reason += (" -- the damped curvature matrix is numerically singular or not positive definite; "
-                   + " or ".join([*damping, "train in float64 (dtype=float64)", "lower solver.lr"]))
+                   + " or ".join([*_raise_damping(solver), "train in float64 (dtype=float64)", "lower solver.lr"]))
     return reason
 
 
